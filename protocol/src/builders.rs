@@ -1,0 +1,380 @@
+//! The builder configuration: which builders exist, what they build and how.
+//!
+//! People write it as TOML ([`BuilderConfig::from_toml`]); it is signed and replicated as CBOR
+//! inside a [`crate::docs::SignedDoc`]. The newest `version` wins on every node. A bad file is
+//! refused with the line and the field named.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::keys::Hash;
+
+/// A builder configuration file that cannot be used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column}: {field}: {message}")]
+pub struct ConfigError {
+    /// 1-based line of the offending text.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The field (or section) at fault.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every builder of the mesh, as signed by the maintainers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuilderConfig {
+    /// The mesh it is for.
+    pub mesh: Hash,
+    /// Higher replaces lower everywhere.
+    pub version: u64,
+    /// The builders, in file order.
+    pub builders: Vec<Builder>,
+}
+
+/// One build configuration (CPython's "AMD64 Debian root 3.x" is one builder per branch pattern).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Builder {
+    /// Unique name.
+    pub name: String,
+    /// Any git URL the workers reach.
+    pub repo: String,
+    /// Branch patterns (`*` matches any run of characters, `?` one).
+    pub branches: Vec<String>,
+    /// Free tags; `stable` builders mail the list.
+    pub tags: BTreeSet<String>,
+    /// Worker labels that must match (`os = "linux"`; `"*"` means the label must exist).
+    pub requires: BTreeMap<String, String>,
+    /// Environment for every step.
+    pub env: BTreeMap<String, String>,
+    /// Higher runs first when workers are scarce.
+    pub priority: i32,
+    /// Steps, run in order; the first that fails ends the build.
+    pub steps: Vec<Step>,
+}
+
+/// One command of a builder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Name shown in results.
+    pub name: String,
+    /// Shell command (`sh -c`).
+    pub run: String,
+    /// Time limit in milliseconds, before the worker's `timeout_factor`.
+    pub timeout_ms: u64,
+    /// Regular expressions; a matching output line turns a success orange.
+    pub warn: Vec<String>,
+    /// How often a failing step is run again; a later pass makes the build flaky.
+    pub retries: u32,
+}
+
+impl Builder {
+    /// Whether this builder builds `branch`.
+    pub fn wants_branch(&self, branch: &str) -> bool {
+        self.branches.iter().any(|p| glob_match(p, branch))
+    }
+
+    /// Whether a worker with `labels` may run this builder.
+    pub fn accepts(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.requires.iter().all(|(k, want)| match labels.get(k) {
+            Some(have) => want == "*" || have == want,
+            None => false,
+        })
+    }
+
+    /// Whether this builder's failures go to the mailing list.
+    pub fn is_stable(&self) -> bool {
+        self.tags.contains("stable")
+    }
+}
+
+/// `*` and `?` wildcards over the whole string.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+// The form people write. Spans let every later complaint name its line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    version: Spanned<u64>,
+    #[serde(default, rename = "builder")]
+    builders: Vec<BuilderToml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuilderToml {
+    name: Spanned<String>,
+    repo: Spanned<String>,
+    branches: Spanned<Vec<String>>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    requires: BTreeMap<String, String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default, rename = "step")]
+    steps: Vec<StepToml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepToml {
+    name: Spanned<String>,
+    run: Spanned<String>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    warn: Vec<Spanned<String>>,
+    #[serde(default)]
+    retries: Option<Spanned<u32>>,
+}
+
+/// A step without a `timeout` gets this one.
+pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 20 * 60 * 1000;
+
+impl BuilderConfig {
+    /// Parses and checks the TOML that people write, for the mesh `mesh`.
+    pub fn from_toml(mesh: Hash, text: &str) -> Result<Self, ConfigError> {
+        let err = |span: Option<Range<usize>>, field: &str, message: String| {
+            let (line, column) = span.map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            ConfigError {
+                line,
+                column,
+                field: field.to_string(),
+                message,
+            }
+        };
+        let file: FileToml = toml::from_str(text).map_err(|e| {
+            let message = e.message().to_string();
+            let field = message
+                .split('`')
+                .nth(1)
+                .map(str::to_string)
+                .unwrap_or_else(|| "file".to_string());
+            err(e.span(), &field, message)
+        })?;
+        if file.builders.is_empty() {
+            return Err(err(None, "builder", "the file defines no [[builder]]".into()));
+        }
+        let mut names = BTreeSet::new();
+        let mut builders = Vec::new();
+        for b in file.builders {
+            let name = b.name.get_ref().trim().to_string();
+            let valid_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
+            if !valid_name {
+                return Err(err(
+                    Some(b.name.span()),
+                    "name",
+                    format!("`{name}` is not a builder name (letters, digits, . _ - +)"),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(err(
+                    Some(b.name.span()),
+                    "name",
+                    format!("builder `{name}` is defined twice"),
+                ));
+            }
+            if b.repo.get_ref().trim().is_empty() {
+                return Err(err(Some(b.repo.span()), "repo", "empty repository URL".into()));
+            }
+            if b.branches.get_ref().is_empty() {
+                return Err(err(
+                    Some(b.branches.span()),
+                    "branches",
+                    "no branch pattern".into(),
+                ));
+            }
+            if b.steps.is_empty() {
+                return Err(err(
+                    Some(b.name.span()),
+                    "step",
+                    format!("builder `{name}` has no [[builder.step]]"),
+                ));
+            }
+            let mut steps = Vec::new();
+            for s in b.steps {
+                if s.name.get_ref().trim().is_empty() {
+                    return Err(err(Some(s.name.span()), "name", "empty step name".into()));
+                }
+                if s.run.get_ref().trim().is_empty() {
+                    return Err(err(Some(s.run.span()), "run", "empty command".into()));
+                }
+                let timeout_ms = match &s.timeout {
+                    None => DEFAULT_STEP_TIMEOUT_MS,
+                    Some(t) => {
+                        let d = humantime::parse_duration(t.get_ref()).map_err(|e| {
+                            err(
+                                Some(t.span()),
+                                "timeout",
+                                format!("`{}` is not a duration such as \"10m\": {e}", t.get_ref()),
+                            )
+                        })?;
+                        if d.is_zero() {
+                            return Err(err(Some(t.span()), "timeout", "zero timeout".into()));
+                        }
+                        d.as_millis().min(u64::MAX as u128) as u64
+                    }
+                };
+                for w in &s.warn {
+                    regex::Regex::new(w.get_ref()).map_err(|e| {
+                        err(Some(w.span()), "warn", format!("bad regular expression: {e}"))
+                    })?;
+                }
+                let retries = match &s.retries {
+                    Some(r) if *r.get_ref() > 10 => {
+                        return Err(err(Some(r.span()), "retries", "more than 10 retries".into()));
+                    }
+                    Some(r) => *r.get_ref(),
+                    None => 0,
+                };
+                steps.push(Step {
+                    name: s.name.into_inner(),
+                    run: s.run.into_inner(),
+                    timeout_ms,
+                    warn: s.warn.into_iter().map(Spanned::into_inner).collect(),
+                    retries,
+                });
+            }
+            builders.push(Builder {
+                name,
+                repo: b.repo.into_inner(),
+                branches: b.branches.into_inner(),
+                tags: b.tags.into_iter().collect(),
+                requires: b.requires,
+                env: b.env,
+                priority: b.priority,
+                steps,
+            });
+        }
+        Ok(BuilderConfig {
+            mesh,
+            version: file.version.into_inner(),
+            builders,
+        })
+    }
+
+    /// The builder named `name`.
+    pub fn builder(&self, name: &str) -> Option<&Builder> {
+        self.builders.iter().find(|b| b.name == name)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+impl fmt::Display for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+version = 1
+
+[[builder]]
+name = "linux-debug"
+repo = "https://example.org/project.git"
+branches = ["main", "3.*"]
+tags = ["stable", "tier-1"]
+requires = { os = "linux" }
+
+[[builder.step]]
+name = "test"
+run = "make test"
+timeout = "10m"
+warn = ["Re-running failed tests"]
+retries = 1
+"#;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = BuilderConfig::from_toml(Hash::ZERO, GOOD).unwrap();
+        let b = &c.builders[0];
+        assert_eq!(b.name, "linux-debug");
+        assert_eq!(b.steps[0].timeout_ms, 600_000);
+        assert_eq!(b.steps[0].retries, 1);
+        assert!(b.is_stable());
+        assert!(b.wants_branch("3.12") && b.wants_branch("main") && !b.wants_branch("feature"));
+        let mut labels = BTreeMap::new();
+        labels.insert("os".to_string(), "linux".to_string());
+        assert!(b.accepts(&labels));
+        labels.insert("os".to_string(), "freebsd".to_string());
+        assert!(!b.accepts(&labels));
+    }
+
+    #[test]
+    fn bad_timeout_names_line_and_field() {
+        let bad = GOOD.replace("\"10m\"", "\"ten minutes\"");
+        let e = BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (14, "timeout"), "{e}");
+    }
+
+    #[test]
+    fn bad_regex_and_unknown_field_name_their_line() {
+        let bad = GOOD.replace("Re-running failed tests", "([unclosed");
+        let e = BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (15, "warn"), "{e}");
+        let bad = GOOD.replace("retries = 1", "retires = 1");
+        let e = BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err();
+        assert_eq!(e.line, 16, "{e}");
+        assert!(e.message.contains("retires"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_builder_is_refused() {
+        let twice = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[builder]]").unwrap()..]);
+        let e = BuilderConfig::from_toml(Hash::ZERO, &twice).unwrap_err();
+        assert!(e.message.contains("defined twice"), "{e}");
+        assert_eq!(e.line, 19, "{e}");
+    }
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("3.*", "3.13"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("3.*", "main"));
+        assert!(glob_match("*-stable-*", "x-stable-y"));
+    }
+}

@@ -1,0 +1,28 @@
+//! buildmesh's protocol: the types every node agrees on, with no I/O.
+//!
+//! - [`codec`]: the one place CBOR is written and read (canonical encoding, size limits).
+//! - [`keys`]: ed25519 keys, node ids (printed as libp2p peer ids), signatures, hashes and the
+//!   domain tags that bind a signature to one kind of document or record.
+//! - [`time`]: timestamps as they travel.
+//! - [`docs`]: maintainer-signed documents — genesis, admission, revocation.
+//! - [`builders`]: the builder configuration, its TOML form and its checks.
+//! - [`record`]: the signed, hash-chained records of each node's log and their bodies.
+//! - [`vv`]: version vectors for anti-entropy.
+//! - [`trust`]: the fold of documents into "may key K act as role R at time T".
+
+pub mod builders;
+pub mod codec;
+pub mod docs;
+pub mod keys;
+pub mod record;
+pub mod time;
+pub mod trust;
+pub mod vv;
+
+pub use keys::{Domain, Hash, NodeId, SecretKey, Signature};
+pub use time::Timestamp;
+
+/// Lower-case hex of any bytes (store keys in error messages).
+pub fn keys_hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}

@@ -1,0 +1,417 @@
+//! Records: the signed, hash-chained entries of each node's own log, and their bodies.
+//!
+//! On the wire and on disk a record is a [`SignedRecord`]: the canonical CBOR of its
+//! [`Envelope`] as opaque bytes, and the author's signature over exactly those bytes under the
+//! domain tag of the record's kind. [`Record::verify`] checks the signature before the body is
+//! decoded; nothing is ever re-encoded to check a signature.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::docs::SignedDoc;
+use crate::keys::{Domain, Hash, KeyError, NodeId, SecretKey, Signature};
+use crate::time::Timestamp;
+
+/// The largest record accepted, in bytes (a builder configuration rides in one).
+pub const MAX_RECORD_BYTES: usize = 640 * 1024;
+
+/// A record that cannot be accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Not a record, or a body that does not decode.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The signature does not match the author and bytes.
+    #[error("forged or corrupted record: {0}")]
+    BadSignature(#[from] KeyError),
+    /// Sequence numbers start at 1.
+    #[error("record with sequence number 0")]
+    ZeroSeq,
+    /// The first record of a log must point at the zero hash.
+    #[error("record 1 of {author} has a non-zero prev hash")]
+    BadGenesisLink {
+        /// The author.
+        author: NodeId,
+    },
+}
+
+/// What a record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordKind {
+    /// See [`CommitSeen`].
+    CommitSeen,
+    /// See [`Claim`].
+    Claim,
+    /// See [`BuildResult`].
+    BuildResult,
+    /// See [`NotificationSent`].
+    NotificationSent,
+    /// See [`Publish`].
+    Publish,
+}
+
+impl RecordKind {
+    /// The domain its signatures are made under.
+    pub fn domain(self) -> Domain {
+        match self {
+            RecordKind::CommitSeen => Domain::CommitSeen,
+            RecordKind::Claim => Domain::Claim,
+            RecordKind::BuildResult => Domain::BuildResult,
+            RecordKind::NotificationSent => Domain::NotificationSent,
+            RecordKind::Publish => Domain::Publish,
+        }
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecordKind::CommitSeen => "commit-seen",
+            RecordKind::Claim => "claim",
+            RecordKind::BuildResult => "build-result",
+            RecordKind::NotificationSent => "notification-sent",
+            RecordKind::Publish => "publish",
+        })
+    }
+}
+
+/// The signed part of a record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Whose log this belongs to.
+    pub author: NodeId,
+    /// Position in the author's log, from 1.
+    pub seq: u64,
+    /// Hash of the author's record `seq - 1` ([`Hash::ZERO`] for `seq` 1).
+    pub prev: Hash,
+    /// What the body is.
+    pub kind: RecordKind,
+    /// The author's clock when it wrote the record.
+    pub time: Timestamp,
+    /// Canonical CBOR of the body.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// A record as stored and sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRecord {
+    /// Canonical CBOR of the [`Envelope`].
+    #[serde(with = "serde_bytes")]
+    pub envelope: Vec<u8>,
+    /// The author's signature over `envelope` under the kind's domain.
+    pub sig: Signature,
+}
+
+/// A record whose signature was checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The decoded envelope (its body still as bytes).
+    pub envelope: Envelope,
+    /// The record's hash: of its envelope bytes.
+    pub hash: Hash,
+    /// The [`SignedRecord`] encoding, as stored and sent.
+    pub bytes: Vec<u8>,
+}
+
+impl Record {
+    /// Writes and signs a record.
+    pub fn author(
+        key: &SecretKey,
+        seq: u64,
+        prev: Hash,
+        time: Timestamp,
+        body: &Body,
+    ) -> Result<Record, RecordError> {
+        let envelope = Envelope {
+            author: key.id(),
+            seq,
+            prev,
+            kind: body.kind(),
+            time,
+            body: body.encode()?,
+        };
+        let env_bytes = codec::encode("record envelope", &envelope)?;
+        let sig = key.sign(envelope.kind.domain(), &env_bytes);
+        let hash = Hash::of(&env_bytes);
+        let bytes = codec::encode(
+            "record",
+            &SignedRecord {
+                envelope: env_bytes,
+                sig,
+            },
+        )?;
+        Ok(Record {
+            envelope,
+            hash,
+            bytes,
+        })
+    }
+
+    /// Reads a record and checks its signature and link shape. Does not check the author's
+    /// admission or the chain (see `Trust` and the store).
+    pub fn verify(bytes: &[u8]) -> Result<Record, RecordError> {
+        let signed: SignedRecord = codec::decode_limited("record", bytes, MAX_RECORD_BYTES)?;
+        let envelope: Envelope = codec::decode("record envelope", &signed.envelope)?;
+        envelope
+            .author
+            .verify(envelope.kind.domain(), &signed.envelope, &signed.sig)?;
+        if envelope.seq == 0 {
+            return Err(RecordError::ZeroSeq);
+        }
+        if envelope.seq == 1 && envelope.prev != Hash::ZERO {
+            return Err(RecordError::BadGenesisLink {
+                author: envelope.author,
+            });
+        }
+        Ok(Record {
+            hash: Hash::of(&signed.envelope),
+            envelope,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// Reads a record from this node's own store, where it was verified on the way in: decodes
+    /// and hashes, skipping the signature check.
+    pub fn from_trusted(bytes: &[u8]) -> Result<Record, RecordError> {
+        let signed: SignedRecord = codec::decode("stored record", bytes)?;
+        let envelope: Envelope = codec::decode("stored record envelope", &signed.envelope)?;
+        Ok(Record {
+            hash: Hash::of(&signed.envelope),
+            envelope,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// The author.
+    pub fn author_id(&self) -> NodeId {
+        self.envelope.author
+    }
+
+    /// The sequence number.
+    pub fn seq(&self) -> u64 {
+        self.envelope.seq
+    }
+
+    /// The body, decoded according to the kind.
+    pub fn body(&self) -> Result<Body, RecordError> {
+        Body::decode(self.envelope.kind, &self.envelope.body)
+    }
+}
+
+/// Every kind of record body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "body", rename_all = "kebab-case")]
+pub enum Body {
+    /// See [`CommitSeen`].
+    CommitSeen(CommitSeen),
+    /// See [`Claim`].
+    Claim(Claim),
+    /// See [`BuildResult`].
+    BuildResult(BuildResult),
+    /// See [`NotificationSent`].
+    NotificationSent(NotificationSent),
+    /// See [`Publish`].
+    Publish(Publish),
+}
+
+impl Body {
+    /// The record kind that carries this body.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Body::CommitSeen(_) => RecordKind::CommitSeen,
+            Body::Claim(_) => RecordKind::Claim,
+            Body::BuildResult(_) => RecordKind::BuildResult,
+            Body::NotificationSent(_) => RecordKind::NotificationSent,
+            Body::Publish(_) => RecordKind::Publish,
+        }
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        match self {
+            Body::CommitSeen(b) => codec::encode("commit-seen body", b),
+            Body::Claim(b) => codec::encode("claim body", b),
+            Body::BuildResult(b) => codec::encode("build-result body", b),
+            Body::NotificationSent(b) => codec::encode("notification-sent body", b),
+            Body::Publish(b) => codec::encode("publish body", b),
+        }
+    }
+
+    /// Decodes the body bytes of a record of `kind`.
+    pub fn decode(kind: RecordKind, bytes: &[u8]) -> Result<Body, RecordError> {
+        Ok(match kind {
+            RecordKind::CommitSeen => Body::CommitSeen(codec::decode("commit-seen body", bytes)?),
+            RecordKind::Claim => Body::Claim(codec::decode("claim body", bytes)?),
+            RecordKind::BuildResult => {
+                Body::BuildResult(codec::decode("build-result body", bytes)?)
+            }
+            RecordKind::NotificationSent => {
+                Body::NotificationSent(codec::decode("notification-sent body", bytes)?)
+            }
+            RecordKind::Publish => Body::Publish(codec::decode("publish body", bytes)?),
+        })
+    }
+}
+
+/// Where an announcement came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChangeSource {
+    /// `buildmesh submit`.
+    Submit,
+    /// An announcer's git poller.
+    Poller,
+    /// A push webhook.
+    Webhook,
+}
+
+/// A commit someone announced. Announcements of the same (repo, branch, sha) collapse.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitSeen {
+    /// Repository URL as the builders name it.
+    pub repo: String,
+    /// Branch name.
+    pub branch: String,
+    /// Full commit id.
+    pub sha: String,
+    /// Who announced it and how.
+    pub source: ChangeSource,
+    /// The key that asked for it (a developer's `submit`), when not the record's author.
+    pub requested_by: Option<NodeId>,
+    /// The commit's first line, when known.
+    pub subject: Option<String>,
+}
+
+/// What a job is: one builder on one commit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobKey {
+    /// Builder name.
+    pub builder: String,
+    /// Repository URL.
+    pub repo: String,
+    /// Branch.
+    pub branch: String,
+    /// Commit id.
+    pub sha: String,
+}
+
+impl JobKey {
+    /// The job id: a hash of builder and commit.
+    pub fn id(&self) -> Hash {
+        let bytes = codec::encode("job key", self).expect("a job key always encodes");
+        Hash::of_tagged(Domain::Ephemeral, &bytes)
+    }
+}
+
+/// A worker takes a job for one attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The job id.
+    pub job: Hash,
+    /// What the job is.
+    pub key: JobKey,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// How long the claim holds without a progress heartbeat, in milliseconds.
+    pub lease_ms: u64,
+}
+
+/// How a build or step ended, as buildbot users know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResultCode {
+    /// Green.
+    Success,
+    /// Orange: a warning pattern matched.
+    Warnings,
+    /// Red.
+    Failure,
+    /// Orange: a failing step passed on retry.
+    Flaky,
+    /// Purple: the infrastructure failed; retried elsewhere, never red.
+    Exception,
+    /// Stopped before it ended.
+    Cancelled,
+}
+
+impl fmt::Display for ResultCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ResultCode::Success => "success",
+            ResultCode::Warnings => "warnings",
+            ResultCode::Failure => "failure",
+            ResultCode::Flaky => "flaky",
+            ResultCode::Exception => "exception",
+            ResultCode::Cancelled => "cancelled",
+        })
+    }
+}
+
+/// One step's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepResult {
+    /// Step name.
+    pub name: String,
+    /// How it ended.
+    pub result: ResultCode,
+    /// The process's exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// Lines that matched a warning pattern.
+    pub warnings: u32,
+    /// Digest of the step's log blob.
+    pub log: Option<Hash>,
+    /// For flaky steps: the lines of the failed run that named failures.
+    pub failing_lines: Vec<String>,
+}
+
+/// A worker's signed verdict on one attempt of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildResult {
+    /// The job id.
+    pub job: Hash,
+    /// What the job is.
+    pub key: JobKey,
+    /// Which attempt.
+    pub attempt: u32,
+    /// The overall result.
+    pub result: ResultCode,
+    /// Each step that ran.
+    pub steps: Vec<StepResult>,
+    /// When the build started, on the worker's clock.
+    pub started: Timestamp,
+    /// When it ended.
+    pub finished: Timestamp,
+    /// The builder configuration version it ran under.
+    pub config_version: u64,
+}
+
+/// The notifier sent the mail for one transition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationSent {
+    /// The transition's key (builder, branch, commit, kind), hashed.
+    pub transition: Hash,
+    /// Builder.
+    pub builder: String,
+    /// Branch.
+    pub branch: String,
+    /// Commit.
+    pub sha: String,
+    /// The Message-ID, derived from the transition.
+    pub message_id: String,
+    /// Recipients.
+    pub to: Vec<String>,
+    /// The election term of the sender.
+    pub term: u64,
+}
+
+/// A maintainer-signed document, published through a node's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// The document, as signed.
+    pub doc: SignedDoc,
+}
