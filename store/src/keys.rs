@@ -67,7 +67,3 @@ pub(crate) fn split_node(b: &[u8]) -> Option<NodeId> {
     let arr: [u8; 32] = b.get(..32)?.try_into().ok()?;
     NodeId::from_bytes(arr).ok()
 }
-
-pub(crate) fn split_hash(b: &[u8]) -> Option<Hash> {
-    Some(Hash(b.get(..32)?.try_into().ok()?))
-}

@@ -1,0 +1,393 @@
+//! Per-author logs: ingest with chain checks, held records, forks, the version vector, and this
+//! node's own appends.
+
+use std::ops::RangeInclusive;
+
+use buildmesh_protocol::record::{Body, Record};
+use buildmesh_protocol::vv::VersionVector;
+use buildmesh_protocol::{Hash, NodeId, SecretKey, Timestamp};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+
+use crate::index::IndexTree;
+use crate::keys::{self, Key};
+use crate::{Store, StoreError, corrupt};
+
+/// How far beyond its contiguous head a record of one author may arrive and be held.
+pub const MAX_AHEAD: u64 = 1_000_000;
+
+/// Where a record lives: its author and seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RecordRef {
+    /// The author.
+    pub author: NodeId,
+    /// The seq.
+    pub seq: u64,
+}
+
+impl RecordRef {
+    pub(crate) fn to_bytes(self) -> Vec<u8> {
+        keys::record(&self.author, self.seq)
+    }
+
+    pub(crate) fn from_bytes(tree: &'static str, b: &[u8]) -> Result<Self, StoreError> {
+        match (keys::split_node(b), b.get(32..).and_then(keys::split_u64)) {
+            (Some(author), Some(seq)) if b.len() == 40 => Ok(RecordRef { author, seq }),
+            _ => Err(corrupt(tree, b, "not a record reference")),
+        }
+    }
+}
+
+/// What ingesting a record did. Only `Err` is a failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ingest {
+    /// The record (and any held records it unblocked, in order) now extend their author's log.
+    Appended(Vec<Record>),
+    /// Already held, byte for byte.
+    Duplicate,
+    /// Ahead of what is held; kept until the gap below it fills.
+    Held {
+        /// The highest contiguous seq held of that author.
+        have: u64,
+    },
+    /// Conflicts with the record held at the same (author, seq): kept as evidence, author flagged.
+    Fork {
+        /// The author.
+        author: NodeId,
+        /// Where the logs diverge.
+        seq: u64,
+    },
+}
+
+/// Two different records one author signed for the same seq.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForkEvidence {
+    /// The author.
+    pub author: NodeId,
+    /// The seq.
+    pub seq: u64,
+    /// The record held in the log.
+    pub held: Record,
+    /// The conflicting record.
+    pub other: Record,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Head {
+    seq: u64,
+    hash: Hash,
+}
+
+impl Store {
+    fn head(&self, author: &NodeId) -> Result<(u64, Hash), StoreError> {
+        match self.heads.get(author.as_bytes())? {
+            None => Ok((0, Hash::ZERO)),
+            Some(v) => {
+                let h: Head = buildmesh_protocol::codec::decode("head", &v)
+                    .map_err(|e| corrupt("heads", author.as_bytes(), e))?;
+                Ok((h.seq, h.hash))
+            }
+        }
+    }
+
+    /// The highest contiguous seq held of `author` and that record's hash.
+    pub fn head_of(&self, author: &NodeId) -> Result<(u64, Hash), StoreError> {
+        self.head(author)
+    }
+
+    /// {author -> highest contiguous seq} over every author held.
+    pub fn version_vector(&self) -> Result<VersionVector, StoreError> {
+        let mut vv = VersionVector::default();
+        for item in self.heads.iter() {
+            let (k, v) = item?;
+            let author = keys::split_node(&k).ok_or_else(|| corrupt("heads", &k, "bad author"))?;
+            let h: Head = buildmesh_protocol::codec::decode("head", &v)
+                .map_err(|e| corrupt("heads", &k, e))?;
+            vv.raise(author, h.seq);
+        }
+        Ok(vv)
+    }
+
+    /// Checks and stores a record received from elsewhere. Does not flush: call [`Store::flush`]
+    /// after a batch.
+    pub fn ingest(&self, bytes: &[u8]) -> Result<Ingest, StoreError> {
+        let record = Record::verify(bytes)?;
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.ingest_locked(record)
+    }
+
+    fn ingest_locked(&self, record: Record) -> Result<Ingest, StoreError> {
+        let author = record.author_id();
+        let seq = record.seq();
+        let (have, head_hash) = self.head(&author)?;
+        if seq <= have {
+            let key = keys::record(&author, seq);
+            let held = self
+                .records
+                .get(&key)?
+                .ok_or_else(|| corrupt("records", &key, "missing below the head"))?;
+            if held.as_ref() == record.bytes.as_slice() {
+                return Ok(Ingest::Duplicate);
+            }
+            let held = Record::from_trusted(&held).map_err(|e| corrupt("records", &key, e))?;
+            if held.hash == record.hash {
+                return Ok(Ingest::Duplicate);
+            }
+            self.keep_fork(&record)?;
+            return Ok(Ingest::Fork { author, seq });
+        }
+        if seq > have + 1 {
+            if seq - have > MAX_AHEAD {
+                return Err(StoreError::TooFarAhead {
+                    author,
+                    seq,
+                    have,
+                    limit: MAX_AHEAD,
+                });
+            }
+            let key = keys::record(&author, seq);
+            match self.pending.get(&key)? {
+                Some(v) if v.as_ref() == record.bytes.as_slice() => return Ok(Ingest::Duplicate),
+                Some(_) => {
+                    // Two different held records for one seq: the author signed both.
+                    self.keep_fork(&record)?;
+                    return Ok(Ingest::Fork { author, seq });
+                }
+                None => {
+                    self.pending.insert(key, record.bytes.as_slice())?;
+                }
+            }
+            return Ok(Ingest::Held { have });
+        }
+        if record.envelope.prev != head_hash {
+            return Err(StoreError::ChainBreak {
+                author,
+                seq,
+                expected: head_hash,
+                found: record.envelope.prev,
+            });
+        }
+        let mut appended = vec![record];
+        self.append_locked(appended.last().expect("just pushed"))?;
+        // Release held records that now connect.
+        loop {
+            let last = appended.last().expect("not empty");
+            let next_key = keys::record(&author, last.seq() + 1);
+            let Some(bytes) = self.pending.remove(&next_key)? else {
+                break;
+            };
+            let next = match Record::from_trusted(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(author = %author, error = %e, "dropping unreadable held record");
+                    break;
+                }
+            };
+            if next.envelope.prev != last.hash {
+                tracing::warn!(
+                    author = %author,
+                    seq = next.seq(),
+                    "held record does not link to its predecessor; kept as fork evidence"
+                );
+                self.keep_fork(&next)?;
+                break;
+            }
+            self.append_locked(&next)?;
+            appended.push(next);
+        }
+        Ok(Ingest::Appended(appended))
+    }
+
+    fn keep_fork(&self, other: &Record) -> Result<(), StoreError> {
+        let author = other.author_id();
+        let key = Key::new()
+            .node(&author)
+            .u64(other.seq())
+            .hash(&other.hash)
+            .build();
+        self.forks.insert(key, other.bytes.as_slice())?;
+        let reason = format!("two records signed for seq {}", other.seq());
+        self.flags.insert(
+            author.as_bytes(),
+            buildmesh_protocol::codec::encode("flag", &reason)
+                .map_err(|e| corrupt("flags", author.as_bytes(), e))?,
+        )?;
+        tracing::warn!(author = %author, seq = other.seq(), "fork detected: author flagged");
+        Ok(())
+    }
+
+    // Appends a record that links to the current head, with its index entries, atomically.
+    fn append_locked(&self, record: &Record) -> Result<(), StoreError> {
+        let author = record.author_id();
+        let rref = RecordRef {
+            author,
+            seq: record.seq(),
+        };
+        let head = buildmesh_protocol::codec::encode(
+            "head",
+            &Head {
+                seq: record.seq(),
+                hash: record.hash,
+            },
+        )
+        .map_err(|e| corrupt("heads", author.as_bytes(), e))?;
+        let body = match record.body() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                // Signed by its author, so it stays in the chain; it just indexes nothing.
+                tracing::warn!(author = %author, seq = record.seq(), error = %e, "record body does not decode");
+                None
+            }
+        };
+        let entries = body
+            .as_ref()
+            .map(|b| crate::index::entries(rref, record, b))
+            .unwrap_or_default();
+        let trees = (
+            &self.records,
+            &self.heads,
+            &self.commits,
+            &self.commit_seen,
+            &self.results_by_job,
+            &self.results_by_builder,
+            &self.claims_by_job,
+            &self.docs,
+        );
+        trees
+            .transaction(
+                |(records, heads, commits, commit_seen, by_job, by_builder, claims, docs)| {
+                    records.insert(rref.to_bytes(), record.bytes.as_slice())?;
+                    heads.insert(author.as_bytes().as_slice(), head.as_slice())?;
+                    // Announcements of one commit collapse: only the first is indexed.
+                    let mut repeated = false;
+                    for e in &entries {
+                        if e.tree == IndexTree::CommitSeen && commit_seen.get(&e.key)?.is_some() {
+                            repeated = true;
+                        }
+                    }
+                    for e in &entries {
+                        let tree: &TransactionalTree = match e.tree {
+                            IndexTree::Commits | IndexTree::CommitSeen if repeated => continue,
+                            IndexTree::Commits => commits,
+                            IndexTree::CommitSeen => commit_seen,
+                            IndexTree::ResultsByJob => by_job,
+                            IndexTree::ResultsByBuilder => by_builder,
+                            IndexTree::ClaimsByJob => claims,
+                            IndexTree::Docs => docs,
+                        };
+                        tree.insert(e.key.as_slice(), e.value.as_slice())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                },
+            )
+            .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// Writes, signs, stores and flushes this node's next record. The record is on disk before
+    /// this returns, so it can be handed to anyone.
+    pub fn append_own(
+        &self,
+        key: &SecretKey,
+        time: Timestamp,
+        body: &Body,
+    ) -> Result<Record, StoreError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (seq, prev) = self.head(&key.id())?;
+        let record = Record::author(key, seq + 1, prev, time, body)?;
+        self.append_locked(&record)?;
+        self.flush()?;
+        Ok(record)
+    }
+
+    /// The record at (author, seq), if held in the log.
+    pub fn record(&self, author: &NodeId, seq: u64) -> Result<Option<Record>, StoreError> {
+        let key = keys::record(author, seq);
+        match self.records.get(&key)? {
+            None => Ok(None),
+            Some(v) => Record::from_trusted(&v)
+                .map(Some)
+                .map_err(|e| corrupt("records", &key, e)),
+        }
+    }
+
+    /// The raw bytes of `author`'s records in `range`, at most `max` of them, in order.
+    pub fn records_in(
+        &self,
+        author: &NodeId,
+        range: RangeInclusive<u64>,
+        max: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let from = keys::record(author, *range.start());
+        let to = keys::record(author, *range.end());
+        let mut out = Vec::new();
+        for item in self.records.range(from..=to).take(max) {
+            let (_, v) = item?;
+            out.push(v.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// `author`'s records after `seq`, at most `max`, in order.
+    pub fn records_after(
+        &self,
+        author: &NodeId,
+        seq: u64,
+        max: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.records_in(author, seq.saturating_add(1)..=u64::MAX, max)
+    }
+
+    /// Every record held, in (author, seq) order, decoded.
+    pub fn all_records(&self) -> impl Iterator<Item = Result<Record, StoreError>> + '_ {
+        self.records.iter().map(|item| {
+            let (k, v) = item?;
+            Record::from_trusted(&v).map_err(|e| corrupt("records", &k, e))
+        })
+    }
+
+    /// Number of records held in logs.
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Number of records held back waiting for a gap to fill.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Authors caught signing two records for one seq, with the reason.
+    pub fn flagged(&self) -> Result<Vec<(NodeId, String)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.flags.iter() {
+            let (k, v) = item?;
+            let author = keys::split_node(&k).ok_or_else(|| corrupt("flags", &k, "bad author"))?;
+            let reason: String = buildmesh_protocol::codec::decode("flag", &v)
+                .map_err(|e| corrupt("flags", &k, e))?;
+            out.push((author, reason));
+        }
+        Ok(out)
+    }
+
+    /// The fork evidence kept for `author`.
+    pub fn forks_of(&self, author: &NodeId) -> Result<Vec<ForkEvidence>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.forks.scan_prefix(author.as_bytes()) {
+            let (k, v) = item?;
+            let other = Record::from_trusted(&v).map_err(|e| corrupt("forks", &k, e))?;
+            let seq = other.seq();
+            let held = match self.record(author, seq)? {
+                Some(h) => h,
+                None => continue,
+            };
+            out.push(ForkEvidence {
+                author: *author,
+                seq,
+                held,
+                other,
+            });
+        }
+        Ok(out)
+    }
+}

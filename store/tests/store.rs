@@ -1,0 +1,287 @@
+//! The store against a real sled directory on disk.
+
+use buildmesh_protocol::codec;
+use buildmesh_protocol::record::{
+    Body, BuildResult, ChangeSource, Claim, CommitSeen, JobKey, Record, ResultCode, SignedRecord,
+};
+use buildmesh_protocol::{Hash, SecretKey, Timestamp};
+use buildmesh_store::{Ingest, Store, StoreError};
+
+fn key(n: u8) -> SecretKey {
+    SecretKey::from_seed([n; 32])
+}
+
+fn commit(i: u64) -> Body {
+    Body::CommitSeen(CommitSeen {
+        repo: "https://example.org/p.git".into(),
+        branch: "main".into(),
+        sha: format!("{i:040x}"),
+        source: ChangeSource::Submit,
+        requested_by: None,
+        subject: None,
+    })
+}
+
+/// A chain of `n` records by `author`, built without a store.
+fn chain(author: &SecretKey, n: u64) -> Vec<Record> {
+    let mut prev = Hash::ZERO;
+    (1..=n)
+        .map(|seq| {
+            let r = Record::author(author, seq, prev, Timestamp(1000 + seq), &commit(seq)).unwrap();
+            prev = r.hash;
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn append_close_reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = key(1);
+    let other = key(2);
+    let blob;
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..50 {
+            store.append_own(&me, Timestamp(i), &commit(i)).unwrap();
+        }
+        for r in chain(&other, 20) {
+            assert!(matches!(store.ingest(&r.bytes).unwrap(), Ingest::Appended(_)));
+        }
+        blob = store.put_blob(b"a build log\n".repeat(1000).as_slice()).unwrap();
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let vv = store.version_vector().unwrap();
+    assert_eq!(vv.get(&me.id()), 50);
+    assert_eq!(vv.get(&other.id()), 20);
+    assert_eq!(store.record_count(), 70);
+    let r = store.record(&me.id(), 50).unwrap().unwrap();
+    assert_eq!(r.body().unwrap(), commit(49));
+    assert_eq!(store.blob(&blob).unwrap().unwrap(), b"a build log\n".repeat(1000));
+    // The log continues where it stopped.
+    let next = store.append_own(&me, Timestamp(99), &commit(99)).unwrap();
+    assert_eq!(next.seq(), 51);
+    assert_eq!(next.envelope.prev, r.hash);
+}
+
+#[test]
+fn chain_break_is_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = key(3);
+    let good = chain(&a, 2);
+    store.ingest(&good[0].bytes).unwrap();
+    // seq 2 that points at a made-up predecessor.
+    let bad = Record::author(&a, 2, Hash::of(b"elsewhere"), Timestamp(5), &commit(2)).unwrap();
+    assert!(matches!(
+        store.ingest(&bad.bytes),
+        Err(StoreError::ChainBreak { seq: 2, .. })
+    ));
+    assert_eq!(store.version_vector().unwrap().get(&a.id()), 1);
+    assert_eq!(store.record_count(), 1);
+    // The real seq 2 still goes in.
+    assert!(matches!(store.ingest(&good[1].bytes).unwrap(), Ingest::Appended(_)));
+}
+
+#[test]
+fn bad_signature_is_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let r = &chain(&key(4), 1)[0];
+    let mut signed: SignedRecord = codec::decode("r", &r.bytes).unwrap();
+    signed.sig.0[10] ^= 1;
+    let forged = codec::encode("r", &signed).unwrap();
+    assert!(matches!(store.ingest(&forged), Err(StoreError::Record(_))));
+    // Someone else's signature over the same envelope.
+    let signed2 = SignedRecord {
+        envelope: codec::decode::<SignedRecord>("r", &r.bytes).unwrap().envelope,
+        sig: key(5).sign(buildmesh_protocol::Domain::CommitSeen, b"x"),
+    };
+    assert!(store.ingest(&codec::encode("r", &signed2).unwrap()).is_err());
+    assert!(store.ingest(b"\xa1garbage").is_err());
+    assert_eq!(store.record_count(), 0);
+    assert_eq!(store.pending_count(), 0);
+}
+
+#[test]
+fn fork_is_kept_as_evidence_and_the_author_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = key(6);
+    let c = chain(&a, 3);
+    for r in &c {
+        store.ingest(&r.bytes).unwrap();
+    }
+    assert_eq!(store.ingest(&c[1].bytes).unwrap(), Ingest::Duplicate);
+    // A second record 2, as a node that lost its disk would write.
+    let other2 = Record::author(&a, 2, c[0].hash, Timestamp(77), &commit(77)).unwrap();
+    assert_eq!(
+        store.ingest(&other2.bytes).unwrap(),
+        Ingest::Fork { author: a.id(), seq: 2 }
+    );
+    let flagged = store.flagged().unwrap();
+    assert_eq!(flagged.len(), 1);
+    assert_eq!(flagged[0].0, a.id());
+    let ev = store.forks_of(&a.id()).unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].held, c[1]);
+    assert_eq!(ev[0].other, other2);
+    // The log itself is untouched.
+    assert_eq!(store.record(&a.id(), 2).unwrap().unwrap(), c[1]);
+}
+
+#[test]
+fn gap_filled_out_of_order_ends_with_the_right_version_vector() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = key(7);
+    let c = chain(&a, 10);
+    // Deliver 10, 9, ..., 2 first: all held.
+    for r in c[1..].iter().rev() {
+        assert!(matches!(store.ingest(&r.bytes).unwrap(), Ingest::Held { have: 0 }));
+    }
+    assert_eq!(store.version_vector().unwrap().get(&a.id()), 0);
+    assert_eq!(store.pending_count(), 9);
+    // Record 1 releases everything, in order.
+    match store.ingest(&c[0].bytes).unwrap() {
+        Ingest::Appended(rs) => {
+            assert_eq!(rs.iter().map(|r| r.seq()).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>())
+        }
+        other => panic!("expected an append, got {other:?}"),
+    }
+    assert_eq!(store.version_vector().unwrap().get(&a.id()), 10);
+    assert_eq!(store.pending_count(), 0);
+}
+
+#[test]
+fn version_vector_diff_yields_exactly_the_missing_records() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (s1, s2) = (Store::open(d1.path()).unwrap(), Store::open(d2.path()).unwrap());
+    let authors: Vec<SecretKey> = (10..15).map(key).collect();
+    for (i, a) in authors.iter().enumerate() {
+        let c = chain(a, 10 + i as u64 * 7);
+        for r in &c {
+            s1.ingest(&r.bytes).unwrap();
+        }
+        // s2 holds a prefix of some logs, none of others, and is ahead on none.
+        for r in c.iter().take(i * 3) {
+            s2.ingest(&r.bytes).unwrap();
+        }
+    }
+    let v1 = s1.version_vector().unwrap();
+    let v2 = s2.version_vector().unwrap();
+    let missing = v1.ahead_of(&v2);
+    assert!(v2.ahead_of(&v1).is_empty());
+    let mut sent = 0;
+    for (author, range) in missing {
+        let expected = (range.end() - range.start() + 1) as usize;
+        let batch = s1.records_in(&author, range.clone(), usize::MAX).unwrap();
+        assert_eq!(batch.len(), expected, "exactly the range");
+        for (i, bytes) in batch.iter().enumerate() {
+            let r = Record::verify(bytes).unwrap();
+            assert_eq!(r.seq(), range.start() + i as u64);
+            assert!(matches!(s2.ingest(bytes).unwrap(), Ingest::Appended(_)));
+        }
+        sent += batch.len();
+    }
+    assert_eq!(sent as u64, v1.total() - v2.total());
+    assert_eq!(s2.version_vector().unwrap(), v1);
+}
+
+#[test]
+fn announcements_of_one_commit_collapse_and_indexes_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b) = (key(20), key(21));
+    let first = store.append_own(&a, Timestamp(1), &commit(1)).unwrap();
+    store.append_own(&a, Timestamp(2), &commit(2)).unwrap();
+    // b announces commit 1 again.
+    for r in chain(&b, 1) {
+        store.ingest(&r.bytes).unwrap();
+    }
+    let seen = store
+        .commit_seen("https://example.org/p.git", "main", &format!("{:040x}", 1))
+        .unwrap()
+        .unwrap();
+    assert_eq!((seen.author, seen.seq), (a.id(), first.seq()));
+    let commits = store.commits("https://example.org/p.git", "main", 10).unwrap();
+    assert_eq!(commits.len(), 2, "the repeated announcement is not a new commit");
+    assert_eq!(commits[0].seq, 2, "newest first");
+
+    let job = JobKey {
+        builder: "b".into(),
+        repo: "r".into(),
+        branch: "main".into(),
+        sha: "s".into(),
+    };
+    store
+        .append_own(
+            &a,
+            Timestamp(3),
+            &Body::Claim(Claim { job: job.id(), key: job.clone(), attempt: 1, lease_ms: 5000 }),
+        )
+        .unwrap();
+    store
+        .append_own(
+            &a,
+            Timestamp(4),
+            &Body::BuildResult(BuildResult {
+                job: job.id(),
+                key: job.clone(),
+                attempt: 1,
+                result: ResultCode::Success,
+                steps: vec![],
+                started: Timestamp(3),
+                finished: Timestamp(4),
+                config_version: 1,
+            }),
+        )
+        .unwrap();
+    assert_eq!(store.claims_for_job(&job.id()).unwrap().len(), 1);
+    assert_eq!(store.claims_for_job(&job.id()).unwrap()[0].0, 1);
+    assert_eq!(store.results_for_job(&job.id()).unwrap().len(), 1);
+    assert_eq!(store.results_for_builder("b", "main", 5).unwrap().len(), 1);
+    assert!(store.results_for_builder("b", "mainline", 5).unwrap().is_empty());
+}
+
+#[test]
+fn a_corrupt_value_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = key(30);
+    let blob;
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.append_own(&me, Timestamp(1), &commit(1)).unwrap();
+        blob = store.put_blob(b"log").unwrap();
+        store.flush().unwrap();
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let records = db.open_tree("records").unwrap();
+        let (k, _) = records.first().unwrap().unwrap();
+        records.insert(k, &b"\xff\x00truncated"[..]).unwrap();
+        db.open_tree("heads").unwrap().insert(me.id().as_bytes(), &b"\x01"[..]).unwrap();
+        db.open_tree("blobs").unwrap().insert(blob.0, &b"\xff\xff\xff\xff"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert!(matches!(store.record(&me.id(), 1), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(store.version_vector(), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(store.blob(&blob), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        store.append_own(&me, Timestamp(2), &commit(2)),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn blobs_are_checked_against_their_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let h = Hash::of(b"real content");
+    assert!(!store.put_blob_checked(&h, b"other content").unwrap());
+    assert!(!store.has_blob(&h).unwrap());
+    assert!(store.put_blob_checked(&h, b"real content").unwrap());
+    assert_eq!(store.blob(&h).unwrap().unwrap(), b"real content");
+}
