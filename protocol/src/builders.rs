@@ -183,7 +183,11 @@ impl BuilderConfig {
             err(e.span(), &field, message)
         })?;
         if file.builders.is_empty() {
-            return Err(err(None, "builder", "the file defines no [[builder]]".into()));
+            return Err(err(
+                None,
+                "builder",
+                "the file defines no [[builder]]".into(),
+            ));
         }
         let mut names = BTreeSet::new();
         let mut builders = Vec::new();
@@ -208,7 +212,11 @@ impl BuilderConfig {
                 ));
             }
             if b.repo.get_ref().trim().is_empty() {
-                return Err(err(Some(b.repo.span()), "repo", "empty repository URL".into()));
+                return Err(err(
+                    Some(b.repo.span()),
+                    "repo",
+                    "empty repository URL".into(),
+                ));
             }
             if b.branches.get_ref().is_empty() {
                 return Err(err(
@@ -250,12 +258,20 @@ impl BuilderConfig {
                 };
                 for w in &s.warn {
                     regex::Regex::new(w.get_ref()).map_err(|e| {
-                        err(Some(w.span()), "warn", format!("bad regular expression: {e}"))
+                        err(
+                            Some(w.span()),
+                            "warn",
+                            format!("bad regular expression: {e}"),
+                        )
                     })?;
                 }
                 let retries = match &s.retries {
                     Some(r) if *r.get_ref() > 10 => {
-                        return Err(err(Some(r.span()), "retries", "more than 10 retries".into()));
+                        return Err(err(
+                            Some(r.span()),
+                            "retries",
+                            "more than 10 retries".into(),
+                        ));
                     }
                     Some(r) => *r.get_ref(),
                     None => 0,

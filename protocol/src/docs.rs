@@ -239,7 +239,9 @@ impl Genesis {
             ));
         }
         if let Some(outsider) = signers.iter().find(|s| !distinct.contains(s)) {
-            return invalid(format!("signed by {outsider}, who is not one of its maintainers"));
+            return invalid(format!(
+                "signed by {outsider}, who is not one of its maintainers"
+            ));
         }
         if signers.len() < genesis.threshold as usize {
             return invalid(format!(

@@ -231,8 +231,8 @@ impl SecretKey {
         let hex_part = text.trim().strip_prefix(SECRET_KEY_PREFIX).ok_or_else(|| {
             KeyError::BadSecretKey(format!("it does not start with `{SECRET_KEY_PREFIX}`"))
         })?;
-        let bytes = hex::decode(hex_part)
-            .map_err(|e| KeyError::BadSecretKey(format!("bad hex: {e}")))?;
+        let bytes =
+            hex::decode(hex_part).map_err(|e| KeyError::BadSecretKey(format!("bad hex: {e}")))?;
         let seed: [u8; 32] = bytes
             .try_into()
             .map_err(|_| KeyError::BadSecretKey("the key is not 32 bytes".into()))?;
@@ -307,7 +307,11 @@ impl FromStr for Hash {
 }
 
 // Binary encodings (CBOR) carry raw bytes; human-readable ones (JSON) carry the printed forms.
-fn ser_bytes<S: Serializer>(s: S, bytes: &[u8], text: impl FnOnce() -> String) -> Result<S::Ok, S::Error> {
+fn ser_bytes<S: Serializer>(
+    s: S,
+    bytes: &[u8],
+    text: impl FnOnce() -> String,
+) -> Result<S::Ok, S::Error> {
     if s.is_human_readable() {
         s.serialize_str(&text())
     } else {
@@ -315,7 +319,9 @@ fn ser_bytes<S: Serializer>(s: S, bytes: &[u8], text: impl FnOnce() -> String) -
     }
 }
 
-fn de_bytes<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<Result<[u8; N], String>, D::Error> {
+fn de_bytes<'de, D: Deserializer<'de>, const N: usize>(
+    d: D,
+) -> Result<Result<[u8; N], String>, D::Error> {
     if d.is_human_readable() {
         let text = String::deserialize(d)?;
         Ok(Err(text))

@@ -192,7 +192,12 @@ impl Trust {
 
     /// Checks that `key` may act as `role` at `at` (its admission holds then, with that role,
     /// and it is not revoked then).
-    pub fn may_act(&self, key: &NodeId, role: Role, at: Timestamp) -> Result<&Admission, TrustError> {
+    pub fn may_act(
+        &self,
+        key: &NodeId,
+        role: Role,
+        at: Timestamp,
+    ) -> Result<&Admission, TrustError> {
         let admission = self.check_member(key, at)?;
         if !admission.roles.contains(&role) {
             return Err(TrustError::MissingRole { node: *key, role });
@@ -237,13 +242,13 @@ impl Trust {
     fn count_maintainers(
         &self,
         doc: &SignedDoc,
+        signers: &BTreeSet<NodeId>,
         issued: Timestamp,
         exclude: Option<&NodeId>,
     ) -> Result<usize, TrustError> {
-        let signers: BTreeSet<NodeId> = doc.verify_signatures()?;
         let mut count = 0;
         let mut outsider = None;
-        for s in &signers {
+        for s in signers {
             if Some(s) == exclude {
                 continue;
             }
@@ -285,19 +290,21 @@ impl Trust {
 
     /// Checks an admission document against this trust, without applying it.
     pub fn check_admission(&self, doc: &SignedDoc) -> Result<Admission, TrustError> {
+        let signers = doc.verify_signatures()?;
         let a: Admission = doc.body()?;
         self.check_mesh(doc.kind, a.mesh)?;
-        let have = self.count_maintainers(doc, a.issued, None)?;
+        let have = self.count_maintainers(doc, &signers, a.issued, None)?;
         self.enough(doc.kind, have)?;
         Ok(a)
     }
 
     /// Checks a revocation document against this trust, without applying it.
     pub fn check_revocation(&self, doc: &SignedDoc) -> Result<Revocation, TrustError> {
+        let signers = doc.verify_signatures()?;
         let r: Revocation = doc.body()?;
         self.check_mesh(doc.kind, r.mesh)?;
         if self.genesis.genesis.maintainers.contains(&r.subject) {
-            let have = self.count_maintainers(doc, r.issued, Some(&r.subject))?;
+            let have = self.count_maintainers(doc, &signers, r.issued, Some(&r.subject))?;
             let need = self.threshold();
             if have < need {
                 return Err(TrustError::MaintainerRevocationNeedsOthers {
@@ -307,7 +314,7 @@ impl Trust {
                 });
             }
         } else {
-            let have = self.count_maintainers(doc, r.issued, None)?;
+            let have = self.count_maintainers(doc, &signers, r.issued, None)?;
             self.enough(doc.kind, have)?;
         }
         Ok(r)
@@ -315,11 +322,12 @@ impl Trust {
 
     /// Checks a builder configuration document against this trust, without applying it.
     pub fn check_config(&self, doc: &SignedDoc) -> Result<BuilderConfig, TrustError> {
+        let signers = doc.verify_signatures()?;
         let c: BuilderConfig = doc.body()?;
         self.check_mesh(doc.kind, c.mesh)?;
         // A configuration carries no issue time: its signers must be maintainers now (the
         // latest revocation time we know of).
-        let have = self.count_maintainers(doc, Timestamp(u64::MAX), None)?;
+        let have = self.count_maintainers(doc, &signers, Timestamp(u64::MAX), None)?;
         self.enough(doc.kind, have)?;
         Ok(c)
     }

@@ -37,7 +37,12 @@ fn genesis(maintainers: &[&SecretKey], threshold: u32) -> (SignedDoc, VerifiedGe
     (doc, v)
 }
 
-fn admission(mesh: Hash, node: &SecretKey, roles: &[Role], expires: Option<Timestamp>) -> Admission {
+fn admission(
+    mesh: Hash,
+    node: &SecretKey,
+    roles: &[Role],
+    expires: Option<Timestamp>,
+) -> Admission {
     Admission {
         mesh,
         node: node.id(),
@@ -204,7 +209,10 @@ fn a_flipped_bit_anywhere_in_a_document_fails_verification() {
             .ok()
             .and_then(|d| d.verify_signatures().ok().map(|s| (d, s)))
             .filter(|(d, s)| d.kind == doc.kind && s.contains(&m.id()));
-        assert!(ok.is_none(), "flipping byte {i} of a signed admission went unnoticed");
+        assert!(
+            ok.is_none(),
+            "flipping byte {i} of a signed admission went unnoticed"
+        );
     }
 }
 
@@ -234,7 +242,10 @@ fn a_signature_for_one_kind_does_not_verify_as_another() {
         sig: signed.sig,
     };
     let forged = codec::encode("r", &forged).unwrap();
-    assert!(matches!(Record::verify(&forged), Err(RecordError::BadSignature(_))));
+    assert!(matches!(
+        Record::verify(&forged),
+        Err(RecordError::BadSignature(_))
+    ));
 }
 
 #[test]
@@ -248,7 +259,10 @@ fn trust_accepts_a_proper_admission() {
     trust.may_act(&node.id(), Role::Worker, T0).unwrap();
     assert!(matches!(
         trust.may_act(&node.id(), Role::Notifier, T0),
-        Err(TrustError::MissingRole { role: Role::Notifier, .. })
+        Err(TrustError::MissingRole {
+            role: Role::Notifier,
+            ..
+        })
     ));
     assert!(matches!(
         trust.may_act(&key(9).id(), Role::Worker, T0),
@@ -262,7 +276,10 @@ fn admission_signed_by_a_non_maintainer_is_refused() {
     let (_, g) = genesis(&[&m], 1);
     let mut trust = Trust::new(g.clone());
     let outsider = key(7);
-    let doc = signed(&admission(g.mesh, &key(2), &[Role::Worker], None), &[&outsider]);
+    let doc = signed(
+        &admission(g.mesh, &key(2), &[Role::Worker], None),
+        &[&outsider],
+    );
     let err = trust.apply(&doc).unwrap_err();
     assert!(
         matches!(err, TrustError::SignerNotMaintainer { signer, .. } if signer == outsider.id()),
@@ -271,7 +288,11 @@ fn admission_signed_by_a_non_maintainer_is_refused() {
     let unsigned = signed(&admission(g.mesh, &key(2), &[Role::Worker], None), &[]);
     assert!(matches!(
         trust.apply(&unsigned),
-        Err(TrustError::NotEnoughSignatures { have: 0, need: 1, .. })
+        Err(TrustError::NotEnoughSignatures {
+            have: 0,
+            need: 1,
+            ..
+        })
     ));
 }
 
@@ -280,8 +301,14 @@ fn admission_for_another_mesh_is_refused() {
     let m = key(1);
     let (_, g) = genesis(&[&m], 1);
     let mut trust = Trust::new(g);
-    let doc = signed(&admission(Hash::of(b"other"), &key(2), &[Role::Worker], None), &[&m]);
-    assert!(matches!(trust.apply(&doc), Err(TrustError::WrongMesh { .. })));
+    let doc = signed(
+        &admission(Hash::of(b"other"), &key(2), &[Role::Worker], None),
+        &[&m],
+    );
+    assert!(matches!(
+        trust.apply(&doc),
+        Err(TrustError::WrongMesh { .. })
+    ));
 }
 
 #[test]
@@ -292,7 +319,10 @@ fn expired_admission_is_refused() {
     let node = key(2);
     let expires = T0.plus(std::time::Duration::from_secs(60));
     trust
-        .apply(&signed(&admission(g.mesh, &node, &[Role::Worker], Some(expires)), &[&m]))
+        .apply(&signed(
+            &admission(g.mesh, &node, &[Role::Worker], Some(expires)),
+            &[&m],
+        ))
         .unwrap();
     trust.may_act(&node.id(), Role::Worker, T0).unwrap();
     let later = expires.plus(std::time::Duration::from_millis(1));
@@ -309,7 +339,10 @@ fn revoked_key_is_refused_from_the_effective_time() {
     let mut trust = Trust::new(g.clone());
     let node = key(2);
     trust
-        .apply(&signed(&admission(g.mesh, &node, &[Role::Worker], None), &[&m]))
+        .apply(&signed(
+            &admission(g.mesh, &node, &[Role::Worker], None),
+            &[&m],
+        ))
         .unwrap();
     let effective = T0.plus(std::time::Duration::from_secs(10));
     let rev = Revocation {
@@ -326,7 +359,10 @@ fn revoked_key_is_refused_from_the_effective_time() {
     trust.may_act(&node.id(), Role::Worker, T0).unwrap();
     assert!(matches!(
         trust.may_act(&node.id(), Role::Worker, effective),
-        Err(TrustError::Revoked { reason: RevocationReason::Retired, .. })
+        Err(TrustError::Revoked {
+            reason: RevocationReason::Retired,
+            ..
+        })
     ));
     // A later `compromised` hardens the reason but keeps the earlier effective time.
     let worse = Revocation {
@@ -336,7 +372,10 @@ fn revoked_key_is_refused_from_the_effective_time() {
     };
     trust.apply(&signed(&worse, &[&m])).unwrap();
     let r = trust.revocation(&node.id()).unwrap();
-    assert_eq!((r.reason, r.effective), (RevocationReason::Compromised, effective));
+    assert_eq!(
+        (r.reason, r.effective),
+        (RevocationReason::Compromised, effective)
+    );
 }
 
 #[test]
@@ -354,14 +393,24 @@ fn maintainer_revocation_needs_k_other_maintainers() {
     // c's own signature does not count towards its revocation.
     let err = trust.apply(&signed(&rev, &[&a, &c])).unwrap_err();
     assert!(
-        matches!(err, TrustError::MaintainerRevocationNeedsOthers { have: 1, need: 2, .. }),
+        matches!(
+            err,
+            TrustError::MaintainerRevocationNeedsOthers {
+                have: 1,
+                need: 2,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(trust.is_maintainer(&c.id(), T0));
     trust.apply(&signed(&rev, &[&a, &b])).unwrap();
     assert!(!trust.is_maintainer(&c.id(), T0));
     // Once revoked, c's signature no longer counts for anything.
-    let doc = signed(&admission(g.mesh, &key(8), &[Role::Worker], None), &[&a, &c]);
+    let doc = signed(
+        &admission(g.mesh, &key(8), &[Role::Worker], None),
+        &[&a, &c],
+    );
     assert!(trust.apply(&doc).is_err());
 }
 
@@ -373,7 +422,11 @@ fn threshold_applies_to_admissions() {
     let adm = admission(g.mesh, &key(5), &[Role::Worker], None);
     assert!(matches!(
         trust.apply(&signed(&adm, &[&a])),
-        Err(TrustError::NotEnoughSignatures { have: 1, need: 2, .. })
+        Err(TrustError::NotEnoughSignatures {
+            have: 1,
+            need: 2,
+            ..
+        })
     ));
     trust.apply(&signed(&adm, &[&a, &b])).unwrap();
 }
@@ -387,10 +440,19 @@ fn genesis_checks_itself() {
         threshold: 2,
         created: T0,
     };
-    assert!(Genesis::verify(&signed(&g, &[&a])).is_err(), "one of two signatures");
-    assert!(Genesis::verify(&signed(&g, &[&a, &key(3)])).is_err(), "an outsider signed");
+    assert!(
+        Genesis::verify(&signed(&g, &[&a])).is_err(),
+        "one of two signatures"
+    );
+    assert!(
+        Genesis::verify(&signed(&g, &[&a, &key(3)])).is_err(),
+        "an outsider signed"
+    );
     Genesis::verify(&signed(&g, &[&a, &b])).unwrap();
-    let zero = Genesis { threshold: 0, ..g.clone() };
+    let zero = Genesis {
+        threshold: 0,
+        ..g.clone()
+    };
     assert!(Genesis::verify(&signed(&zero, &[&a, &b])).is_err());
     let too_high = Genesis { threshold: 3, ..g };
     assert!(Genesis::verify(&signed(&too_high, &[&a, &b])).is_err());
@@ -408,17 +470,28 @@ fn newer_builder_config_wins_and_older_is_refused() {
     };
     let c2 = BuilderConfig::from_toml(g.mesh, &toml(2)).unwrap();
     let c1 = BuilderConfig::from_toml(g.mesh, &toml(1)).unwrap();
-    assert_eq!(trust.apply(&signed(&c2, &[&m])).unwrap(), Applied::Config(2));
+    assert_eq!(
+        trust.apply(&signed(&c2, &[&m])).unwrap(),
+        Applied::Config(2)
+    );
     assert!(matches!(
         trust.apply(&signed(&c1, &[&m])),
-        Err(TrustError::StaleConfig { offered: 1, current: 2 })
+        Err(TrustError::StaleConfig {
+            offered: 1,
+            current: 2
+        })
     ));
     assert!(trust.apply(&signed(&c2, &[&key(9)])).is_err());
 }
 
 #[test]
 fn roles_and_labels_survive_json() {
-    let a = admission(Hash::of(b"m"), &key(2), &[Role::Worker, Role::Notifier], None);
+    let a = admission(
+        Hash::of(b"m"),
+        &key(2),
+        &[Role::Worker, Role::Notifier],
+        None,
+    );
     let json = serde_json::to_value(&a).unwrap();
     assert_eq!(json["roles"], serde_json::json!(["worker", "notifier"]));
     assert!(json["node"].as_str().unwrap().starts_with("12D3KooW"));

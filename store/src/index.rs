@@ -124,7 +124,12 @@ impl Store {
     }
 
     /// Announcements on (repo, branch), newest first, at most `max`.
-    pub fn commits(&self, repo: &str, branch: &str, max: usize) -> Result<Vec<RecordRef>, StoreError> {
+    pub fn commits(
+        &self,
+        repo: &str,
+        branch: &str,
+        max: usize,
+    ) -> Result<Vec<RecordRef>, StoreError> {
         let prefix = Key::new().str(repo).str(branch).build();
         let mut out = Vec::new();
         for item in self.commits.scan_prefix(prefix).rev().take(max) {

@@ -46,9 +46,14 @@ fn append_close_reopen_keeps_everything() {
             store.append_own(&me, Timestamp(i), &commit(i)).unwrap();
         }
         for r in chain(&other, 20) {
-            assert!(matches!(store.ingest(&r.bytes).unwrap(), Ingest::Appended(_)));
+            assert!(matches!(
+                store.ingest(&r.bytes).unwrap(),
+                Ingest::Appended(_)
+            ));
         }
-        blob = store.put_blob(b"a build log\n".repeat(1000).as_slice()).unwrap();
+        blob = store
+            .put_blob(b"a build log\n".repeat(1000).as_slice())
+            .unwrap();
         store.flush().unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
@@ -58,7 +63,10 @@ fn append_close_reopen_keeps_everything() {
     assert_eq!(store.record_count(), 70);
     let r = store.record(&me.id(), 50).unwrap().unwrap();
     assert_eq!(r.body().unwrap(), commit(49));
-    assert_eq!(store.blob(&blob).unwrap().unwrap(), b"a build log\n".repeat(1000));
+    assert_eq!(
+        store.blob(&blob).unwrap().unwrap(),
+        b"a build log\n".repeat(1000)
+    );
     // The log continues where it stopped.
     let next = store.append_own(&me, Timestamp(99), &commit(99)).unwrap();
     assert_eq!(next.seq(), 51);
@@ -81,7 +89,10 @@ fn chain_break_is_refused_and_nothing_is_stored() {
     assert_eq!(store.version_vector().unwrap().get(&a.id()), 1);
     assert_eq!(store.record_count(), 1);
     // The real seq 2 still goes in.
-    assert!(matches!(store.ingest(&good[1].bytes).unwrap(), Ingest::Appended(_)));
+    assert!(matches!(
+        store.ingest(&good[1].bytes).unwrap(),
+        Ingest::Appended(_)
+    ));
 }
 
 #[test]
@@ -95,10 +106,16 @@ fn bad_signature_is_refused_and_nothing_is_stored() {
     assert!(matches!(store.ingest(&forged), Err(StoreError::Record(_))));
     // Someone else's signature over the same envelope.
     let signed2 = SignedRecord {
-        envelope: codec::decode::<SignedRecord>("r", &r.bytes).unwrap().envelope,
+        envelope: codec::decode::<SignedRecord>("r", &r.bytes)
+            .unwrap()
+            .envelope,
         sig: key(5).sign(buildmesh_protocol::Domain::CommitSeen, b"x"),
     };
-    assert!(store.ingest(&codec::encode("r", &signed2).unwrap()).is_err());
+    assert!(
+        store
+            .ingest(&codec::encode("r", &signed2).unwrap())
+            .is_err()
+    );
     assert!(store.ingest(b"\xa1garbage").is_err());
     assert_eq!(store.record_count(), 0);
     assert_eq!(store.pending_count(), 0);
@@ -118,7 +135,10 @@ fn fork_is_kept_as_evidence_and_the_author_flagged() {
     let other2 = Record::author(&a, 2, c[0].hash, Timestamp(77), &commit(77)).unwrap();
     assert_eq!(
         store.ingest(&other2.bytes).unwrap(),
-        Ingest::Fork { author: a.id(), seq: 2 }
+        Ingest::Fork {
+            author: a.id(),
+            seq: 2
+        }
     );
     let flagged = store.flagged().unwrap();
     assert_eq!(flagged.len(), 1);
@@ -139,14 +159,20 @@ fn gap_filled_out_of_order_ends_with_the_right_version_vector() {
     let c = chain(&a, 10);
     // Deliver 10, 9, ..., 2 first: all held.
     for r in c[1..].iter().rev() {
-        assert!(matches!(store.ingest(&r.bytes).unwrap(), Ingest::Held { have: 0 }));
+        assert!(matches!(
+            store.ingest(&r.bytes).unwrap(),
+            Ingest::Held { have: 0 }
+        ));
     }
     assert_eq!(store.version_vector().unwrap().get(&a.id()), 0);
     assert_eq!(store.pending_count(), 9);
     // Record 1 releases everything, in order.
     match store.ingest(&c[0].bytes).unwrap() {
         Ingest::Appended(rs) => {
-            assert_eq!(rs.iter().map(|r| r.seq()).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>())
+            assert_eq!(
+                rs.iter().map(|r| r.seq()).collect::<Vec<_>>(),
+                (1..=10).collect::<Vec<_>>()
+            )
         }
         other => panic!("expected an append, got {other:?}"),
     }
@@ -157,7 +183,10 @@ fn gap_filled_out_of_order_ends_with_the_right_version_vector() {
 #[test]
 fn version_vector_diff_yields_exactly_the_missing_records() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (s1, s2) = (Store::open(d1.path()).unwrap(), Store::open(d2.path()).unwrap());
+    let (s1, s2) = (
+        Store::open(d1.path()).unwrap(),
+        Store::open(d2.path()).unwrap(),
+    );
     let authors: Vec<SecretKey> = (10..15).map(key).collect();
     for (i, a) in authors.iter().enumerate() {
         let c = chain(a, 10 + i as u64 * 7);
@@ -205,8 +234,14 @@ fn announcements_of_one_commit_collapse_and_indexes_answer() {
         .unwrap()
         .unwrap();
     assert_eq!((seen.author, seen.seq), (a.id(), first.seq()));
-    let commits = store.commits("https://example.org/p.git", "main", 10).unwrap();
-    assert_eq!(commits.len(), 2, "the repeated announcement is not a new commit");
+    let commits = store
+        .commits("https://example.org/p.git", "main", 10)
+        .unwrap();
+    assert_eq!(
+        commits.len(),
+        2,
+        "the repeated announcement is not a new commit"
+    );
     assert_eq!(commits[0].seq, 2, "newest first");
 
     let job = JobKey {
@@ -219,7 +254,12 @@ fn announcements_of_one_commit_collapse_and_indexes_answer() {
         .append_own(
             &a,
             Timestamp(3),
-            &Body::Claim(Claim { job: job.id(), key: job.clone(), attempt: 1, lease_ms: 5000 }),
+            &Body::Claim(Claim {
+                job: job.id(),
+                key: job.clone(),
+                attempt: 1,
+                lease_ms: 5000,
+            }),
         )
         .unwrap();
     store
@@ -242,7 +282,12 @@ fn announcements_of_one_commit_collapse_and_indexes_answer() {
     assert_eq!(store.claims_for_job(&job.id()).unwrap()[0].0, 1);
     assert_eq!(store.results_for_job(&job.id()).unwrap().len(), 1);
     assert_eq!(store.results_for_builder("b", "main", 5).unwrap().len(), 1);
-    assert!(store.results_for_builder("b", "mainline", 5).unwrap().is_empty());
+    assert!(
+        store
+            .results_for_builder("b", "mainline", 5)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -261,13 +306,25 @@ fn a_corrupt_value_is_an_error_not_a_panic() {
         let records = db.open_tree("records").unwrap();
         let (k, _) = records.first().unwrap().unwrap();
         records.insert(k, &b"\xff\x00truncated"[..]).unwrap();
-        db.open_tree("heads").unwrap().insert(me.id().as_bytes(), &b"\x01"[..]).unwrap();
-        db.open_tree("blobs").unwrap().insert(blob.0, &b"\xff\xff\xff\xff"[..]).unwrap();
+        db.open_tree("heads")
+            .unwrap()
+            .insert(me.id().as_bytes(), &b"\x01"[..])
+            .unwrap();
+        db.open_tree("blobs")
+            .unwrap()
+            .insert(blob.0, &b"\xff\xff\xff\xff"[..])
+            .unwrap();
         db.flush().unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
-    assert!(matches!(store.record(&me.id(), 1), Err(StoreError::Corrupt { .. })));
-    assert!(matches!(store.version_vector(), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        store.record(&me.id(), 1),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        store.version_vector(),
+        Err(StoreError::Corrupt { .. })
+    ));
     assert!(matches!(store.blob(&blob), Err(StoreError::Corrupt { .. })));
     assert!(matches!(
         store.append_own(&me, Timestamp(2), &commit(2)),

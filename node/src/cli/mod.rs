@@ -1,0 +1,91 @@
+//! The command line: one file per group of commands.
+//!
+//! - `keys`: keygen, id.
+//! - `docs`: genesis, sign, admit, revoke, config sign, verify, inspect.
+
+mod docs;
+mod files;
+mod keys;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// buildmesh: continuous integration without a master.
+///
+/// Worker hosts form a peer-to-peer mesh, gossip commits, claim build jobs among themselves,
+/// sign their results and replicate them into every node's store.
+#[derive(Debug, Parser)]
+#[command(name = "buildmesh", version, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a new secret key (mode 0600) and print its node id.
+    Keygen(keys::Keygen),
+    /// Print the node id of a secret key.
+    Id(keys::Id),
+    /// Write an unsigned genesis document naming the mesh and its maintainers.
+    Genesis(docs::GenesisArgs),
+    /// Add a signature to a document, in place.
+    Sign(docs::Sign),
+    /// Write an admission for a node, signed by a maintainer.
+    Admit(docs::Admit),
+    /// Write a revocation of a key, signed by a maintainer.
+    Revoke(docs::Revoke),
+    /// Builder configuration documents.
+    #[command(subcommand)]
+    Config(docs::ConfigCommand),
+    /// Check documents against a genesis; exit 1 naming the first bad file and why.
+    Verify(docs::Verify),
+    /// Print any document or record as JSON.
+    Inspect(docs::Inspect),
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Keygen(a) => keys::keygen(a),
+        Command::Id(a) => keys::id(a),
+        Command::Genesis(a) => docs::genesis(a),
+        Command::Sign(a) => docs::sign(a),
+        Command::Admit(a) => docs::admit(a),
+        Command::Revoke(a) => docs::revoke(a),
+        Command::Config(c) => docs::config(c),
+        Command::Verify(a) => docs::verify(a),
+        Command::Inspect(a) => docs::inspect(a),
+    }
+}
+
+/// Logs go to stderr; quiet (warnings) unless asked.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,buildmesh=info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Where an output goes, and whether it may replace a file.
+#[derive(Debug, clap::Args)]
+struct Out {
+    /// File to write.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Replace the file if it exists.
+    #[arg(long)]
+    force: bool,
+}
