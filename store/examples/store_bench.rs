@@ -26,7 +26,10 @@ fn rate(n: usize, t: Instant) -> f64 {
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(50_000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50_000);
     let key = SecretKey::from_seed([1; 32]);
 
     let t = Instant::now();
@@ -38,7 +41,11 @@ fn main() {
             r
         })
         .collect();
-    println!("records encoded + signed:   {:>9.0} /s ({} bytes each)", rate(n, t), records[0].bytes.len());
+    println!(
+        "records encoded + signed:   {:>9.0} /s ({} bytes each)",
+        rate(n, t),
+        records[0].bytes.len()
+    );
 
     let t = Instant::now();
     for r in &records {
@@ -46,23 +53,42 @@ fn main() {
     }
     println!("records decoded + verified: {:>9.0} /s", rate(n, t));
 
+    let t = Instant::now();
+    std::thread::scope(|scope| {
+        for part in records.chunks(n.div_ceil(2)) {
+            scope.spawn(move || {
+                for r in part {
+                    Record::verify(&r.bytes).unwrap();
+                }
+            });
+        }
+    });
+    println!("records verified, 2 threads:{:>9.0} /s", rate(n, t));
+
     let sig = key.sign(Domain::Claim, b"x");
     let t = Instant::now();
     for _ in 0..n {
         key.id().verify(Domain::Claim, b"x", &sig).unwrap();
     }
-    println!("signatures verified:        {:>9.0} /s (verify_strict)", rate(n, t));
+    println!(
+        "signatures verified:        {:>9.0} /s (verify_strict)",
+        rate(n, t)
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let t = Instant::now();
     for chunk in records.chunks(1000) {
-        for r in chunk {
-            store.ingest(&r.bytes).unwrap();
+        let bytes: Vec<&[u8]> = chunk.iter().map(|r| r.bytes.as_slice()).collect();
+        for outcome in store.ingest_batch(&bytes) {
+            outcome.unwrap();
         }
         store.flush().unwrap();
     }
-    println!("records ingested into sled: {:>9.0} /s (verify, chain, indexes; flush per 1000)", rate(n, t));
+    println!(
+        "records ingested into sled: {:>9.0} /s (batches of 1000: verify, chain, indexes, flush)",
+        rate(n, t)
+    );
     assert_eq!(store.version_vector().unwrap().get(&key.id()), n as u64);
 
     let t = Instant::now();
@@ -70,7 +96,10 @@ fn main() {
     for r in store.records_after(&key.id(), 0, usize::MAX).unwrap() {
         total += r.len();
     }
-    println!("records read back in order: {:>9.0} /s ({total} bytes)", rate(n, t));
+    println!(
+        "records read back in order: {:>9.0} /s ({total} bytes)",
+        rate(n, t)
+    );
 
     let own = n.min(5_000);
     let me = SecretKey::from_seed([2; 32]);
@@ -78,9 +107,13 @@ fn main() {
     for i in 0..own as u64 {
         store.append_own(&me, Timestamp(i), &body(i)).unwrap();
     }
-    println!("own records appended:       {:>9.0} /s (signed, flushed each)", rate(own, t));
+    println!(
+        "own records appended:       {:>9.0} /s (signed, flushed each)",
+        rate(own, t)
+    );
 
-    let log = "test_frobnicator (test.test_frob.FrobTests.test_frobnicator) ... ok\n".repeat(15_000);
+    let log =
+        "test_frobnicator (test.test_frob.FrobTests.test_frobnicator) ... ok\n".repeat(15_000);
     let t = Instant::now();
     let h = store.put_blob(log.as_bytes()).unwrap();
     let back = store.blob(&h).unwrap().unwrap();

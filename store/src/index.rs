@@ -8,7 +8,7 @@ use buildmesh_protocol::{Hash, NodeId};
 use crate::keys::{self, Key};
 use crate::{RecordRef, Store, StoreError, corrupt};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum IndexTree {
     Commits,
     CommitSeen,

@@ -72,6 +72,12 @@ pub enum StoreError {
         /// The limit.
         limit: u64,
     },
+    /// A batch write failed; the first record of the batch carries the cause.
+    #[error("the batch this record was in could not be written: {reason}")]
+    WriteFailed {
+        /// The cause.
+        reason: String,
+    },
     /// A blob larger than the store keeps.
     #[error("blob of {len} bytes exceeds the limit of {limit} bytes")]
     BlobTooLarge {
@@ -85,15 +91,6 @@ pub enum StoreError {
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Db(DbError(e))
-    }
-}
-
-impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
-    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
-        match e {
-            sled::transaction::TransactionError::Abort(e) => e,
-            sled::transaction::TransactionError::Storage(e) => e.into(),
-        }
     }
 }
 
@@ -146,7 +143,7 @@ impl Store {
             .path(dir.as_ref())
             .cache_capacity(16 * 1024 * 1024)
             .open()?;
-        Ok(Store {
+        let store = Store {
             records: db.open_tree("records")?,
             heads: db.open_tree("heads")?,
             pending: db.open_tree("pending")?,
@@ -162,7 +159,9 @@ impl Store {
             meta: db.open_tree("meta")?,
             db,
             write_lock: Mutex::new(()),
-        })
+        };
+        store.repair_heads()?;
+        Ok(store)
     }
 
     /// Writes everything to disk (survives a killed process; see the crate docs for power loss).

@@ -1,14 +1,13 @@
 //! Per-author logs: ingest with chain checks, held records, forks, the version vector, and this
 //! node's own appends.
 
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
-use buildmesh_protocol::record::{Body, Record};
+use buildmesh_protocol::record::{Body, Record, RecordError};
 use buildmesh_protocol::vv::VersionVector;
 use buildmesh_protocol::{Hash, NodeId, SecretKey, Timestamp};
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use crate::index::IndexTree;
 use crate::keys::{self, Key};
@@ -112,26 +111,69 @@ impl Store {
     /// Checks and stores a record received from elsewhere. Does not flush: call [`Store::flush`]
     /// after a batch.
     pub fn ingest(&self, bytes: &[u8]) -> Result<Ingest, StoreError> {
-        let record = Record::verify(bytes)?;
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.ingest_locked(record)
+        self.ingest_batch(&[bytes])
+            .pop()
+            .expect("one outcome per record")
     }
 
-    fn ingest_locked(&self, record: Record) -> Result<Ingest, StoreError> {
+    /// Checks and stores many records (a sync batch): signatures are verified on every core,
+    /// then the records are placed in order and written in one transaction. One outcome per
+    /// record, in order. Does not flush.
+    pub fn ingest_batch<B: AsRef<[u8]> + Sync>(
+        &self,
+        items: &[B],
+    ) -> Vec<Result<Ingest, StoreError>> {
+        let verified = verify_all(items);
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = Batch::default();
+        let mut out: Vec<Result<Ingest, StoreError>> = verified
+            .into_iter()
+            .map(|v| match v {
+                Ok(record) => self.place(record, &mut batch),
+                Err(e) => Err(e.into()),
+            })
+            .collect();
+        if let Err(e) = self.commit(&batch) {
+            let reason = e.to_string();
+            let mut first = Some(e);
+            for o in out.iter_mut() {
+                if matches!(o, Ok(Ingest::Appended(_))) {
+                    *o = Err(first.take().unwrap_or_else(|| StoreError::WriteFailed {
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+        }
+        out
+    }
+
+    // Decides what to do with a verified record, given what is held and what this batch has
+    // placed so far. Appends are only planned here; `commit` writes them.
+    fn place(&self, record: Record, batch: &mut Batch) -> Result<Ingest, StoreError> {
         let author = record.author_id();
         let seq = record.seq();
-        let (have, head_hash) = self.head(&author)?;
+        let (have, head_hash) = match batch.heads.get(&author) {
+            Some(h) => *h,
+            None => self.head(&author)?,
+        };
         if seq <= have {
-            let key = keys::record(&author, seq);
-            let held = self
-                .records
-                .get(&key)?
-                .ok_or_else(|| corrupt("records", &key, "missing below the head"))?;
-            if held.as_ref() == record.bytes.as_slice() {
-                return Ok(Ingest::Duplicate);
-            }
-            let held = Record::from_trusted(&held).map_err(|e| corrupt("records", &key, e))?;
-            if held.hash == record.hash {
+            let held_hash = match batch.placed.get(&(author, seq)) {
+                Some(h) => *h,
+                None => {
+                    let key = keys::record(&author, seq);
+                    let held = self
+                        .records
+                        .get(&key)?
+                        .ok_or_else(|| corrupt("records", &key, "missing below the head"))?;
+                    if held.as_ref() == record.bytes.as_slice() {
+                        return Ok(Ingest::Duplicate);
+                    }
+                    Record::from_trusted(&held)
+                        .map_err(|e| corrupt("records", &key, e))?
+                        .hash
+                }
+            };
+            if held_hash == record.hash {
                 return Ok(Ingest::Duplicate);
             }
             self.keep_fork(&record)?;
@@ -169,9 +211,8 @@ impl Store {
             });
         }
         let mut appended = vec![record];
-        self.append_locked(appended.last().expect("just pushed"))?;
         // Release held records that now connect.
-        loop {
+        while !self.pending.is_empty() {
             let last = appended.last().expect("not empty");
             let next_key = keys::record(&author, last.seq() + 1);
             let Some(bytes) = self.pending.remove(&next_key)? else {
@@ -193,8 +234,13 @@ impl Store {
                 self.keep_fork(&next)?;
                 break;
             }
-            self.append_locked(&next)?;
             appended.push(next);
+        }
+        let last = appended.last().expect("not empty");
+        batch.heads.insert(author, (last.seq(), last.hash));
+        for r in &appended {
+            batch.placed.insert((author, r.seq()), r.hash);
+            batch.appends.push(r.clone());
         }
         Ok(Ingest::Appended(appended))
     }
@@ -217,72 +263,122 @@ impl Store {
         Ok(())
     }
 
-    // Appends a record that links to the current head, with its index entries, atomically.
-    fn append_locked(&self, record: &Record) -> Result<(), StoreError> {
-        let author = record.author_id();
-        let rref = RecordRef {
-            author,
-            seq: record.seq(),
-        };
-        let head = buildmesh_protocol::codec::encode(
-            "head",
-            &Head {
-                seq: record.seq(),
-                hash: record.hash,
-            },
-        )
-        .map_err(|e| corrupt("heads", author.as_bytes(), e))?;
-        let body = match record.body() {
-            Ok(b) => Some(b),
-            Err(e) => {
-                // Signed by its author, so it stays in the chain; it just indexes nothing.
-                tracing::warn!(author = %author, seq = record.seq(), error = %e, "record body does not decode");
-                None
-            }
-        };
-        let entries = body
-            .as_ref()
-            .map(|b| crate::index::entries(rref, record, b))
-            .unwrap_or_default();
-        let trees = (
-            &self.records,
-            &self.heads,
-            &self.commits,
-            &self.commit_seen,
-            &self.results_by_job,
-            &self.results_by_builder,
-            &self.claims_by_job,
-            &self.docs,
-        );
-        trees
-            .transaction(
-                |(records, heads, commits, commit_seen, by_job, by_builder, claims, docs)| {
-                    records.insert(rref.to_bytes(), record.bytes.as_slice())?;
-                    heads.insert(author.as_bytes().as_slice(), head.as_slice())?;
-                    // Announcements of one commit collapse: only the first is indexed.
-                    let mut repeated = false;
-                    for e in &entries {
-                        if e.tree == IndexTree::CommitSeen && commit_seen.get(&e.key)?.is_some() {
-                            repeated = true;
-                        }
-                    }
-                    for e in &entries {
-                        let tree: &TransactionalTree = match e.tree {
-                            IndexTree::Commits | IndexTree::CommitSeen if repeated => continue,
-                            IndexTree::Commits => commits,
-                            IndexTree::CommitSeen => commit_seen,
-                            IndexTree::ResultsByJob => by_job,
-                            IndexTree::ResultsByBuilder => by_builder,
-                            IndexTree::ClaimsByJob => claims,
-                            IndexTree::Docs => docs,
-                        };
-                        tree.insert(e.key.as_slice(), e.value.as_slice())?;
-                    }
-                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+    // Writes the planned appends with their index entries and the new heads, atomically.
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.appends.is_empty() {
+            return Ok(());
+        }
+        let mut heads = Vec::with_capacity(batch.heads.len());
+        for (author, (seq, hash)) in &batch.heads {
+            let head = buildmesh_protocol::codec::encode(
+                "head",
+                &Head {
+                    seq: *seq,
+                    hash: *hash,
                 },
             )
-            .map_err(StoreError::from)?;
+            .map_err(|e| corrupt("heads", author.as_bytes(), e))?;
+            heads.push((*author, head));
+        }
+        let mut writes = Vec::with_capacity(batch.appends.len());
+        for record in &batch.appends {
+            let rref = RecordRef {
+                author: record.author_id(),
+                seq: record.seq(),
+            };
+            let entries = match record.body() {
+                Ok(b) => crate::index::entries(rref, record, &b),
+                Err(e) => {
+                    // Signed by its author, so it stays in the chain; it just indexes nothing.
+                    tracing::warn!(author = %rref.author, seq = rref.seq, error = %e, "record body does not decode");
+                    Vec::new()
+                }
+            };
+            writes.push((rref.to_bytes(), record.bytes.as_slice(), entries));
+        }
+        // Written tree by tree, each batch atomic, in an order that a crash can only leave
+        // behind, never ahead: index entries (idempotent), then records, then heads. `open`
+        // moves a head forward over records that were written without it.
+        let mut index: HashMap<IndexTree, sled::Batch> = HashMap::new();
+        let mut seen_now: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+        let mut records = sled::Batch::default();
+        for (key, bytes, entries) in &writes {
+            records.insert(key.as_slice(), *bytes);
+            // Announcements of one commit collapse: only the first is indexed.
+            let mut repeated = false;
+            for e in entries {
+                if e.tree == IndexTree::CommitSeen
+                    && (seen_now.contains(e.key.as_slice())
+                        || self.commit_seen.contains_key(&e.key)?)
+                {
+                    repeated = true;
+                }
+            }
+            for e in entries {
+                match e.tree {
+                    IndexTree::Commits | IndexTree::CommitSeen if repeated => continue,
+                    IndexTree::CommitSeen => {
+                        seen_now.insert(e.key.as_slice());
+                    }
+                    _ => {}
+                }
+                index
+                    .entry(e.tree)
+                    .or_default()
+                    .insert(e.key.as_slice(), e.value.as_slice());
+            }
+        }
+        for (tree, b) in index {
+            self.index_tree(tree).apply_batch(b)?;
+        }
+        self.records.apply_batch(records)?;
+        let mut head_batch = sled::Batch::default();
+        for (author, head) in &heads {
+            head_batch.insert(author.as_bytes().as_slice(), head.as_slice());
+        }
+        self.heads.apply_batch(head_batch)?;
         Ok(())
+    }
+
+    fn index_tree(&self, tree: IndexTree) -> &sled::Tree {
+        match tree {
+            IndexTree::Commits => &self.commits,
+            IndexTree::CommitSeen => &self.commit_seen,
+            IndexTree::ResultsByJob => &self.results_by_job,
+            IndexTree::ResultsByBuilder => &self.results_by_builder,
+            IndexTree::ClaimsByJob => &self.claims_by_job,
+            IndexTree::Docs => &self.docs,
+        }
+    }
+
+    /// Moves every author's head forward over records written before a crash cut the head's
+    /// update short. Run once when the store opens.
+    pub(crate) fn repair_heads(&self) -> Result<u64, StoreError> {
+        let mut repaired = 0;
+        let mut cursor: Vec<u8> = Vec::new();
+        while let Some(item) = self.records.range(cursor.clone()..).next() {
+            let (k, _) = item?;
+            let author =
+                keys::split_node(&k).ok_or_else(|| corrupt("records", &k, "bad author"))?;
+            let (mut seq, mut hash) = self.head(&author)?;
+            let start = seq;
+            while let Some(r) = self.record(&author, seq + 1)? {
+                if r.envelope.prev != hash {
+                    break;
+                }
+                seq = r.seq();
+                hash = r.hash;
+            }
+            if seq > start {
+                let head = buildmesh_protocol::codec::encode("head", &Head { seq, hash })
+                    .map_err(|e| corrupt("heads", author.as_bytes(), e))?;
+                self.heads.insert(author.as_bytes(), head)?;
+                tracing::info!(author = %author, from = start, to = seq, "head moved over records written before a crash");
+                repaired += seq - start;
+            }
+            cursor = next_prefix(author.as_bytes());
+        }
+        Ok(repaired)
     }
 
     /// Writes, signs, stores and flushes this node's next record. The record is on disk before
@@ -296,7 +392,12 @@ impl Store {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let (seq, prev) = self.head(&key.id())?;
         let record = Record::author(key, seq + 1, prev, time, body)?;
-        self.append_locked(&record)?;
+        let mut batch = Batch::default();
+        batch
+            .heads
+            .insert(record.author_id(), (record.seq(), record.hash));
+        batch.appends.push(record.clone());
+        self.commit(&batch)?;
         self.flush()?;
         Ok(record)
     }
@@ -390,4 +491,49 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+// What one ingest batch has decided so far.
+#[derive(Default)]
+struct Batch {
+    heads: HashMap<NodeId, (u64, Hash)>,
+    placed: HashMap<(NodeId, u64), Hash>,
+    appends: Vec<Record>,
+}
+
+// Verifies signatures, on every core for large batches.
+fn verify_all<B: AsRef<[u8]> + Sync>(items: &[B]) -> Vec<Result<Record, RecordError>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if items.len() < 64 || threads < 2 {
+        return items.iter().map(|b| Record::verify(b.as_ref())).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|b| Record::verify(b.as_ref()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("verification does not panic"))
+            .collect()
+    })
+}
+
+// The smallest key after every key that starts with `prefix`.
+fn next_prefix(prefix: &[u8]) -> Vec<u8> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < u8::MAX {
+            next.push(last + 1);
+            return next;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
 }

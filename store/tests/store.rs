@@ -306,30 +306,74 @@ fn a_corrupt_value_is_an_error_not_a_panic() {
         let records = db.open_tree("records").unwrap();
         let (k, _) = records.first().unwrap().unwrap();
         records.insert(k, &b"\xff\x00truncated"[..]).unwrap();
-        db.open_tree("heads")
-            .unwrap()
-            .insert(me.id().as_bytes(), &b"\x01"[..])
-            .unwrap();
-        db.open_tree("blobs")
-            .unwrap()
-            .insert(blob.0, &b"\xff\xff\xff\xff"[..])
+        let blobs = db.open_tree("blobs").unwrap();
+        blobs.insert(blob.0, &b"\xff\xff\xff\xff"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let r = store.record(&me.id(), 1);
+        assert!(matches!(r, Err(StoreError::Corrupt { .. })), "{r:?}");
+        assert!(matches!(store.blob(&blob), Err(StoreError::Corrupt { .. })));
+        assert!(
+            store
+                .all_records()
+                .any(|r| matches!(r, Err(StoreError::Corrupt { .. })))
+        );
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let heads = db.open_tree("heads").unwrap();
+        heads.insert(me.id().as_bytes(), &b"\x01"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    // A damaged head stops the store from opening, with the tree named.
+    match Store::open(dir.path()) {
+        Err(StoreError::Corrupt { tree: "heads", .. }) => {}
+        other => panic!("expected a corrupt-heads error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_head_cut_short_by_a_crash_is_moved_forward_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = key(31);
+    let head3;
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for i in 1..=5 {
+            store.append_own(&me, Timestamp(i), &commit(i)).unwrap();
+        }
+        head3 = store.record(&me.id(), 3).unwrap().unwrap();
+        store.flush().unwrap();
+    }
+    {
+        // As if the process died after writing records 4 and 5 but before their head.
+        #[derive(serde::Serialize)]
+        struct Head {
+            seq: u64,
+            hash: Hash,
+        }
+        let head = Head {
+            seq: 3,
+            hash: head3.hash,
+        };
+        let db = sled::open(dir.path()).unwrap();
+        let heads = db.open_tree("heads").unwrap();
+        heads
+            .insert(me.id().as_bytes(), codec::encode("head", &head).unwrap())
             .unwrap();
         db.flush().unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
-    assert!(matches!(
-        store.record(&me.id(), 1),
-        Err(StoreError::Corrupt { .. })
-    ));
-    assert!(matches!(
-        store.version_vector(),
-        Err(StoreError::Corrupt { .. })
-    ));
-    assert!(matches!(store.blob(&blob), Err(StoreError::Corrupt { .. })));
-    assert!(matches!(
-        store.append_own(&me, Timestamp(2), &commit(2)),
-        Err(StoreError::Corrupt { .. })
-    ));
+    assert_eq!(store.version_vector().unwrap().get(&me.id()), 5);
+    assert_eq!(
+        store
+            .append_own(&me, Timestamp(6), &commit(6))
+            .unwrap()
+            .seq(),
+        6
+    );
 }
 
 #[test]
