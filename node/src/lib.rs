@@ -1,1 +1,21 @@
-//! placeholder
+//! A buildmesh node.
+//!
+//! - [`config`]: the node's TOML configuration, checked.
+//! - [`node`]: wiring and shutdown; [`node::start`] returns a [`NodeHandle`].
+//! - [`network`]: the libp2p swarm in its own task, driven through a `Client`.
+//! - `replica`: the gate every record passes, trust, peers at the door, liveness, authoring.
+//! - `sync`: anti-entropy with one peer.
+//! - [`api`]: the HTTP JSON API.
+//! - [`testnet`]: everything a local mesh needs, written to a directory.
+
+pub mod api;
+pub mod config;
+pub mod files;
+pub mod network;
+pub mod node;
+mod replica;
+mod sync;
+pub mod testnet;
+
+pub use node::{NodeError, NodeHandle, start};
+pub use replica::{Metrics, NodeView};

@@ -9,6 +9,7 @@
 //! - [`record`]: the signed, hash-chained records of each node's log and their bodies.
 //! - [`vv`]: version vectors for anti-entropy.
 //! - [`trust`]: the fold of documents into "may key K act as role R at time T".
+//! - [`wire`]: requests, responses and signed ephemeral gossip between nodes.
 
 pub mod builders;
 pub mod codec;
@@ -18,6 +19,7 @@ pub mod record;
 pub mod time;
 pub mod trust;
 pub mod vv;
+pub mod wire;
 
 pub use keys::{Domain, Hash, NodeId, SecretKey, Signature};
 pub use time::Timestamp;

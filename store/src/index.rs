@@ -109,6 +109,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether a document with this id was published by anyone.
+    pub fn has_doc(&self, kind: DocKind, id: &Hash) -> Result<bool, StoreError> {
+        let key = Key::new().bytes(&[doc_order(kind)]).hash(id).build();
+        Ok(self.docs.contains_key(key)?)
+    }
+
     /// The first announcement of (repo, branch, sha), if any.
     pub fn commit_seen(
         &self,

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use buildmesh_protocol::NodeId;
 use buildmesh_protocol::record::RecordError;
 
-pub use logs::{Ingest, RecordRef};
+pub use logs::{Ingest, RecordRef, verify_all};
 
 /// A failure of the database underneath (I/O, corruption sled detected).
 #[derive(Debug, thiserror::Error)]

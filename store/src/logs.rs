@@ -123,15 +123,24 @@ impl Store {
         &self,
         items: &[B],
     ) -> Vec<Result<Ingest, StoreError>> {
-        let verified = verify_all(items);
+        let verified = verify_all(items)
+            .into_iter()
+            .map(|v| v.map_err(StoreError::from))
+            .collect();
+        self.ingest_verified(verified)
+    }
+
+    /// Stores records whose signatures the caller already checked (with [`verify_all`]),
+    /// passing errors through in place. One outcome per record, in order. Does not flush.
+    pub fn ingest_verified(
+        &self,
+        verified: Vec<Result<Record, StoreError>>,
+    ) -> Vec<Result<Ingest, StoreError>> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = Batch::default();
         let mut out: Vec<Result<Ingest, StoreError>> = verified
             .into_iter()
-            .map(|v| match v {
-                Ok(record) => self.place(record, &mut batch),
-                Err(e) => Err(e.into()),
-            })
+            .map(|v| v.and_then(|record| self.place(record, &mut batch)))
             .collect();
         if let Err(e) = self.commit(&batch) {
             let reason = e.to_string();
@@ -501,8 +510,8 @@ struct Batch {
     appends: Vec<Record>,
 }
 
-// Verifies signatures, on every core for large batches.
-fn verify_all<B: AsRef<[u8]> + Sync>(items: &[B]) -> Vec<Result<Record, RecordError>> {
+/// Verifies records' signatures, on every core for large batches. One result per item, in order.
+pub fn verify_all<B: AsRef<[u8]> + Sync>(items: &[B]) -> Vec<Result<Record, RecordError>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if items.len() < 64 || threads < 2 {
         return items.iter().map(|b| Record::verify(b.as_ref())).collect();

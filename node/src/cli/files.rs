@@ -1,8 +1,7 @@
 //! Reading and writing the files people handle: secret keys and signed documents.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -23,21 +22,13 @@ pub fn read_key(path: &Path) -> anyhow::Result<SecretKey> {
 
 /// Writes a new secret key file with mode 0600; never replaces an existing file.
 pub fn write_new_key(path: &Path, key: &SecretKey) -> anyhow::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| {
-            if path.exists() {
-                format!("{} exists; refusing to overwrite a key", path.display())
-            } else {
-                format!("cannot create {}", path.display())
-            }
-        })?;
-    f.write_all(key.to_file_text().as_bytes())?;
-    f.sync_all()?;
-    Ok(())
+    buildmesh_node::files::write_new_key(path, key).with_context(|| {
+        if path.exists() {
+            format!("{} exists; refusing to overwrite a key", path.display())
+        } else {
+            format!("cannot create {}", path.display())
+        }
+    })
 }
 
 /// Reads a signed document file.
@@ -53,21 +44,11 @@ pub fn read_genesis(path: &Path) -> anyhow::Result<VerifiedGenesis> {
     Genesis::verify(&doc).with_context(|| format!("genesis {}", path.display()))
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename), so that a failed
-/// write leaves the earlier file whole.
+/// Writes `bytes` to `path` atomically, refusing to replace a file unless `replace`.
 pub fn write_atomic(path: &Path, bytes: &[u8], replace: bool) -> anyhow::Result<()> {
     if !replace && path.exists() {
         bail!("{} exists; pass --force to replace it", path.display());
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    buildmesh_node::files::write_atomic(path, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

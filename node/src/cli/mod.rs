@@ -2,10 +2,12 @@
 //!
 //! - `keys`: keygen, id.
 //! - `docs`: genesis, sign, admit, revoke, config sign, verify, inspect.
+//! - `mesh`: run, init-node, testnet, nodes, publish.
 
 mod docs;
 mod files;
 mod keys;
+mod mesh;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +49,16 @@ enum Command {
     Verify(docs::Verify),
     /// Print any document or record as JSON.
     Inspect(docs::Inspect),
+    /// Run a node.
+    Run(mesh::Run),
+    /// Write a commented example node configuration.
+    InitNode(mesh::InitNode),
+    /// Write everything a local mesh of N nodes needs into a directory.
+    Testnet(mesh::TestnetArgs),
+    /// List every admitted node as a running node sees it.
+    Nodes(mesh::Nodes),
+    /// Hand a maintainer-signed document to a node, which publishes it to the mesh.
+    Publish(mesh::PublishArgs),
 }
 
 /// Runs one command.
@@ -61,6 +73,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(c) => docs::config(c),
         Command::Verify(a) => docs::verify(a),
         Command::Inspect(a) => docs::inspect(a),
+        Command::Run(a) => mesh::run(a),
+        Command::InitNode(a) => mesh::init_node(a),
+        Command::Testnet(a) => mesh::testnet(a),
+        Command::Nodes(a) => mesh::nodes(a),
+        Command::Publish(a) => mesh::publish(a),
     }
 }
 

@@ -1,0 +1,174 @@
+//! Running a node and talking to running nodes: run, init-node, testnet, nodes, publish.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use buildmesh_node::NodeView;
+use buildmesh_node::config::{EXAMPLE, NodeConfig};
+
+use super::files;
+
+#[derive(Debug, clap::Args)]
+pub struct Run {
+    /// The node's configuration file (`buildmesh init-node` writes an example).
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitNode {
+    /// Where to write the commented example configuration.
+    #[arg(long, short, default_value = "node.toml")]
+    out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TestnetArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Directory to write the mesh into (created; must not hold a testnet already).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Node i (from 1) uses API port P+10i and libp2p port P+10i+1.
+    #[arg(long, default_value_t = 17700)]
+    base_port: u16,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Nodes {
+    /// A node's API address, host:port.
+    #[arg(long, short = 'n', env = "BUILDMESH_NODE", default_value = "127.0.0.1:7700")]
+    node: String,
+    /// Print the API's JSON as is.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// A node's API address, host:port.
+    #[arg(long, short = 'n', env = "BUILDMESH_NODE", default_value = "127.0.0.1:7700")]
+    node: String,
+    /// The signed document (admission, revocation, builder configuration).
+    file: PathBuf,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn url(node: &str, path: &str) -> String {
+    if node.starts_with("http://") || node.starts_with("https://") {
+        format!("{}{path}", node.trim_end_matches('/'))
+    } else {
+        format!("http://{node}{path}")
+    }
+}
+
+pub fn run(args: Run) -> anyhow::Result<ExitCode> {
+    let config = NodeConfig::load(&args.config)?;
+    runtime()?.block_on(async move {
+        let node = buildmesh_node::start(config).await?;
+        eprintln!("node {} ({}) running; API on http://{}", node.name, node.id, node.api);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = node.stopped() => bail!("the node stopped on its own"),
+        }
+        eprintln!("shutting down");
+        node.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn init_node(args: InitNode) -> anyhow::Result<ExitCode> {
+    files::write_atomic(&args.out, EXAMPLE.as_bytes(), false)?;
+    eprintln!("wrote {}; edit the paths and addresses, then `buildmesh run --config {}`", args.out.display(), args.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn testnet(args: TestnetArgs) -> anyhow::Result<ExitCode> {
+    let t = buildmesh_node::testnet::generate(&args.dir, args.nodes, args.base_port)?;
+    println!("{}", args.dir.join("testnet.json").display());
+    for n in &t.nodes {
+        eprintln!("  {}  {}  api {}  buildmesh run --config {}", n.name, n.id, n.api, n.config.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn get_json(node: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    let u = url(node, path);
+    let resp = reqwest::get(&u)
+        .await
+        .with_context(|| format!("cannot reach the node at {node}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.with_context(|| format!("bad answer from {u}"))?;
+    if !status.is_success() {
+        bail!("{u}: {status}: {}", body["error"].as_str().unwrap_or("error"));
+    }
+    Ok(body)
+}
+
+pub fn nodes(args: Nodes) -> anyhow::Result<ExitCode> {
+    let value = runtime()?.block_on(get_json(&args.node, "/api/v1/nodes"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let nodes: Vec<NodeView> = serde_json::from_value(value)?;
+    println!("{:<14} {:<7} {:<26} {:<28} {:>8}  ID", "NAME", "LIVE", "ROLES", "LABELS", "RECORDS");
+    for n in nodes {
+        let live = if n.revoked {
+            "revoked"
+        } else if n.live {
+            "yes"
+        } else {
+            "no"
+        };
+        let roles: Vec<String> = n.roles.iter().map(|r| r.to_string()).collect();
+        let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<14} {:<7} {:<26} {:<28} {:>8}  {}",
+            n.name,
+            live,
+            roles.join(","),
+            labels.join(","),
+            n.records,
+            n.id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let answer = runtime()?.block_on(async {
+        let u = url(&args.node, "/api/v1/publish");
+        let resp = reqwest::Client::new()
+            .post(&u)
+            .body(bytes)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", args.node))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("{}: {}", args.file.display(), body["error"].as_str().unwrap_or("refused"));
+        }
+        Ok(body)
+    })?;
+    println!(
+        "published {} {} as record {} of {}",
+        answer["published"].as_str().unwrap_or("?"),
+        args.file.display(),
+        answer["record"]["seq"],
+        answer["record"]["author"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}

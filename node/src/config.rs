@@ -1,0 +1,271 @@
+//! A node's configuration file (TOML). Paths are relative to the file's directory. Every field
+//! is documented in [`EXAMPLE`], which `buildmesh init-node` writes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use serde::Deserialize;
+
+/// A configuration that cannot be used, naming the entry at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or an entry of the wrong type or an unknown entry.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// An entry whose value is not usable.
+    #[error("{path}: entry `{entry}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The entry.
+        entry: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The commented example written by `buildmesh init-node`.
+pub const EXAMPLE: &str = r#"# buildmesh node configuration. Paths are relative to this file.
+
+# This node's secret key (buildmesh keygen --out node.key). Keep it mode 0600.
+key = "node.key"
+# The mesh's genesis document, as every node of the mesh has it.
+genesis = "genesis.bm"
+# This node's admission, signed by a maintainer (buildmesh admit ...).
+admission = "node.adm"
+# Where the node keeps its database.
+data_dir = "data"
+# libp2p addresses to listen on (TCP and QUIC).
+listen = ["/ip4/0.0.0.0/tcp/7701", "/ip4/0.0.0.0/udp/7701/quic-v1"]
+# Peers to dial at start and whenever the connection drops; /p2p/ID may be left out.
+bootstrap = []
+# The read-only HTTP API (status, builds, logs, nodes, metrics). Loopback by default.
+api = "127.0.0.1:7700"
+
+[mesh]
+# How often this node says it is alive.
+heartbeat_interval = "1s"
+# A node not heard from for this long is shown as not live.
+liveness_window = "3s"
+# How often version vectors are compared with a random peer.
+sync_interval = "5s"
+# A peer that has not shown a valid admission this long after connecting is dropped.
+door_timeout = "5s"
+# How many peers to keep connections to (beyond the bootstrap peers).
+max_peers = 12
+"#;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileForm {
+    key: PathBuf,
+    genesis: PathBuf,
+    admission: PathBuf,
+    data_dir: PathBuf,
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default)]
+    bootstrap: Vec<String>,
+    #[serde(default)]
+    api: Option<String>,
+    #[serde(default)]
+    mesh: MeshForm,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeshForm {
+    heartbeat_interval: Option<String>,
+    liveness_window: Option<String>,
+    sync_interval: Option<String>,
+    door_timeout: Option<String>,
+    max_peers: Option<usize>,
+}
+
+/// A node's settings, checked.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Secret key file.
+    pub key: PathBuf,
+    /// Genesis document file.
+    pub genesis: PathBuf,
+    /// Admission document file.
+    pub admission: PathBuf,
+    /// Database directory.
+    pub data_dir: PathBuf,
+    /// libp2p listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Peers dialled at start and redialled when lost.
+    pub bootstrap: Vec<Multiaddr>,
+    /// HTTP API address (port 0: any free port).
+    pub api: SocketAddr,
+    /// Mesh timing.
+    pub mesh: MeshSettings,
+}
+
+/// Timing of liveness, anti-entropy and the door.
+#[derive(Clone, Debug)]
+pub struct MeshSettings {
+    /// Heartbeat period. Default 1 s.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a node is not live. Default 3 s.
+    pub liveness_window: Duration,
+    /// Anti-entropy period. Default 5 s.
+    pub sync_interval: Duration,
+    /// Time a peer has to show its admission. Default 5 s.
+    pub door_timeout: Duration,
+    /// Connections kept beyond the bootstrap peers. Default 12.
+    pub max_peers: usize,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            heartbeat_interval: Duration::from_secs(1),
+            liveness_window: Duration::from_secs(3),
+            sync_interval: Duration::from_secs(5),
+            door_timeout: Duration::from_secs(5),
+            max_peers: 12,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Checks the text of a configuration file found at `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let form: FileForm = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let invalid = |entry: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            entry: entry.to_string(),
+            message,
+        };
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let addrs = |entry: &str, list: &[String]| -> Result<Vec<Multiaddr>, ConfigError> {
+            list.iter()
+                .map(|s| {
+                    s.parse::<Multiaddr>()
+                        .map_err(|e| invalid(entry, format!("`{s}` is not a multiaddr: {e}")))
+                })
+                .collect()
+        };
+        let duration = |entry: &str, v: &Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if !d.is_zero() => Ok(d),
+                Ok(_) => Err(invalid(entry, "must be more than zero".into())),
+                Err(e) => Err(invalid(entry, format!("`{s}` is not a duration such as \"2s\": {e}"))),
+            },
+        };
+        let listen = addrs("listen", &form.listen)?;
+        if listen.is_empty() {
+            return Err(invalid("listen", "no address to listen on".into()));
+        }
+        let api = match &form.api {
+            None => SocketAddr::from(([127, 0, 0, 1], 7700)),
+            Some(s) => s
+                .parse()
+                .map_err(|e| invalid("api", format!("`{s}` is not host:port: {e}")))?,
+        };
+        let d = MeshSettings::default();
+        let mesh = MeshSettings {
+            heartbeat_interval: duration("mesh.heartbeat_interval", &form.mesh.heartbeat_interval, d.heartbeat_interval)?,
+            liveness_window: duration("mesh.liveness_window", &form.mesh.liveness_window, d.liveness_window)?,
+            sync_interval: duration("mesh.sync_interval", &form.mesh.sync_interval, d.sync_interval)?,
+            door_timeout: duration("mesh.door_timeout", &form.mesh.door_timeout, d.door_timeout)?,
+            max_peers: form.mesh.max_peers.unwrap_or(d.max_peers),
+        };
+        if mesh.liveness_window < mesh.heartbeat_interval {
+            return Err(invalid(
+                "mesh.liveness_window",
+                "shorter than mesh.heartbeat_interval: every node would look dead".into(),
+            ));
+        }
+        let config = NodeConfig {
+            key: resolve(&form.key),
+            genesis: resolve(&form.genesis),
+            admission: resolve(&form.admission),
+            data_dir: resolve(&form.data_dir),
+            listen,
+            bootstrap: addrs("bootstrap", &form.bootstrap)?,
+            api,
+            mesh,
+        };
+        for (entry, file) in [
+            ("key", &config.key),
+            ("genesis", &config.genesis),
+            ("admission", &config.admission),
+        ] {
+            if !file.is_file() {
+                return Err(invalid(entry, format!("{} does not exist", file.display())));
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with_files() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["node.key", "genesis.bm", "node.adm"] {
+            std::fs::write(d.path().join(f), b"x").unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn the_example_parses() {
+        let d = dir_with_files();
+        let c = NodeConfig::parse(&d.path().join("node.toml"), EXAMPLE).unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.mesh.liveness_window, Duration::from_secs(3));
+        assert_eq!(c.key, d.path().join("node.key"));
+    }
+
+    #[test]
+    fn a_bad_entry_is_named() {
+        let d = dir_with_files();
+        let p = d.path().join("node.toml");
+        let e = NodeConfig::parse(&p, &EXAMPLE.replace("\"3s\"", "\"soon\"")).unwrap_err();
+        assert!(e.to_string().contains("mesh.liveness_window"), "{e}");
+        let e = NodeConfig::parse(&p, &EXAMPLE.replace("/ip4/0.0.0.0/tcp/7701", "tcp:7701")).unwrap_err();
+        assert!(e.to_string().contains("`listen`"), "{e}");
+        let e = NodeConfig::parse(&p, &EXAMPLE.replace("data_dir", "datadir")).unwrap_err();
+        assert!(e.to_string().contains("datadir"), "{e}");
+        let e = NodeConfig::parse(&p, &EXAMPLE.replace("\"node.adm\"", "\"missing.adm\"")).unwrap_err();
+        assert!(e.to_string().contains("`admission`") && e.to_string().contains("missing.adm"), "{e}");
+        let e = NodeConfig::parse(&p, "key = 1").unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
+}

@@ -1,0 +1,274 @@
+//! The one task that owns the swarm: it turns commands into swarm calls and swarm events into
+//! domain [`Event`]s, and touches nothing else.
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identity, noise, request_response, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::behaviour::{Behaviour, BehaviourEvent, topic};
+use super::client::Command;
+use super::{Event, NetworkConfig, NetworkError, Verdict};
+use buildmesh_protocol::wire::Response;
+
+/// Owns the swarm. Run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    topic: gossipsub::IdentTopic,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    pending: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Response, NetworkError>>>,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("peer", self.swarm.local_peer_id())
+            .finish()
+    }
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        keypair: &identity::Keypair,
+        config: NetworkConfig,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+    ) -> Result<Self, NetworkError> {
+        let build = |e: &dyn std::fmt::Display| NetworkError::Build(e.to_string());
+        let timeout = config.request_timeout;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| build(&e))?
+            .with_quic()
+            .with_dns()
+            .map_err(|e| build(&e))?
+            .with_behaviour(|key| Behaviour::new(key, timeout))
+            .map_err(|e| build(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+            .build();
+        let topic = topic(&config.mesh);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| build(&e))?;
+        for addr in config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetworkError::Listen {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(EventLoop {
+            swarm,
+            topic,
+            commands,
+            events,
+            pending: HashMap::new(),
+        })
+    }
+
+    /// Runs until `cancel` fires or every [`super::Client`] is dropped.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                command = self.commands.recv() => match command {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.swarm_event(event).await,
+            }
+        }
+        // Close connections so that peers learn at once that this node left.
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+        tracing::debug!("network stopped");
+    }
+
+    fn command(&mut self, c: Command) {
+        let b = self.swarm.behaviour_mut();
+        match c {
+            Command::Publish { data } => {
+                if let Err(e) = b.gossipsub.publish(self.topic.clone(), data) {
+                    // No peer yet, or a duplicate: anti-entropy delivers it later.
+                    tracing::debug!(error = %e, "gossip not published");
+                }
+            }
+            Command::Validate { id, source, verdict } => {
+                let acceptance = match verdict {
+                    Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                    Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                    Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                };
+                b.gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = b.sync.send_request(&peer, request);
+                self.pending.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                if b.sync.send_response(channel, response).is_err() {
+                    tracing::debug!("response not sent: the asker went away");
+                }
+            }
+            Command::Dial { addr } => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::debug!(%addr, error = %e, "dial failed");
+                }
+            }
+            Command::Disconnect { peer } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Block { peer } => {
+                b.blocked.block_peer(peer);
+            }
+            Command::Unblock { peer } => {
+                b.blocked.unblock_peer(peer);
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Listeners { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+        }
+    }
+
+    async fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                emit(&self.events, Event::Gossip {
+                    source: propagation_source,
+                    id: message_id,
+                    data: message.data,
+                })
+                .await;
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    emit(&self.events, Event::Request {
+                        peer,
+                        request,
+                        channel,
+                    })
+                    .await;
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                request_response::Event::OutboundFailure {
+                    peer,
+                    request_id,
+                    error,
+                    ..
+                },
+            )) => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(NetworkError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::InboundFailure {
+                peer,
+                error,
+                ..
+            })) => {
+                tracing::debug!(%peer, %error, "inbound request failed");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                tracing::trace!(peer = %peer_id, agent = %info.agent_version, "identified");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if num_established.get() == 1 {
+                    emit(&self.events, Event::Connected {
+                        peer: peer_id,
+                        addr: endpoint.get_remote_address().clone(),
+                    })
+                    .await;
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    emit(&self.events, Event::Disconnected { peer: peer_id }).await;
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                emit(&self.events, Event::Listening { addr: address }).await;
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "outgoing connection failed");
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!(%error, "incoming connection failed");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The address with `/p2p/PEER` appended unless it already names a peer.
+pub(crate) fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
+    if addr
+        .iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+    {
+        addr.clone()
+    } else {
+        addr.clone().with(libp2p::multiaddr::Protocol::P2p(peer))
+    }
+}
+
+// The node is gone only during shutdown; nothing to do then.
+async fn emit(events: &mpsc::Sender<Event>, e: Event) {
+    let _ = events.send(e).await;
+}

@@ -1,0 +1,128 @@
+//! The network: one [`EventLoop`] task owns the libp2p swarm; the rest of the node drives it
+//! through a cloneable [`Client`] and hears from it through a stream of [`Event`]s.
+//!
+//! - `behaviour`: the composed libp2p behaviour and the mesh topic.
+//! - `codec`: framing of the request-response protocol.
+//! - `event_loop`: the task that owns the swarm.
+//! - `client`: the handle the node uses.
+
+mod behaviour;
+mod client;
+mod codec;
+mod event_loop;
+
+use std::time::Duration;
+
+use buildmesh_protocol::wire::{Request, Response};
+use buildmesh_protocol::{Hash, SecretKey};
+use libp2p::{Multiaddr, PeerId, gossipsub, request_response};
+use tokio::sync::mpsc;
+
+pub use client::Client;
+pub use event_loop::EventLoop;
+pub(crate) use event_loop::with_peer;
+
+/// A network failure the node must hear about.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The swarm could not be built.
+    #[error("cannot build the network: {0}")]
+    Build(String),
+    /// An address that cannot be listened on.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// The event loop is gone (the node is shutting down).
+    #[error("the network task has stopped")]
+    Stopped,
+    /// A request got no answer.
+    #[error("request to {peer} failed: {reason}")]
+    Request {
+        /// The peer asked.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the node does with a gossip message once it has checked it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: store and forward.
+    Accept,
+    /// Harmless but not to be forwarded (duplicate, not yet checkable).
+    Ignore,
+    /// Invalid: drop and lower the sender's score.
+    Reject,
+}
+
+/// What the network tells the node.
+#[derive(Debug)]
+pub enum Event {
+    /// A gossip message that waits for a [`Verdict`].
+    Gossip {
+        /// The peer that forwarded it.
+        source: PeerId,
+        /// Its id, to report the verdict.
+        id: gossipsub::MessageId,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// A request that waits for an answer through [`Client::respond`].
+    Request {
+        /// Who asks.
+        peer: PeerId,
+        /// What.
+        request: Request,
+        /// Where the answer goes.
+        channel: request_response::ResponseChannel<Response>,
+    },
+    /// A first connection to a peer was established.
+    Connected {
+        /// The peer.
+        peer: PeerId,
+        /// Its address as seen from here.
+        addr: Multiaddr,
+    },
+    /// The last connection to a peer closed.
+    Disconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A new local listening address.
+    Listening {
+        /// The address.
+        addr: Multiaddr,
+    },
+}
+
+/// How the network is set up.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// The mesh id (names the gossip topic).
+    pub mesh: Hash,
+    /// How long a request may wait for its answer.
+    pub request_timeout: Duration,
+    /// How long an unused connection stays open.
+    pub idle_timeout: Duration,
+}
+
+/// Builds the swarm and returns the three parts: the client, the event stream, the loop to
+/// spawn.
+pub fn new(
+    key: &SecretKey,
+    config: NetworkConfig,
+) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), NetworkError> {
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(key.to_seed())
+        .map_err(|e| NetworkError::Build(e.to_string()))?;
+    let (command_tx, command_rx) = mpsc::channel(1024);
+    let (event_tx, event_rx) = mpsc::channel(4096);
+    let event_loop = EventLoop::new(&keypair, config, command_rx, event_tx)?;
+    Ok((Client::new(command_tx), event_rx, event_loop))
+}

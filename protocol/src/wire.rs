@@ -1,0 +1,194 @@
+//! What nodes say to each other that is not a log record: the request-response protocol
+//! (hello at the door, version vectors, pulls, blobs) and the ephemeral signed gossip
+//! (heartbeats). Records themselves travel as their stored bytes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::docs::SignedDoc;
+use crate::keys::{Domain, Hash, KeyError, NodeId, SecretKey, Signature};
+use crate::time::Timestamp;
+use crate::vv::VersionVector;
+
+/// The largest request or response frame, in bytes.
+pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+/// The most records one pull answer carries.
+pub const MAX_PULL_RECORDS: u32 = 2000;
+/// The most bytes of records one pull answer carries (the answer stops before exceeding it).
+pub const MAX_PULL_BYTES: usize = 4 * 1024 * 1024;
+
+/// A request from one node to another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Request {
+    /// "Here is my admission": the first thing said on a connection.
+    Hello(Hello),
+    /// "Here is what I hold": answered with the other side's version vector.
+    VersionVector(VersionVector),
+    /// "Send me `author`'s records from `from` on, at most `max`".
+    Pull {
+        /// Whose log.
+        author: NodeId,
+        /// First seq wanted.
+        from: u64,
+        /// At most this many.
+        max: u32,
+    },
+    /// "Send me this blob".
+    Blob(Hash),
+}
+
+/// An answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Response {
+    /// The other side's hello.
+    Hello(Hello),
+    /// The other side's version vector.
+    VersionVector(VersionVector),
+    /// Records, in seq order, as stored.
+    Records(Vec<serde_bytes::ByteBuf>),
+    /// The blob, if held.
+    Blob(Option<serde_bytes::ByteBuf>),
+    /// The request was refused, and why.
+    Refused(String),
+}
+
+/// A node's pass at the door.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The mesh the node belongs to.
+    pub mesh: Hash,
+    /// Its admission (the peer id of the connection must be the admitted key).
+    pub admission: SignedDoc,
+}
+
+/// What is gossiped on the mesh topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gossip {
+    /// A new record, as stored.
+    Record(serde_bytes::ByteBuf),
+    /// A signed ephemeral message.
+    Signal(SignedSignal),
+}
+
+/// Unstored messages: signed by their sender so they cannot be forged on the way, but never
+/// kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Signal {
+    /// "I am alive, and this busy".
+    Heartbeat(Heartbeat),
+}
+
+/// Liveness and load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The sender.
+    pub node: NodeId,
+    /// The sender's clock.
+    pub time: Timestamp,
+    /// Builds running now.
+    pub running: u32,
+    /// Builds it may run at once.
+    pub capacity: u32,
+    /// The sender's own log head: lets others notice they miss records.
+    pub head: u64,
+    /// Addresses the sender listens on, so that others can dial it.
+    pub addrs: Vec<String>,
+}
+
+impl Signal {
+    /// Who sent it.
+    pub fn sender(&self) -> NodeId {
+        match self {
+            Signal::Heartbeat(h) => h.node,
+        }
+    }
+
+    /// The sender's clock when it was sent.
+    pub fn time(&self) -> Timestamp {
+        match self {
+            Signal::Heartbeat(h) => h.time,
+        }
+    }
+}
+
+/// A [`Signal`] and its sender's signature over its exact bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedSignal {
+    /// Canonical CBOR of the signal.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+    /// The sender's signature.
+    pub sig: Signature,
+}
+
+/// A signal that does not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    /// It does not decode.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// It is not signed by its sender.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+impl SignedSignal {
+    /// Signs a signal; `key` must be the sender's.
+    pub fn sign(key: &SecretKey, signal: &Signal) -> Self {
+        let bytes = codec::encode("signal", signal).expect("signals always encode");
+        let sig = key.sign(Domain::Ephemeral, &bytes);
+        SignedSignal { bytes, sig }
+    }
+
+    /// Checks the signature against the sender named inside, and returns the signal.
+    pub fn verify(&self) -> Result<Signal, SignalError> {
+        let signal: Signal = codec::decode("signal", &self.bytes)?;
+        signal.sender().verify(Domain::Ephemeral, &self.bytes, &self.sig)?;
+        Ok(signal)
+    }
+}
+
+impl Gossip {
+    /// Encodes for the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode("gossip", self).expect("gossip always encodes")
+    }
+
+    /// Decodes from the wire.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
+        codec::decode_limited("gossip", bytes, crate::record::MAX_RECORD_BYTES + 1024)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_verify_and_forgeries_do_not() {
+        let k = SecretKey::from_seed([4; 32]);
+        let hb = Signal::Heartbeat(Heartbeat {
+            node: k.id(),
+            time: Timestamp(5),
+            running: 1,
+            capacity: 2,
+            head: 9,
+            addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+        });
+        let s = SignedSignal::sign(&k, &hb);
+        assert_eq!(s.verify().unwrap(), hb);
+        // Someone else signing a heartbeat in k's name.
+        let other = SecretKey::from_seed([5; 32]);
+        let forged = SignedSignal {
+            bytes: s.bytes.clone(),
+            sig: other.sign(Domain::Ephemeral, &s.bytes),
+        };
+        assert!(forged.verify().is_err());
+        let g = Gossip::Signal(s);
+        assert_eq!(Gossip::from_bytes(&g.to_bytes()).unwrap(), g);
+    }
+}
