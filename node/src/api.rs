@@ -156,23 +156,62 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     };
     let mut text = String::new();
     let mut gauge = |name: &str, help: &str, v: u64| {
-        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+        ));
     };
     gauge("buildmesh_records", "Records held in logs.", m.records);
-    gauge("buildmesh_records_pending", "Records held back for a gap.", m.pending);
-    gauge("buildmesh_peers_connected", "Peers connected.", m.peers_connected);
-    gauge("buildmesh_peers_admitted", "Peers that showed a valid admission.", m.peers_admitted);
-    gauge("buildmesh_caught_up", "1 once the node recovered its own log.", m.caught_up as u64);
-    gauge("buildmesh_records_gossiped_total", "Records accepted from gossip.", m.gossip_records);
-    gauge("buildmesh_records_synced_total", "Records accepted from sync.", m.synced_records);
-    gauge("buildmesh_records_authored_total", "Records authored here.", m.authored);
-    gauge("buildmesh_syncs_total", "Anti-entropy rounds finished.", m.syncs);
+    gauge(
+        "buildmesh_records_pending",
+        "Records held back for a gap.",
+        m.pending,
+    );
+    gauge(
+        "buildmesh_peers_connected",
+        "Peers connected.",
+        m.peers_connected,
+    );
+    gauge(
+        "buildmesh_peers_admitted",
+        "Peers that showed a valid admission.",
+        m.peers_admitted,
+    );
+    gauge(
+        "buildmesh_caught_up",
+        "1 once the node recovered its own log.",
+        m.caught_up as u64,
+    );
+    gauge(
+        "buildmesh_records_gossiped_total",
+        "Records accepted from gossip.",
+        m.gossip_records,
+    );
+    gauge(
+        "buildmesh_records_synced_total",
+        "Records accepted from sync.",
+        m.synced_records,
+    );
+    gauge(
+        "buildmesh_records_authored_total",
+        "Records authored here.",
+        m.authored,
+    );
+    gauge(
+        "buildmesh_syncs_total",
+        "Anti-entropy rounds finished.",
+        m.syncs,
+    );
     text.push_str("# HELP buildmesh_refused_total Messages refused, by reason.\n# TYPE buildmesh_refused_total counter\n");
     for (reason, n) in &m.refused {
-        text.push_str(&format!("buildmesh_refused_total{{reason=\"{reason}\"}} {n}\n"));
+        text.push_str(&format!(
+            "buildmesh_refused_total{{reason=\"{reason}\"}} {n}\n"
+        ));
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         text,
     )
         .into_response()

@@ -168,7 +168,13 @@ impl NodeConfig {
             entry: entry.to_string(),
             message,
         };
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
         let addrs = |entry: &str, list: &[String]| -> Result<Vec<Multiaddr>, ConfigError> {
             list.iter()
                 .map(|s| {
@@ -182,7 +188,10 @@ impl NodeConfig {
             Some(s) => match humantime::parse_duration(s) {
                 Ok(d) if !d.is_zero() => Ok(d),
                 Ok(_) => Err(invalid(entry, "must be more than zero".into())),
-                Err(e) => Err(invalid(entry, format!("`{s}` is not a duration such as \"2s\": {e}"))),
+                Err(e) => Err(invalid(
+                    entry,
+                    format!("`{s}` is not a duration such as \"2s\": {e}"),
+                )),
             },
         };
         let listen = addrs("listen", &form.listen)?;
@@ -197,9 +206,21 @@ impl NodeConfig {
         };
         let d = MeshSettings::default();
         let mesh = MeshSettings {
-            heartbeat_interval: duration("mesh.heartbeat_interval", &form.mesh.heartbeat_interval, d.heartbeat_interval)?,
-            liveness_window: duration("mesh.liveness_window", &form.mesh.liveness_window, d.liveness_window)?,
-            sync_interval: duration("mesh.sync_interval", &form.mesh.sync_interval, d.sync_interval)?,
+            heartbeat_interval: duration(
+                "mesh.heartbeat_interval",
+                &form.mesh.heartbeat_interval,
+                d.heartbeat_interval,
+            )?,
+            liveness_window: duration(
+                "mesh.liveness_window",
+                &form.mesh.liveness_window,
+                d.liveness_window,
+            )?,
+            sync_interval: duration(
+                "mesh.sync_interval",
+                &form.mesh.sync_interval,
+                d.sync_interval,
+            )?,
             door_timeout: duration("mesh.door_timeout", &form.mesh.door_timeout, d.door_timeout)?,
             max_peers: form.mesh.max_peers.unwrap_or(d.max_peers),
         };
@@ -259,12 +280,17 @@ mod tests {
         let p = d.path().join("node.toml");
         let e = NodeConfig::parse(&p, &EXAMPLE.replace("\"3s\"", "\"soon\"")).unwrap_err();
         assert!(e.to_string().contains("mesh.liveness_window"), "{e}");
-        let e = NodeConfig::parse(&p, &EXAMPLE.replace("/ip4/0.0.0.0/tcp/7701", "tcp:7701")).unwrap_err();
+        let e = NodeConfig::parse(&p, &EXAMPLE.replace("/ip4/0.0.0.0/tcp/7701", "tcp:7701"))
+            .unwrap_err();
         assert!(e.to_string().contains("`listen`"), "{e}");
         let e = NodeConfig::parse(&p, &EXAMPLE.replace("data_dir", "datadir")).unwrap_err();
         assert!(e.to_string().contains("datadir"), "{e}");
-        let e = NodeConfig::parse(&p, &EXAMPLE.replace("\"node.adm\"", "\"missing.adm\"")).unwrap_err();
-        assert!(e.to_string().contains("`admission`") && e.to_string().contains("missing.adm"), "{e}");
+        let e =
+            NodeConfig::parse(&p, &EXAMPLE.replace("\"node.adm\"", "\"missing.adm\"")).unwrap_err();
+        assert!(
+            e.to_string().contains("`admission`") && e.to_string().contains("missing.adm"),
+            "{e}"
+        );
         let e = NodeConfig::parse(&p, "key = 1").unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
     }

@@ -94,14 +94,19 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         std::fs::read_to_string(&config.key).map_err(|e| file_err("key", &config.key, e))?;
     let key = SecretKey::from_file_text(&key_text).map_err(|e| file_err("key", &config.key, e))?;
     let genesis_doc = read_doc("genesis", &config.genesis)?;
-    let genesis = Genesis::verify(&genesis_doc).map_err(|e| file_err("genesis", &config.genesis, e))?;
+    let genesis =
+        Genesis::verify(&genesis_doc).map_err(|e| file_err("genesis", &config.genesis, e))?;
     let admission = read_doc("admission", &config.admission)?;
     if admission.kind != DocKind::Admission {
-        return Err(file_err("admission", &config.admission, format!("is a {} document", admission.kind)));
+        return Err(file_err(
+            "admission",
+            &config.admission,
+            format!("is a {} document", admission.kind),
+        ));
     }
-    let store = Arc::new(
-        tokio::task::block_in_place(|| Store::open(&config.data_dir))?,
-    );
+    let store = Arc::new(tokio::task::block_in_place(|| {
+        Store::open(&config.data_dir)
+    })?);
     let mut trust = Trust::new(genesis.clone());
     for doc in store.docs()? {
         let _ = trust.apply(&doc);

@@ -27,9 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::NodeError;
 use crate::config::MeshSettings;
 use crate::network::{self, Verdict};
-use crate::NodeError;
 
 /// How far a signal's clock may be from ours before it is refused as stale.
 const MAX_SIGNAL_SKEW: Duration = Duration::from_secs(60);
@@ -78,9 +78,15 @@ pub struct ReplicaClient {
 }
 
 impl ReplicaClient {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NodeError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| NodeError::Stopped)?;
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
@@ -106,7 +112,8 @@ impl ReplicaClient {
 
     /// Cuts (or restores) every connection with the given nodes, as a cable cut would.
     pub async fn isolate(&self, from: Vec<NodeId>, cut: bool) -> Result<(), NodeError> {
-        self.ask(|reply| Command::Isolate { from, cut, reply }).await
+        self.ask(|reply| Command::Isolate { from, cut, reply })
+            .await
     }
 }
 
@@ -242,7 +249,11 @@ impl Replica {
     pub(crate) fn new(parts: ReplicaParts) -> (Self, ReplicaClient) {
         let (tx, commands) = mpsc::channel(1024);
         let me = parts.key.id();
-        let own_log_empty = parts.store.head_of(&me).map(|(s, _)| s == 0).unwrap_or(true);
+        let own_log_empty = parts
+            .store
+            .head_of(&me)
+            .map(|(s, _)| s == 0)
+            .unwrap_or(true);
         // A node whose store holds nothing of its own log may have lost its disk: it authors
         // nothing until a peer told it what it had (unless it is alone, with no one to ask).
         let caught_up = !own_log_empty || parts.bootstrap.is_empty();
@@ -303,7 +314,12 @@ impl Replica {
         tracing::debug!("replica stopped");
     }
 
-    fn refuse(&mut self, peer: Option<PeerId>, reason: &'static str, detail: impl std::fmt::Display) {
+    fn refuse(
+        &mut self,
+        peer: Option<PeerId>,
+        reason: &'static str,
+        detail: impl std::fmt::Display,
+    ) {
         *self.refused.entry(reason).or_insert(0) += 1;
         if self.logged.insert((peer, reason)) {
             tracing::warn!(peer = ?peer, reason, %detail, "refused");
@@ -379,7 +395,11 @@ impl Replica {
     }
 
     // Checks a peer's hello; on success the peer is admitted and synced with.
-    fn check_hello(&mut self, peer: PeerId, hello: &Hello) -> Result<NodeId, (&'static str, String)> {
+    fn check_hello(
+        &mut self,
+        peer: PeerId,
+        hello: &Hello,
+    ) -> Result<NodeId, (&'static str, String)> {
         if hello.mesh != self.trust.mesh() {
             return Err(("wrong-mesh", format!("peer is in mesh {}", hello.mesh)));
         }
@@ -390,7 +410,10 @@ impl Replica {
         if admission.node.to_peer_id() != peer {
             return Err((
                 "bad-admission",
-                format!("admission is for {}, not for the connected key", admission.node),
+                format!(
+                    "admission is for {}, not for the connected key",
+                    admission.node
+                ),
             ));
         }
         let _ = self.trust.apply(&hello.admission);
@@ -449,7 +472,11 @@ impl Replica {
             };
         }
         if !self.is_admitted(&peer) {
-            self.refuse(Some(peer), "unadmitted-peer", "request before a valid hello");
+            self.refuse(
+                Some(peer),
+                "unadmitted-peer",
+                "request before a valid hello",
+            );
             return Response::Refused("show your admission first".into());
         }
         let result = match request {
@@ -472,7 +499,9 @@ impl Replica {
 
     fn pull_answer(&self, author: &NodeId, from: u64, max: u32) -> Result<Response, StoreError> {
         let max = max.min(MAX_PULL_RECORDS) as usize;
-        let records = self.store.records_after(author, from.saturating_sub(1), max)?;
+        let records = self
+            .store
+            .records_after(author, from.saturating_sub(1), max)?;
         let mut total = 0;
         let mut out = Vec::new();
         for r in records {
@@ -492,12 +521,20 @@ impl Replica {
 
     async fn on_gossip(&mut self, source: PeerId, data: &[u8]) -> Verdict {
         if !self.is_admitted(&source) {
-            self.refuse(Some(source), "unadmitted-peer", "gossip before a valid hello");
+            self.refuse(
+                Some(source),
+                "unadmitted-peer",
+                "gossip before a valid hello",
+            );
             return Verdict::Ignore;
         }
         match Gossip::from_bytes(data) {
             Err(e) => {
-                self.refuse(Some(source), "malformed", e);
+                let reason = match e {
+                    buildmesh_protocol::codec::CodecError::TooLarge { .. } => "oversized",
+                    _ => "malformed",
+                };
+                self.refuse(Some(source), reason, e);
                 Verdict::Reject
             }
             Ok(Gossip::Record(bytes)) => {
@@ -532,13 +569,21 @@ impl Replica {
         }
         let time = signal.time();
         if time.since(now) > MAX_SIGNAL_SKEW || now.since(time) > MAX_SIGNAL_SKEW {
-            self.refuse(Some(source), "stale-signal", format!("signal from {sender} dated {time}"));
+            self.refuse(
+                Some(source),
+                "stale-signal",
+                format!("signal from {sender} dated {time}"),
+            );
             return Verdict::Ignore;
         }
         if let Some(l) = self.live.get(&sender)
             && l.last_time >= time
         {
-            self.refuse(Some(source), "replayed-signal", format!("signal from {sender} dated {time}"));
+            self.refuse(
+                Some(source),
+                "replayed-signal",
+                format!("signal from {sender} dated {time}"),
+            );
             return Verdict::Ignore;
         }
         match signal {
@@ -706,7 +751,11 @@ impl Replica {
             Ok(Applied::Config(v)) => tracing::info!(version = v, "builder configuration applied"),
             Ok(_) => {}
             Err(TrustError::StaleConfig { .. }) => {}
-            Err(e) => self.refuse(None, "bad-document", format!("published by {publisher}: {e}")),
+            Err(e) => self.refuse(
+                None,
+                "bad-document",
+                format!("published by {publisher}: {e}"),
+            ),
         }
     }
 
@@ -978,7 +1027,9 @@ impl Replica {
                     labels: a.labels.clone(),
                     roles: a.roles.iter().copied().collect(),
                     live: !revoked_now
-                        && live.is_some_and(|l| now.duration_since(l.heard) <= self.settings.liveness_window),
+                        && live.is_some_and(|l| {
+                            now.duration_since(l.heard) <= self.settings.liveness_window
+                        }),
                     last_heard: live.map(|l| l.heard_at),
                     revoked: revocation.is_some(),
                     revocation_reason: revocation.map(|r| r.reason.to_string()),

@@ -29,7 +29,10 @@ pub(crate) async fn with_peer(
             return None;
         }
     };
-    let theirs = match net.request(peer, Request::VersionVector(ours.clone())).await {
+    let theirs = match net
+        .request(peer, Request::VersionVector(ours.clone()))
+        .await
+    {
         Ok(Response::VersionVector(v)) => v,
         Ok(Response::Refused(why)) => {
             tracing::debug!(%peer, %why, "sync refused");

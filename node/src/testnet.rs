@@ -89,7 +89,9 @@ pub fn roles_and_labels(i: usize) -> (BTreeSet<Role>, BTreeMap<String, String>) 
 /// and leaves the bootstrap lists empty (the caller fills them).
 pub fn generate(dir: &Path, n: usize, base_port: u16) -> Result<Testnet, TestnetError> {
     if n == 0 {
-        return Err(TestnetError::Invalid("a testnet needs at least one node".into()));
+        return Err(TestnetError::Invalid(
+            "a testnet needs at least one node".into(),
+        ));
     }
     if base_port != 0 && base_port as usize + 10 * n + 1 > u16::MAX as usize {
         return Err(TestnetError::Invalid(format!(

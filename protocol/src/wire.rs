@@ -147,7 +147,9 @@ impl SignedSignal {
     /// Checks the signature against the sender named inside, and returns the signal.
     pub fn verify(&self) -> Result<Signal, SignalError> {
         let signal: Signal = codec::decode("signal", &self.bytes)?;
-        signal.sender().verify(Domain::Ephemeral, &self.bytes, &self.sig)?;
+        signal
+            .sender()
+            .verify(Domain::Ephemeral, &self.bytes, &self.sig)?;
         Ok(signal)
     }
 }

@@ -1,1 +1,274 @@
-//! placeholder
+//! The end-to-end harness: real nodes (libp2p over loopback TCP, sled on disk) started in this
+//! process from a generated testnet, raw protocol peers to play misbehaving hosts, and condition
+//! waits with generous deadlines.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use buildmesh_node::config::NodeConfig;
+use buildmesh_node::testnet::{self, Testnet};
+use buildmesh_node::{NodeHandle, start};
+use buildmesh_protocol::docs::SignedDoc;
+use buildmesh_protocol::{NodeId, SecretKey};
+use libp2p::Multiaddr;
+
+pub mod peer;
+
+/// Installs a test log subscriber once (RUST_LOG selects; quiet by default).
+pub fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` until it returns true, or panics naming `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A mesh of nodes running in this process.
+#[derive(Debug)]
+pub struct Mesh {
+    /// The directory everything lives in (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The generated testnet.
+    pub testnet: Testnet,
+    /// The running nodes (None: stopped).
+    pub nodes: Vec<Option<NodeHandle>>,
+    configs: Vec<NodeConfig>,
+}
+
+/// Tunes a node's timing for tests: quick door, quick anti-entropy.
+fn tune(c: &mut NodeConfig) {
+    c.mesh.door_timeout = Duration::from_secs(2);
+    c.mesh.sync_interval = Duration::from_secs(1);
+}
+
+impl Mesh {
+    /// Generates a testnet of `n` nodes and starts them all; node 1 first, the others
+    /// bootstrapping from the nodes already running.
+    pub async fn start(n: usize) -> Mesh {
+        Self::start_some(n, n).await
+    }
+
+    /// Generates a testnet of `n` nodes and starts the first `running` of them.
+    pub async fn start_some(n: usize, running: usize) -> Mesh {
+        logs();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let testnet = testnet::generate(&dir.path().join("mesh"), n, 0).expect("testnet");
+        let configs = testnet
+            .nodes
+            .iter()
+            .map(|node| {
+                let mut c = NodeConfig::load(&node.config).expect("testnet config");
+                tune(&mut c);
+                c
+            })
+            .collect();
+        let mut mesh = Mesh {
+            dir,
+            testnet,
+            nodes: (0..n).map(|_| None).collect(),
+            configs,
+        };
+        for i in 0..running {
+            mesh.start_node(i).await;
+        }
+        mesh
+    }
+
+    /// Node `i` (from 0); panics if it is stopped.
+    pub fn node(&self, i: usize) -> &NodeHandle {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    /// Node `i`'s id.
+    pub fn id(&self, i: usize) -> NodeId {
+        self.testnet.nodes[i].id
+    }
+
+    /// The configuration node `i` starts with (changes apply at its next start).
+    pub fn config_mut(&mut self, i: usize) -> &mut NodeConfig {
+        &mut self.configs[i]
+    }
+
+    /// Where node `i` keeps its store.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.configs[i].data_dir.clone()
+    }
+
+    /// The TCP addresses (with peer ids) of every running node.
+    pub async fn addrs(&self) -> Vec<Multiaddr> {
+        let mut out = Vec::new();
+        for node in self.nodes.iter().flatten() {
+            for a in node.listen_addrs().await.unwrap_or_default() {
+                if a.to_string().contains("/tcp/") {
+                    out.push(a.with(libp2p::multiaddr::Protocol::P2p(node.id.to_peer_id())));
+                }
+            }
+        }
+        out
+    }
+
+    /// Starts node `i`, bootstrapping from every running node.
+    pub async fn start_node(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is already running");
+        let mut config = self.configs[i].clone();
+        config.bootstrap = self.addrs().await;
+        let node = start(config).await.expect("node starts");
+        // Wait until it listens, so that the next node can bootstrap from it.
+        wait_for("the node to listen", Duration::from_secs(10), || async {
+            node.listen_addrs()
+                .await
+                .map(|a| a.iter().any(|a| a.to_string().contains("/tcp/")))
+                .unwrap_or(false)
+        })
+        .await;
+        self.nodes[i] = Some(node);
+    }
+
+    /// Stops node `i` in order.
+    pub async fn stop_node(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.shutdown().await;
+        }
+    }
+
+    /// The secret key of node `i`.
+    pub fn key(&self, i: usize) -> SecretKey {
+        let text = std::fs::read_to_string(&self.testnet.nodes[i].key).expect("key file");
+        SecretKey::from_file_text(&text).expect("key")
+    }
+
+    /// The maintainer's secret key.
+    pub fn maintainer(&self) -> SecretKey {
+        let text = std::fs::read_to_string(&self.testnet.maintainer_key).expect("key file");
+        SecretKey::from_file_text(&text).expect("key")
+    }
+
+    /// The mesh's verified genesis.
+    pub fn genesis(&self) -> buildmesh_protocol::docs::VerifiedGenesis {
+        let bytes = std::fs::read(&self.testnet.genesis).expect("genesis file");
+        buildmesh_protocol::docs::Genesis::verify(&SignedDoc::from_bytes(&bytes).expect("doc"))
+            .expect("genesis")
+    }
+
+    /// Waits until every running node holds at least `seq` records of `author`.
+    pub async fn wait_replicated(&self, author: NodeId, seq: u64, timeout: Duration) {
+        wait_for(
+            &format!("record {seq} of {} on every node", author.short()),
+            timeout,
+            || async {
+                self.nodes.iter().flatten().all(|n| {
+                    n.version_vector()
+                        .map(|v| v.get(&author) >= seq)
+                        .unwrap_or(false)
+                })
+            },
+        )
+        .await;
+    }
+
+    /// Waits until every running node holds the same version vector.
+    pub async fn wait_converged(&self, timeout: Duration) {
+        wait_for("every node to hold every record", timeout, || async {
+            let vvs: Vec<_> = self
+                .nodes
+                .iter()
+                .flatten()
+                .map(|n| n.version_vector().expect("vv"))
+                .collect();
+            vvs.windows(2).all(|w| w[0] == w[1])
+        })
+        .await;
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_node(i).await;
+        }
+    }
+}
+
+/// A signed admission for a fresh key, as a maintainer of `mesh` would write it.
+pub fn admit(
+    mesh: &Mesh,
+    key: &SecretKey,
+    name: &str,
+    roles: &[buildmesh_protocol::docs::Role],
+    signer: &SecretKey,
+) -> SignedDoc {
+    let a = buildmesh_protocol::docs::Admission {
+        mesh: mesh.genesis().mesh,
+        node: key.id(),
+        name: name.to_string(),
+        roles: roles.iter().copied().collect(),
+        labels: Default::default(),
+        owner: None,
+        issued: buildmesh_protocol::Timestamp::now(),
+        expires: None,
+    };
+    let mut doc = SignedDoc::new(&a).expect("admission encodes");
+    doc.sign(signer);
+    doc
+}
+
+/// The `buildmesh` binary of this workspace, built if missing.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/buildmesh
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("buildmesh");
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "buildmesh-node", "--bin", "buildmesh"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building buildmesh failed");
+    }
+    bin
+}
+
+/// A base port with `n` nodes' worth of free ports above it (API and libp2p per node).
+pub fn free_port_base(n: usize) -> u16 {
+    'search: for _ in 0..200 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = probe.local_addr().expect("addr").port();
+        drop(probe);
+        let base = port.saturating_sub(10);
+        if base < 1024 || base as usize + 10 * n + 2 > u16::MAX as usize {
+            continue;
+        }
+        for i in 1..=n {
+            for off in [0u16, 1] {
+                let p = base + 10 * i as u16 + off;
+                if std::net::TcpListener::bind(("127.0.0.1", p)).is_err()
+                    || std::net::UdpSocket::bind(("127.0.0.1", p)).is_err()
+                {
+                    continue 'search;
+                }
+            }
+        }
+        return base;
+    }
+    panic!("no free port range found");
+}

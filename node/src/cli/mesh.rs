@@ -39,7 +39,12 @@ pub struct TestnetArgs {
 #[derive(Debug, clap::Args)]
 pub struct Nodes {
     /// A node's API address, host:port.
-    #[arg(long, short = 'n', env = "BUILDMESH_NODE", default_value = "127.0.0.1:7700")]
+    #[arg(
+        long,
+        short = 'n',
+        env = "BUILDMESH_NODE",
+        default_value = "127.0.0.1:7700"
+    )]
     node: String,
     /// Print the API's JSON as is.
     #[arg(long)]
@@ -49,7 +54,12 @@ pub struct Nodes {
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
     /// A node's API address, host:port.
-    #[arg(long, short = 'n', env = "BUILDMESH_NODE", default_value = "127.0.0.1:7700")]
+    #[arg(
+        long,
+        short = 'n',
+        env = "BUILDMESH_NODE",
+        default_value = "127.0.0.1:7700"
+    )]
     node: String,
     /// The signed document (admission, revocation, builder configuration).
     file: PathBuf,
@@ -74,7 +84,10 @@ pub fn run(args: Run) -> anyhow::Result<ExitCode> {
     let config = NodeConfig::load(&args.config)?;
     runtime()?.block_on(async move {
         let node = buildmesh_node::start(config).await?;
-        eprintln!("node {} ({}) running; API on http://{}", node.name, node.id, node.api);
+        eprintln!(
+            "node {} ({}) running; API on http://{}",
+            node.name, node.id, node.api
+        );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -89,7 +102,11 @@ pub fn run(args: Run) -> anyhow::Result<ExitCode> {
 
 pub fn init_node(args: InitNode) -> anyhow::Result<ExitCode> {
     files::write_atomic(&args.out, EXAMPLE.as_bytes(), false)?;
-    eprintln!("wrote {}; edit the paths and addresses, then `buildmesh run --config {}`", args.out.display(), args.out.display());
+    eprintln!(
+        "wrote {}; edit the paths and addresses, then `buildmesh run --config {}`",
+        args.out.display(),
+        args.out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -97,7 +114,13 @@ pub fn testnet(args: TestnetArgs) -> anyhow::Result<ExitCode> {
     let t = buildmesh_node::testnet::generate(&args.dir, args.nodes, args.base_port)?;
     println!("{}", args.dir.join("testnet.json").display());
     for n in &t.nodes {
-        eprintln!("  {}  {}  api {}  buildmesh run --config {}", n.name, n.id, n.api, n.config.display());
+        eprintln!(
+            "  {}  {}  api {}  buildmesh run --config {}",
+            n.name,
+            n.id,
+            n.api,
+            n.config.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -108,9 +131,15 @@ async fn get_json(node: &str, path: &str) -> anyhow::Result<serde_json::Value> {
         .await
         .with_context(|| format!("cannot reach the node at {node}"))?;
     let status = resp.status();
-    let body: serde_json::Value = resp.json().await.with_context(|| format!("bad answer from {u}"))?;
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .with_context(|| format!("bad answer from {u}"))?;
     if !status.is_success() {
-        bail!("{u}: {status}: {}", body["error"].as_str().unwrap_or("error"));
+        bail!(
+            "{u}: {status}: {}",
+            body["error"].as_str().unwrap_or("error")
+        );
     }
     Ok(body)
 }
@@ -122,7 +151,10 @@ pub fn nodes(args: Nodes) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let nodes: Vec<NodeView> = serde_json::from_value(value)?;
-    println!("{:<14} {:<7} {:<26} {:<28} {:>8}  ID", "NAME", "LIVE", "ROLES", "LABELS", "RECORDS");
+    println!(
+        "{:<14} {:<7} {:<26} {:<28} {:>8}  ID",
+        "NAME", "LIVE", "ROLES", "LABELS", "RECORDS"
+    );
     for n in nodes {
         let live = if n.revoked {
             "revoked"
@@ -147,7 +179,8 @@ pub fn nodes(args: Nodes) -> anyhow::Result<ExitCode> {
 }
 
 pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
     let answer = runtime()?.block_on(async {
         let u = url(&args.node, "/api/v1/publish");
         let resp = reqwest::Client::new()
@@ -159,7 +192,11 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         let status = resp.status();
         let body: serde_json::Value = resp.json().await?;
         if !status.is_success() {
-            bail!("{}: {}", args.file.display(), body["error"].as_str().unwrap_or("refused"));
+            bail!(
+                "{}: {}",
+                args.file.display(),
+                body["error"].as_str().unwrap_or("refused")
+            );
         }
         Ok(body)
     })?;

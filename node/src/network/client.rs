@@ -73,7 +73,12 @@ impl Client {
         source: PeerId,
         verdict: Verdict,
     ) -> Result<(), NetworkError> {
-        self.send(Command::Validate { id, source, verdict }).await
+        self.send(Command::Validate {
+            id,
+            source,
+            verdict,
+        })
+        .await
     }
 
     /// Sends a request and waits for its answer.

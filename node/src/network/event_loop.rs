@@ -20,7 +20,10 @@ pub struct EventLoop {
     topic: gossipsub::IdentTopic,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
-    pending: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Response, NetworkError>>>,
+    pending: HashMap<
+        request_response::OutboundRequestId,
+        oneshot::Sender<Result<Response, NetworkError>>,
+    >,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -107,7 +110,11 @@ impl EventLoop {
                     tracing::debug!(error = %e, "gossip not published");
                 }
             }
-            Command::Validate { id, source, verdict } => {
+            Command::Validate {
+                id,
+                source,
+                verdict,
+            } => {
                 let acceptance = match verdict {
                     Verdict::Accept => gossipsub::MessageAcceptance::Accept,
                     Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
@@ -159,11 +166,14 @@ impl EventLoop {
                 message_id,
                 message,
             })) => {
-                emit(&self.events, Event::Gossip {
-                    source: propagation_source,
-                    id: message_id,
-                    data: message.data,
-                })
+                emit(
+                    &self.events,
+                    Event::Gossip {
+                        source: propagation_source,
+                        id: message_id,
+                        data: message.data,
+                    },
+                )
                 .await;
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
@@ -174,11 +184,14 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    emit(&self.events, Event::Request {
-                        peer,
-                        request,
-                        channel,
-                    })
+                    emit(
+                        &self.events,
+                        Event::Request {
+                            peer,
+                            request,
+                            channel,
+                        },
+                    )
                     .await;
                 }
                 request_response::Message::Response {
@@ -205,18 +218,14 @@ impl EventLoop {
                     }));
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::InboundFailure {
-                peer,
-                error,
-                ..
-            })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                request_response::Event::InboundFailure { peer, error, .. },
+            )) => {
                 tracing::debug!(%peer, %error, "inbound request failed");
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received {
-                peer_id,
-                info,
-                ..
-            })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(
+                libp2p::identify::Event::Received { peer_id, info, .. },
+            )) => {
                 tracing::trace!(peer = %peer_id, agent = %info.agent_version, "identified");
             }
             SwarmEvent::ConnectionEstablished {
@@ -224,23 +233,23 @@ impl EventLoop {
                 endpoint,
                 num_established,
                 ..
-            } => {
-                if num_established.get() == 1 {
-                    emit(&self.events, Event::Connected {
+            } if num_established.get() == 1 => {
+                let addr = endpoint.get_remote_address().clone();
+                emit(
+                    &self.events,
+                    Event::Connected {
                         peer: peer_id,
-                        addr: endpoint.get_remote_address().clone(),
-                    })
-                    .await;
-                }
+                        addr,
+                    },
+                )
+                .await;
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    emit(&self.events, Event::Disconnected { peer: peer_id }).await;
-                }
+                emit(&self.events, Event::Disconnected { peer: peer_id }).await;
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 emit(&self.events, Event::Listening { addr: address }).await;

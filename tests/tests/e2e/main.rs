@@ -1,0 +1,6 @@
+//! End-to-end tests: real nodes over loopback TCP with sled on disk. One binary, a module per
+//! area; the harness is the `buildmesh-tests` library.
+
+mod mesh;
+mod misbehaviour;
+mod processes;
