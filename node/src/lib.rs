@@ -10,10 +10,12 @@
 
 pub mod api;
 pub mod config;
+pub mod executor;
 pub mod files;
 pub mod network;
 pub mod node;
 mod replica;
+pub mod sources;
 mod sync;
 pub mod testnet;
 

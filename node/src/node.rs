@@ -71,6 +71,7 @@ pub struct NodeHandle {
     pub store: Arc<Store>,
     replica: ReplicaClient,
     net: network::Client,
+    feed: tokio::sync::broadcast::Sender<Arc<Record>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -139,6 +140,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let span = tracing::info_span!("node", id = %me.short(), name = %name);
 
     let key = Arc::new(key);
+    let (feed, _) = tokio::sync::broadcast::channel(4096);
     let (replica, replica_client) = Replica::new(ReplicaParts {
         key: key.clone(),
         store: store.clone(),
@@ -148,6 +150,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         bootstrap: config.bootstrap.clone(),
         net: net.clone(),
         events,
+        feed: feed.clone(),
         cancel: cancel.child_token(),
     });
     let listener = tokio::net::TcpListener::bind(config.api)
@@ -206,6 +209,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         store,
         replica: replica_client,
         net,
+        feed,
         cancel,
         tasks,
     })
@@ -230,6 +234,11 @@ impl NodeHandle {
     /// Counters and state.
     pub async fn metrics(&self) -> Result<Metrics, NodeError> {
         self.replica.metrics().await
+    }
+
+    /// Every record from now on that enters this node's store, in the order it entered.
+    pub fn records(&self) -> tokio::sync::broadcast::Receiver<Arc<Record>> {
+        self.feed.subscribe()
     }
 
     /// What this node holds.

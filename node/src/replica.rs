@@ -223,6 +223,7 @@ pub(crate) struct Replica {
     refused_from: HashMap<NodeId, u64>,
     metrics: Metrics,
     last_redial: Instant,
+    feed: tokio::sync::broadcast::Sender<Arc<Record>>,
     cancel: CancellationToken,
 }
 
@@ -242,6 +243,7 @@ pub(crate) struct ReplicaParts {
     pub bootstrap: Vec<Multiaddr>,
     pub net: network::Client,
     pub events: mpsc::Receiver<network::Event>,
+    pub feed: tokio::sync::broadcast::Sender<Arc<Record>>,
     pub cancel: CancellationToken,
 }
 
@@ -280,6 +282,7 @@ impl Replica {
             refused_from: HashMap::new(),
             metrics: Metrics::default(),
             last_redial: Instant::now() - Duration::from_secs(60),
+            feed: parts.feed,
             cancel: parts.cancel,
         };
         (replica, ReplicaClient { tx })
@@ -728,6 +731,8 @@ impl Replica {
         if let Ok(Body::Publish(Publish { doc })) = record.body() {
             self.apply_doc(&doc, record.author_id());
         }
+        // Nobody listening is fine.
+        let _ = self.feed.send(Arc::new(record.clone()));
     }
 
     fn apply_doc(&mut self, doc: &SignedDoc, publisher: NodeId) {

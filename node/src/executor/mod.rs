@@ -1,0 +1,1 @@
+//! Running builds: see the module docs once written.

@@ -1,0 +1,154 @@
+//! Prints the mesh's figures on this machine: propagation latency of a new record to every
+//! node (p50/p99) for 10 and 30 nodes, the catch-up rate of a node joining late, and the
+//! resident memory of idle node processes.
+//!
+//! `cargo run --release -p buildmesh-tests --example mesh_bench [RECORDS_FOR_CATCH_UP]`
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use buildmesh_protocol::record::{Body, ChangeSource, CommitSeen};
+use buildmesh_tests::{Mesh, binary, free_port_base, wait_for};
+
+fn commit(i: u64) -> Body {
+    Body::CommitSeen(CommitSeen {
+        repo: "https://example.org/project.git".into(),
+        branch: "main".into(),
+        sha: format!("{i:040x}"),
+        source: ChangeSource::Submit,
+        requested_by: None,
+        subject: None,
+    })
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn propagation(n: usize, samples: usize) {
+    let mesh = Mesh::start(n).await;
+    for i in 0..n {
+        mesh.wait_replicated(mesh.id(i), 1, Duration::from_secs(120)).await;
+    }
+    // Let the gossip mesh settle (grafts happen on gossipsub heartbeats).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut feeds: Vec<_> = (0..n).map(|i| mesh.node(i).records()).collect();
+    let mut latencies = Vec::new();
+    for k in 0..samples {
+        let from = k % n;
+        let t0 = Instant::now();
+        let r = mesh.node(from).author(commit(k as u64)).await.unwrap();
+        let key = (r.author_id(), r.seq());
+        let mut last = Duration::ZERO;
+        for (i, feed) in feeds.iter_mut().enumerate() {
+            if i == from {
+                continue;
+            }
+            loop {
+                match tokio::time::timeout(Duration::from_secs(30), feed.recv()).await {
+                    Ok(Ok(got)) if (got.author_id(), got.seq()) == key => {
+                        last = last.max(t0.elapsed());
+                        break;
+                    }
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(_)) => continue,
+                    Err(_) => panic!("record not delivered to node {i} in 30 s"),
+                }
+            }
+        }
+        latencies.push(last);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    latencies.sort();
+    println!(
+        "propagation to all {n:>2} nodes: p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms  ({samples} records)",
+        pct(&latencies, 0.5).as_secs_f64() * 1e3,
+        pct(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3,
+    );
+    mesh.shutdown().await;
+}
+
+async fn catch_up(records: u64) {
+    let mut mesh = Mesh::start_some(2, 1).await;
+    wait_for("node 1 ready", Duration::from_secs(30), || async {
+        mesh.node(0).metrics().await.map(|m| m.caught_up).unwrap_or(false)
+    })
+    .await;
+    let t = Instant::now();
+    let mut last = 0;
+    for k in 0..records {
+        last = mesh.node(0).author(commit(k)).await.unwrap().seq();
+    }
+    let author_rate = records as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    mesh.start_node(1).await;
+    mesh.wait_replicated(mesh.id(0), last, Duration::from_secs(600)).await;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "catch-up of a late node: {last} records in {secs:.2} s = {:.0} records/s (authoring ran at {author_rate:.0}/s, flushed each)",
+        last as f64 / secs
+    );
+    mesh.shutdown().await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+async fn idle_memory(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_base(n);
+    let t = buildmesh_node::testnet::generate(&dir.path().join("mesh"), n, base).unwrap();
+    let mut children: Vec<_> = t
+        .nodes
+        .iter()
+        .map(|node| {
+            Command::new(binary())
+                .args(["run", "--config"])
+                .arg(&node.config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let api = t.nodes[0].api.clone();
+    wait_for("all nodes live", Duration::from_secs(60), || async {
+        let Ok(r) = reqwest::get(format!("http://{api}/api/v1/nodes")).await else {
+            return false;
+        };
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        v.as_array().is_some_and(|a| a.len() == n && a.iter().all(|x| x["live"] == true))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let rss: Vec<u64> = children.iter().map(|c| rss_kib(c.id())).collect();
+    let max = *rss.iter().max().unwrap();
+    let mean = rss.iter().sum::<u64>() / n as u64;
+    println!(
+        "idle node processes ({n}, 10 s after all live): RSS mean {:.1} MiB, max {:.1} MiB",
+        mean as f64 / 1024.0,
+        max as f64 / 1024.0
+    );
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let records: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    propagation(10, 200).await;
+    propagation(30, 100).await;
+    catch_up(records).await;
+    idle_memory(5).await;
+}
