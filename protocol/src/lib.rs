@@ -6,12 +6,14 @@
 //! - [`time`]: timestamps as they travel.
 //! - [`docs`]: maintainer-signed documents — genesis, admission, revocation.
 //! - [`builders`]: the builder configuration, its TOML form and its checks.
+//! - [`claims`]: claiming jobs without a master (sans-IO state machine).
 //! - [`record`]: the signed, hash-chained records of each node's log and their bodies.
 //! - [`vv`]: version vectors for anti-entropy.
 //! - [`trust`]: the fold of documents into "may key K act as role R at time T".
 //! - [`wire`]: requests, responses and signed ephemeral gossip between nodes.
 
 pub mod builders;
+pub mod claims;
 pub mod codec;
 pub mod docs;
 pub mod keys;

@@ -28,7 +28,8 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 async fn propagation(n: usize, samples: usize) {
     let mesh = Mesh::start(n).await;
     for i in 0..n {
-        mesh.wait_replicated(mesh.id(i), 1, Duration::from_secs(120)).await;
+        mesh.wait_replicated(mesh.id(i), 1, Duration::from_secs(120))
+            .await;
     }
     // Let the gossip mesh settle (grafts happen on gossipsub heartbeats).
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -72,7 +73,11 @@ async fn propagation(n: usize, samples: usize) {
 async fn catch_up(records: u64) {
     let mut mesh = Mesh::start_some(2, 1).await;
     wait_for("node 1 ready", Duration::from_secs(30), || async {
-        mesh.node(0).metrics().await.map(|m| m.caught_up).unwrap_or(false)
+        mesh.node(0)
+            .metrics()
+            .await
+            .map(|m| m.caught_up)
+            .unwrap_or(false)
     })
     .await;
     let t = Instant::now();
@@ -83,7 +88,8 @@ async fn catch_up(records: u64) {
     let author_rate = records as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     mesh.start_node(1).await;
-    mesh.wait_replicated(mesh.id(0), last, Duration::from_secs(600)).await;
+    mesh.wait_replicated(mesh.id(0), last, Duration::from_secs(600))
+        .await;
     let secs = t.elapsed().as_secs_f64();
     println!(
         "catch-up of a late node: {last} records in {secs:.2} s = {:.0} records/s (authoring ran at {author_rate:.0}/s, flushed each)",
@@ -126,7 +132,8 @@ async fn idle_memory(n: usize) {
             return false;
         };
         let v: serde_json::Value = r.json().await.unwrap_or_default();
-        v.as_array().is_some_and(|a| a.len() == n && a.iter().all(|x| x["live"] == true))
+        v.as_array()
+            .is_some_and(|a| a.len() == n && a.iter().all(|x| x["live"] == true))
     })
     .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -146,7 +153,10 @@ async fn idle_memory(n: usize) {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let records: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let records: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
     propagation(10, 200).await;
     propagation(30, 100).await;
     catch_up(records).await;

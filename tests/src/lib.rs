@@ -14,6 +14,7 @@ use buildmesh_protocol::{NodeId, SecretKey};
 use libp2p::Multiaddr;
 
 pub mod peer;
+pub mod sim;
 
 /// Installs a test log subscriber once (RUST_LOG selects; quiet by default).
 pub fn logs() {

@@ -1,0 +1,429 @@
+//! The repository cache and the per-builder workspace, with the `git` command line.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
+
+use super::capture::Capture;
+use super::process::{ProcessCmd, RunEnd, output_of, run_process};
+
+/// Time limit of one git command before the worker's `timeout_factor`: a first clone of a large
+/// repository over a slow link takes long, but a hung one must not hold its cache forever.
+pub(crate) const GIT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+/// Why the workspace could not be brought to the wanted commit.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CheckoutError {
+    /// A git command failed.
+    #[error("`git {args}` exited with code {code}")]
+    GitExit { args: String, code: i32 },
+    /// A git command was killed by a signal the executor did not send.
+    #[error("`git {args}` was killed by signal {signal}")]
+    GitSignal { args: String, signal: i32 },
+    /// A git command ran past its time limit.
+    #[error("`git {args}` timed out after {after}; killed")]
+    GitTimeout { args: String, after: String },
+    /// A git command could not be run.
+    #[error("cannot run `git {args}`: {source}")]
+    GitSpawn {
+        args: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The commit is not in the repository, even after asking for it by id.
+    #[error("commit {sha} is not in {url}")]
+    MissingCommit { sha: String, url: String },
+    /// The checked-out commit is not the one asked for.
+    #[error("the workspace is at {found}, not at {sha}")]
+    WrongCommit { sha: String, found: String },
+    /// Something other than git: bad names, the disk.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The job or builder cannot be checked out at all.
+    #[error("{0}")]
+    Invalid(String),
+    /// The build was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl CheckoutError {
+    /// Git's exit code, when git said no.
+    pub(crate) fn exit_code(&self) -> Option<i32> {
+        match self {
+            CheckoutError::GitExit { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> CheckoutError {
+    let what = what.into();
+    move |source| CheckoutError::Io { what, source }
+}
+
+/// What a checkout needs to know.
+#[derive(Debug)]
+pub(crate) struct Checkout<'a> {
+    pub(crate) work_dir: &'a Path,
+    pub(crate) supervisor: Option<&'a Path>,
+    pub(crate) timeout: Duration,
+    pub(crate) url: &'a str,
+    pub(crate) sha: &'a str,
+    pub(crate) cancel: &'a CancellationToken,
+}
+
+/// `work_dir/cache/<first 16 hex of blake3(url)>.git`.
+pub(crate) fn cache_dir(work_dir: &Path, url: &str) -> PathBuf {
+    let hash = buildmesh_protocol::Hash::of(url.as_bytes()).to_string();
+    work_dir.join("cache").join(format!("{}.git", &hash[..16]))
+}
+
+/// `work_dir/builds/<builder>/src`, refusing names that would leave `builds`.
+pub(crate) fn workspace_dir(work_dir: &Path, builder: &str) -> Result<PathBuf, CheckoutError> {
+    let usable =
+        !builder.is_empty() && builder != "." && builder != ".." && !builder.contains(['/', '\0']);
+    if !usable {
+        return Err(CheckoutError::Invalid(format!(
+            "builder name `{builder}` cannot name a directory"
+        )));
+    }
+    Ok(work_dir.join("builds").join(builder).join("src"))
+}
+
+/// Checks that `sha` is a commit id and not, say, an option for git.
+fn check_sha(sha: &str) -> Result<(), CheckoutError> {
+    if (7..=64).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(CheckoutError::Invalid(format!(
+            "`{sha}` is not a commit id"
+        )))
+    }
+}
+
+/// A lock per directory: concurrent builds of one repository share its cache, and git does not
+/// like two fetches into one repository at once.
+async fn lock_dir(
+    dir: &Path,
+    cancel: &CancellationToken,
+) -> Result<OwnedMutexGuard<()>, CheckoutError> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    let lock = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(dir.to_path_buf())
+        .or_default()
+        .clone();
+    tokio::select! {
+        guard = lock.lock_owned() => Ok(guard),
+        () = cancel.cancelled() => Err(CheckoutError::Cancelled),
+    }
+}
+
+/// Holds the workspace of a builder for the whole build: two builds of one builder would
+/// check out over each other.
+pub(crate) async fn lock_workspace(
+    work_dir: &Path,
+    builder: &str,
+    cancel: &CancellationToken,
+) -> Result<(PathBuf, OwnedMutexGuard<()>), CheckoutError> {
+    let dir = workspace_dir(work_dir, builder)?;
+    let guard = lock_dir(&dir, cancel).await?;
+    Ok((dir, guard))
+}
+
+impl Checkout<'_> {
+    /// Brings the workspace `src` to the commit, logging every git command and its output into
+    /// `log`. The caller holds the workspace lock; this takes the cache's.
+    pub(crate) async fn run(&self, src: &Path, log: &mut Capture) -> Result<(), CheckoutError> {
+        check_sha(self.sha)?;
+        let cache = cache_dir(self.work_dir, self.url);
+        let _cache_lock = lock_dir(&cache, self.cancel).await?;
+        self.update_cache(&cache, log).await?;
+        if let Err(first) = self.update_workspace(&cache, src, log).await {
+            if matches!(first, CheckoutError::Cancelled) {
+                return Err(first);
+            }
+            // The cache has the commit, so the workspace is at fault (an interrupted clone, a
+            // step that damaged .git): start it afresh once.
+            log.note(&format!(
+                "buildmesh: {first}; removing the workspace and cloning it again"
+            ));
+            remove_dir_if_present(src)?;
+            self.update_workspace(&cache, src, log).await?;
+        }
+        Ok(())
+    }
+
+    async fn update_cache(&self, cache: &Path, log: &mut Capture) -> Result<(), CheckoutError> {
+        let parent = cache.parent().unwrap_or(self.work_dir);
+        std::fs::create_dir_all(parent)
+            .map_err(io_err(format!("creating {}", parent.display())))?;
+        if !cache.exists() {
+            // Cloned aside and renamed: a cache directory that exists is a complete clone.
+            let tmp = cache.with_extension("git.tmp");
+            remove_dir_if_present(&tmp)?;
+            self.git(
+                log,
+                parent,
+                &["clone", "--bare", "--quiet", "--", self.url],
+                &[tmp.as_os_str()],
+            )
+            .await?;
+            std::fs::rename(&tmp, cache).map_err(io_err(format!(
+                "renaming {} to {}",
+                tmp.display(),
+                cache.display()
+            )))?;
+        } else {
+            let fetched = self
+                .git_in(
+                    log,
+                    cache,
+                    &[
+                        "fetch",
+                        "--prune",
+                        "--quiet",
+                        "origin",
+                        "+refs/heads/*:refs/heads/*",
+                    ],
+                )
+                .await;
+            match fetched {
+                Err(CheckoutError::Cancelled) => return Err(CheckoutError::Cancelled),
+                // A commit, once fetched, does not change: an unreachable origin is only fatal
+                // when the cache lacks the commit.
+                Err(e) if self.has_commit(cache).await? => {
+                    log.note(&format!(
+                        "buildmesh: {e}; the cache has the commit, going on"
+                    ));
+                }
+                other => other?,
+            }
+        }
+        if !self.has_commit(cache).await? {
+            // Commits no branch reaches (pull requests, force-pushed branches).
+            let by_id = self
+                .git_in(log, cache, &["fetch", "--quiet", "origin", self.sha])
+                .await;
+            if let Err(CheckoutError::Cancelled) = by_id {
+                return Err(CheckoutError::Cancelled);
+            }
+            if !self.has_commit(cache).await? {
+                return Err(CheckoutError::MissingCommit {
+                    sha: self.sha.to_string(),
+                    url: self.url.to_string(),
+                });
+            }
+        }
+        // A ref on the commit lets the workspace fetch it by name, whatever the protocol
+        // version allows to be fetched by id.
+        let target = format!("{}^{{commit}}", self.sha);
+        self.git_in(
+            log,
+            cache,
+            &["update-ref", "refs/buildmesh/wanted", &target],
+        )
+        .await
+    }
+
+    async fn update_workspace(
+        &self,
+        cache: &Path,
+        src: &Path,
+        log: &mut Capture,
+    ) -> Result<(), CheckoutError> {
+        let parent = src.parent().unwrap_or(self.work_dir);
+        std::fs::create_dir_all(parent)
+            .map_err(io_err(format!("creating {}", parent.display())))?;
+        if !src.exists() {
+            let tmp = src.with_extension("tmp");
+            remove_dir_if_present(&tmp)?;
+            self.git(
+                log,
+                parent,
+                &["clone", "--no-checkout", "--quiet", "--"],
+                &[cache.as_os_str(), tmp.as_os_str()],
+            )
+            .await?;
+            std::fs::rename(&tmp, src).map_err(io_err(format!(
+                "renaming {} to {}",
+                tmp.display(),
+                src.display()
+            )))?;
+        }
+        self.git_in(
+            log,
+            src,
+            &[
+                "fetch",
+                "--prune",
+                "--force",
+                "--quiet",
+                "origin",
+                "+refs/heads/*:refs/remotes/origin/*",
+                "+refs/tags/*:refs/tags/*",
+                "+refs/buildmesh/wanted:refs/buildmesh/wanted",
+            ],
+        )
+        .await?;
+        self.git_in(
+            log,
+            src,
+            &["checkout", "--force", "--quiet", "--detach", self.sha],
+        )
+        .await?;
+        self.git_in(log, src, &["clean", "-ffdx", "--quiet"])
+            .await?;
+        let (end, out) = output_of(
+            self.supervisor,
+            &self.cmd(src, &["rev-parse", "HEAD"], &[]),
+            self.timeout,
+            self.cancel,
+        )
+        .await;
+        let args = "rev-parse HEAD";
+        self.check_end(args, end, &out, log)?;
+        let out = String::from_utf8_lossy(&out);
+        let want = self.sha.to_ascii_lowercase();
+        // Only a full commit id is the answer; anything else on the output is not git's.
+        let found = out
+            .lines()
+            .map(str::trim)
+            .find(|l| l.len() >= 40 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+            .unwrap_or("nothing");
+        if found.starts_with(&want) {
+            Ok(())
+        } else {
+            Err(CheckoutError::WrongCommit {
+                sha: self.sha.to_string(),
+                found: found.to_string(),
+            })
+        }
+    }
+
+    async fn has_commit(&self, repo: &Path) -> Result<bool, CheckoutError> {
+        let target = format!("{}^{{commit}}", self.sha);
+        let cmd = self.cmd(repo, &["cat-file", "-e", &target], &[]);
+        match output_of(self.supervisor, &cmd, self.timeout, self.cancel).await {
+            (RunEnd::Exited(0), _) => Ok(true),
+            (RunEnd::Exited(_), _) => Ok(false),
+            (end, out) => {
+                let mut scratch = Capture::new(&[]);
+                self.check_end("cat-file -e", end, &out, &mut scratch)
+                    .map(|()| false)
+            }
+        }
+    }
+
+    fn cmd(&self, dir: &Path, args: &[&str], more: &[&std::ffi::OsStr]) -> ProcessCmd {
+        let mut argv: Vec<OsString> = vec!["git".into(), "-C".into(), dir.into()];
+        argv.extend(args.iter().map(OsString::from));
+        argv.extend(more.iter().map(OsString::from));
+        ProcessCmd {
+            argv,
+            cwd: self.work_dir.to_path_buf(),
+            // Nobody can answer a password prompt; fail instead of hanging until the timeout.
+            env: vec![("GIT_TERMINAL_PROMPT".into(), "0".into())],
+            // Set when the node runs from a git hook; they would point every command elsewhere.
+            env_remove: vec!["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"],
+        }
+    }
+
+    async fn git_in(
+        &self,
+        log: &mut Capture,
+        repo: &Path,
+        args: &[&str],
+    ) -> Result<(), CheckoutError> {
+        self.git(log, repo, args, &[]).await
+    }
+
+    /// Runs `git -C dir ARGS MORE`, logging the command line and the output.
+    async fn git(
+        &self,
+        log: &mut Capture,
+        dir: &Path,
+        args: &[&str],
+        more: &[&std::ffi::OsStr],
+    ) -> Result<(), CheckoutError> {
+        let mut shown = args.join(" ");
+        for m in more {
+            shown.push(' ');
+            shown.push_str(&m.to_string_lossy());
+        }
+        log.note(&format!("$ git -C {} {shown}", dir.display()));
+        let cmd = self.cmd(dir, args, more);
+        let end = run_process(self.supervisor, &cmd, log, self.timeout, self.cancel).await;
+        self.check_end(&shown, end, &[], log)
+    }
+
+    fn check_end(
+        &self,
+        args: &str,
+        end: RunEnd,
+        out: &[u8],
+        log: &mut Capture,
+    ) -> Result<(), CheckoutError> {
+        let args = args.to_string();
+        match end {
+            RunEnd::Exited(0) => Ok(()),
+            RunEnd::Exited(code) => {
+                log.append_log(out);
+                Err(CheckoutError::GitExit { args, code })
+            }
+            RunEnd::Signaled(signal) => Err(CheckoutError::GitSignal { args, signal }),
+            RunEnd::TimedOut => Err(CheckoutError::GitTimeout {
+                args,
+                after: humantime::format_duration(self.timeout).to_string(),
+            }),
+            RunEnd::Cancelled => Err(CheckoutError::Cancelled),
+            RunEnd::Failed(source) => Err(CheckoutError::GitSpawn { args, source }),
+        }
+    }
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<(), CheckoutError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(format!("removing {}", dir.display()))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_dir_is_named_by_the_url_hash() {
+        let d = cache_dir(Path::new("/w"), "https://example.org/x.git");
+        let name = d.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name.len(), 16 + 4);
+        assert!(name.ends_with(".git"));
+        assert_eq!(d.parent().unwrap(), Path::new("/w/cache"));
+        assert_ne!(d, cache_dir(Path::new("/w"), "https://example.org/y.git"));
+    }
+
+    #[test]
+    fn names_that_escape_or_inject_are_refused() {
+        assert!(workspace_dir(Path::new("/w"), "..").is_err());
+        assert!(workspace_dir(Path::new("/w"), "a/b").is_err());
+        assert!(workspace_dir(Path::new("/w"), "linux-3.x").is_ok());
+        assert!(check_sha("--upload-pack=x").is_err());
+        assert!(check_sha("abc").is_err());
+        assert!(check_sha(&"a".repeat(40)).is_ok());
+    }
+}

@@ -1,0 +1,772 @@
+//! Claiming jobs without a master: a sans-IO state machine, one per node.
+//!
+//! Every node feeds it what it learns — jobs, claims, progress, results, heartbeats — with the
+//! time it learnt them on its own clock, and calls [`Claims::tick`] for the actions to take.
+//! No sockets, no store, no clock inside: the node wires it to the network, and the simulator
+//! in the test suite drives many of them over a lossy, partitioned network.
+//!
+//! The rules:
+//! - **Order.** For a job and attempt, every eligible live worker with a free slot is ranked by
+//!   a rendezvous hash of (job, worker). Workers that already failed or threw an
+//!   exception on this job go to the back. The worker ranked `r` claims once the job has been
+//!   open for `r × step` on its clock: the first choice waits no time, and a dead first choice
+//!   costs one step, not a timeout.
+//! - **Crossed claims.** Two claims for one (job, attempt): the one first in rendezvous order
+//!   wins on every node; the other worker abandons its build.
+//! - **Leases.** A claim holds while its worker shows progress; after `lease` of silence the job
+//!   reopens with attempt + 1, and the silent worker goes to the back of the order.
+//! - **Results.** A verdict (success, warnings, failure, flaky) ends the job. An exception or a
+//!   cancelled winner reopens it at once with attempt + 1, elsewhere first. After
+//!   `max_attempts` the job is given up. The current result is the verdict of the highest
+//!   attempt; within an attempt, the winner's. A late result of an old attempt is kept but does
+//!   not override a newer one.
+//! - **Newest first.** Jobs are claimed by priority, then newest commit first; an open job that
+//!   was never claimed is skipped once a newer commit of the same builder and branch has a
+//!   verdict (buildbot's collapsing). Skipped jobs stay known.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::keys::{Hash, NodeId};
+use crate::record::{JobKey, ResultCode};
+use crate::time::Timestamp;
+
+/// Timing of the claim protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimSettings {
+    /// Silence after which a claim lapses. Default 3 s.
+    pub lease: Duration,
+    /// Delay per rank. Default 500 ms.
+    pub step: Duration,
+    /// A worker not heard from for this long is not ranked. Default 3 s.
+    pub liveness_window: Duration,
+    /// Attempts before a job is given up. Default 4.
+    pub max_attempts: u32,
+}
+
+impl Default for ClaimSettings {
+    fn default() -> Self {
+        ClaimSettings {
+            lease: Duration::from_secs(3),
+            step: Duration::from_millis(500),
+            liveness_window: Duration::from_secs(3),
+            max_attempts: 4,
+        }
+    }
+}
+
+/// What a job is and who may run it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSpec {
+    /// The job id ([`JobKey::id`]).
+    pub id: Hash,
+    /// Builder and commit.
+    pub key: JobKey,
+    /// Worker labels required.
+    pub requires: BTreeMap<String, String>,
+    /// Higher first.
+    pub priority: i32,
+    /// Commit order within the branch (the first announcement's time): newer is higher.
+    pub order: u64,
+}
+
+/// What the node must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Author a claim for (job, attempt) and start the build.
+    Claim {
+        /// The job.
+        job: Hash,
+        /// Builder and commit.
+        key: JobKey,
+        /// The attempt claimed.
+        attempt: u32,
+        /// The lease to announce, in milliseconds.
+        lease_ms: u64,
+    },
+    /// Stop this node's build of (job, attempt): another worker won it, or a newer attempt
+    /// superseded it.
+    Abandon {
+        /// The job.
+        job: Hash,
+        /// The attempt.
+        attempt: u32,
+    },
+}
+
+/// Where a job stands, as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// Not claimed in its current attempt.
+    Pending {
+        /// The attempt waiting to be claimed.
+        attempt: u32,
+    },
+    /// Claimed; the winner runs it.
+    Running {
+        /// The attempt.
+        attempt: u32,
+        /// The winning claimant.
+        worker: NodeId,
+    },
+    /// Finished with a verdict.
+    Done {
+        /// The attempt whose verdict counts.
+        attempt: u32,
+        /// Who produced it.
+        worker: NodeId,
+        /// The verdict.
+        result: ResultCode,
+    },
+    /// Never built: a newer commit was built instead.
+    Skipped,
+    /// Every attempt ended in an exception or a lost worker.
+    GivenUp {
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Worker {
+    labels: BTreeMap<String, String>,
+    heard: Option<Timestamp>,
+    running: u32,
+    capacity: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Job {
+    spec: JobSpec,
+    attempt: u32,
+    open_since: Timestamp,
+    claims: BTreeMap<u32, BTreeMap<NodeId, Timestamp>>,
+    activity: BTreeMap<(u32, NodeId), Timestamp>,
+    avoid: BTreeSet<NodeId>,
+    results: BTreeMap<(u32, NodeId), ResultCode>,
+    skipped: bool,
+    given_up: bool,
+}
+
+/// The rendezvous score of `worker` for `job`: lower goes first. The attempt is left out on
+/// purpose: a retry goes to the next worker of the same order, not to a reshuffled one.
+pub fn score(job: &Hash, worker: &NodeId) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"buildmesh/v1/rendezvous\0");
+    h.update(&job.0);
+    h.update(worker.as_bytes());
+    let out = h.finalize();
+    u64::from_be_bytes(out.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+fn is_verdict(code: ResultCode) -> bool {
+    matches!(
+        code,
+        ResultCode::Success | ResultCode::Warnings | ResultCode::Failure | ResultCode::Flaky
+    )
+}
+
+/// One node's view of every job and every worker, and its decisions.
+#[derive(Clone, Debug)]
+pub struct Claims {
+    me: NodeId,
+    settings: ClaimSettings,
+    capacity: u32,
+    workers: BTreeMap<NodeId, Worker>,
+    jobs: BTreeMap<Hash, Job>,
+    running: BTreeSet<(Hash, u32)>,
+    // Claims, progress and results that arrived before their job (records of different authors
+    // arrive in any order); applied when the job becomes known.
+    early: BTreeMap<Hash, Vec<Early>>,
+}
+
+#[derive(Clone, Debug)]
+enum Early {
+    Claim(NodeId, u32, Timestamp),
+    Result(NodeId, u32, ResultCode, Timestamp),
+}
+
+impl Claims {
+    /// The machine of worker `me` that may run `capacity` builds at once (0: not a worker).
+    pub fn new(me: NodeId, settings: ClaimSettings, capacity: u32) -> Self {
+        Claims {
+            me,
+            settings,
+            capacity,
+            workers: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            running: BTreeSet::new(),
+            early: BTreeMap::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &ClaimSettings {
+        &self.settings
+    }
+
+    /// Declares a worker and its labels (from its admission). Also used for `me`.
+    pub fn worker(&mut self, id: NodeId, labels: BTreeMap<String, String>) {
+        self.workers
+            .entry(id)
+            .and_modify(|w| w.labels = labels.clone())
+            .or_insert(Worker {
+                labels,
+                heard: None,
+                running: 0,
+                capacity: 0,
+            });
+    }
+
+    /// Forgets a worker (revoked): it is never ranked again.
+    pub fn remove_worker(&mut self, id: &NodeId) {
+        self.workers.remove(id);
+    }
+
+    /// A heartbeat: the worker is alive and this busy.
+    pub fn heartbeat(&mut self, id: NodeId, running: u32, capacity: u32, now: Timestamp) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.heard = Some(now);
+            w.running = running;
+            w.capacity = capacity;
+        }
+    }
+
+    /// A job became known.
+    pub fn job(&mut self, spec: JobSpec, now: Timestamp) {
+        let id = spec.id;
+        if self.jobs.contains_key(&id) {
+            return;
+        }
+        self.jobs.insert(
+            id,
+            Job {
+                spec,
+                attempt: 1,
+                open_since: now,
+                claims: BTreeMap::new(),
+                activity: BTreeMap::new(),
+                avoid: BTreeSet::new(),
+                results: BTreeMap::new(),
+                skipped: false,
+                given_up: false,
+            },
+        );
+        for e in self.early.remove(&id).unwrap_or_default() {
+            match e {
+                Early::Claim(w, a, t) => self.claim(w, id, a, t),
+                Early::Result(w, a, c, t) => self.result(w, id, a, c, t),
+            }
+        }
+    }
+
+    /// Whether the job is known.
+    pub fn knows(&self, job: &Hash) -> bool {
+        self.jobs.contains_key(job)
+    }
+
+    /// A claim record was seen (this node's own included).
+    pub fn claim(&mut self, worker: NodeId, job: Hash, attempt: u32, now: Timestamp) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            self.early
+                .entry(job)
+                .or_default()
+                .push(Early::Claim(worker, attempt, now));
+            return;
+        };
+        j.claims
+            .entry(attempt)
+            .or_default()
+            .entry(worker)
+            .or_insert(now);
+        if attempt > j.attempt && !j.is_final() {
+            // Someone moved on to a newer attempt: follow.
+            j.attempt = attempt;
+            j.open_since = now;
+        }
+    }
+
+    /// A progress signal: the worker is still running (job, attempt).
+    pub fn progress(&mut self, worker: NodeId, job: Hash, attempt: u32, now: Timestamp) {
+        if let Some(j) = self.jobs.get_mut(&job) {
+            let e = j.activity.entry((attempt, worker)).or_insert(now);
+            *e = (*e).max(now);
+        }
+    }
+
+    /// A result record was seen (this node's own included).
+    pub fn result(
+        &mut self,
+        worker: NodeId,
+        job: Hash,
+        attempt: u32,
+        code: ResultCode,
+        now: Timestamp,
+    ) {
+        if worker == self.me {
+            self.running.remove(&(job, attempt));
+        }
+        let max_attempts = self.settings.max_attempts;
+        let Some(j) = self.jobs.get_mut(&job) else {
+            self.early
+                .entry(job)
+                .or_default()
+                .push(Early::Result(worker, attempt, code, now));
+            return;
+        };
+        j.results.insert((attempt, worker), code);
+        if j.is_final() || is_verdict(code) {
+            return;
+        }
+        let won = j.winner(attempt) == Some(worker) || !j.claims.contains_key(&attempt);
+        if attempt == j.attempt && won {
+            match code {
+                ResultCode::Exception | ResultCode::Cancelled => {
+                    j.avoid.insert(worker);
+                    j.reopen(now, max_attempts);
+                }
+                _ => {}
+            }
+        } else if code == ResultCode::Exception {
+            j.avoid.insert(worker);
+        }
+    }
+
+    /// This node stopped running (job, attempt) without a result record (e.g. it restarted).
+    pub fn stopped(&mut self, job: Hash, attempt: u32) {
+        self.running.remove(&(job, attempt));
+    }
+
+    /// Builds this node runs now.
+    pub fn running(&self) -> impl Iterator<Item = &(Hash, u32)> {
+        self.running.iter()
+    }
+
+    /// Free build slots here.
+    pub fn free(&self) -> u32 {
+        self.capacity.saturating_sub(self.running.len() as u32)
+    }
+
+    /// This node's capacity.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The winner of (job, attempt) among the claims seen.
+    pub fn winner(&self, job: &Hash, attempt: u32) -> Option<NodeId> {
+        self.jobs.get(job).and_then(|j| j.winner(attempt))
+    }
+
+    /// Where a job stands.
+    pub fn state(&self, job: &Hash) -> Option<JobState> {
+        self.jobs.get(job).map(|j| j.state())
+    }
+
+    /// Every job known, with its state.
+    pub fn jobs(&self) -> impl Iterator<Item = (&JobSpec, JobState)> {
+        self.jobs.values().map(|j| (&j.spec, j.state()))
+    }
+
+    fn eligible(&self, spec: &JobSpec, now: Timestamp) -> Vec<NodeId> {
+        let window = self.settings.liveness_window;
+        self.workers
+            .iter()
+            .filter(|(id, w)| {
+                let requires_ok = spec.requires.iter().all(|(k, want)| match w.labels.get(k) {
+                    Some(have) => want == "*" || have == want,
+                    None => false,
+                });
+                if !requires_ok {
+                    return false;
+                }
+                if **id == self.me {
+                    return self.free() > 0;
+                }
+                let live = w.heard.is_some_and(|h| now.since(h) <= window);
+                live && w.running < w.capacity
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The order in which eligible workers take (job, attempt) now.
+    pub fn order(&self, job: &Hash, now: Timestamp) -> Vec<NodeId> {
+        let Some(j) = self.jobs.get(job) else {
+            return Vec::new();
+        };
+        let mut order = self.eligible(&j.spec, now);
+        order.sort_by_key(|w| (j.avoid.contains(w), score(job, w)));
+        order
+    }
+
+    /// Advances time to `now`: leases lapse, crossed claims resolve, jobs are skipped or
+    /// claimed. Returns what this node must do.
+    pub fn tick(&mut self, now: Timestamp) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let lease = self.settings.lease;
+        let max_attempts = self.settings.max_attempts;
+
+        // Leases and crossed claims.
+        for (id, j) in self.jobs.iter_mut() {
+            if j.is_final() {
+                continue;
+            }
+            let a = j.attempt;
+            if let Some(w) = j.winner(a) {
+                let running_here = w == self.me && self.running.contains(&(*id, a));
+                if !running_here {
+                    let claimed = j.claims[&a][&w];
+                    let last = j
+                        .activity
+                        .get(&(a, w))
+                        .copied()
+                        .unwrap_or(claimed)
+                        .max(claimed);
+                    if now.since(last) > lease {
+                        j.avoid.insert(w);
+                        j.reopen(now, max_attempts);
+                    }
+                }
+            }
+        }
+        let mine: Vec<(Hash, u32)> = self.running.iter().copied().collect();
+        for (job, attempt) in mine {
+            let Some(j) = self.jobs.get(&job) else {
+                continue;
+            };
+            let lost = j.winner(attempt).is_some_and(|w| w != self.me);
+            let superseded = j
+                .claims
+                .range(attempt + 1..)
+                .any(|(_, c)| c.keys().any(|w| *w != self.me));
+            if lost || superseded {
+                self.running.remove(&(job, attempt));
+                actions.push(Action::Abandon { job, attempt });
+            }
+        }
+
+        // Collapsing: never-claimed jobs behind a newer verdict are skipped.
+        let mut newest_verdict: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for j in self.jobs.values() {
+            if j.current().is_some() {
+                let k = (j.spec.key.builder.clone(), j.spec.key.branch.clone());
+                let e = newest_verdict.entry(k).or_insert(0);
+                *e = (*e).max(j.spec.order);
+            }
+        }
+        for j in self.jobs.values_mut() {
+            if j.is_final() || !j.claims.is_empty() {
+                continue;
+            }
+            let k = (j.spec.key.builder.clone(), j.spec.key.branch.clone());
+            if newest_verdict.get(&k).is_some_and(|&o| o > j.spec.order) {
+                j.skipped = true;
+            }
+        }
+
+        // Claims: by priority, then newest commit first.
+        if self.free() == 0 {
+            return actions;
+        }
+        let mut open: Vec<(i32, u64, Hash)> = self
+            .jobs
+            .values()
+            .filter(|j| !j.is_final() && !j.claims.contains_key(&j.attempt))
+            .map(|j| (j.spec.priority, j.spec.order, j.spec.id))
+            .collect();
+        open.sort_by(|a, b| b.cmp(a));
+        for (_, _, id) in open {
+            if self.free() == 0 {
+                break;
+            }
+            let order = self.order(&id, now);
+            let Some(rank) = order.iter().position(|w| *w == self.me) else {
+                continue;
+            };
+            let j = self.jobs.get_mut(&id).expect("listed above");
+            let due = j.open_since.plus(self.settings.step * rank as u32);
+            if now < due {
+                continue;
+            }
+            let attempt = j.attempt;
+            j.claims.entry(attempt).or_default().insert(self.me, now);
+            self.running.insert((id, attempt));
+            actions.push(Action::Claim {
+                job: id,
+                key: j.spec.key.clone(),
+                attempt,
+                lease_ms: lease.as_millis() as u64,
+            });
+        }
+        actions
+    }
+}
+
+impl Job {
+    fn winner(&self, attempt: u32) -> Option<NodeId> {
+        self.claims
+            .get(&attempt)?
+            .keys()
+            .min_by_key(|w| score(&self.spec.id, w))
+            .copied()
+    }
+
+    // The verdict that counts: highest attempt; within it, the winner's, else the best-ranked.
+    fn current(&self) -> Option<(u32, NodeId, ResultCode)> {
+        let top = self
+            .results
+            .iter()
+            .filter(|(_, c)| is_verdict(**c))
+            .map(|((a, _), _)| *a)
+            .max()?;
+        let winner = self.winner(top);
+        self.results
+            .iter()
+            .filter(|((a, _), c)| *a == top && is_verdict(**c))
+            .min_by_key(|((_, w), _)| (Some(*w) != winner, score(&self.spec.id, w)))
+            .map(|((a, w), c)| (*a, *w, *c))
+    }
+
+    fn is_final(&self) -> bool {
+        self.skipped || self.given_up || self.current().is_some()
+    }
+
+    fn reopen(&mut self, now: Timestamp, max_attempts: u32) {
+        if self.attempt >= max_attempts {
+            self.given_up = true;
+            return;
+        }
+        self.attempt += 1;
+        self.open_since = now;
+    }
+
+    fn state(&self) -> JobState {
+        if let Some((attempt, worker, result)) = self.current() {
+            return JobState::Done {
+                attempt,
+                worker,
+                result,
+            };
+        }
+        if self.skipped {
+            return JobState::Skipped;
+        }
+        if self.given_up {
+            return JobState::GivenUp {
+                attempts: self.attempt,
+            };
+        }
+        match self.winner(self.attempt) {
+            Some(worker) => JobState::Running {
+                attempt: self.attempt,
+                worker,
+            },
+            None => JobState::Pending {
+                attempt: self.attempt,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SecretKey;
+
+    const T: Timestamp = Timestamp(1_000_000);
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp(T.0 + ms)
+    }
+
+    fn ids(n: u8) -> Vec<NodeId> {
+        (1..=n)
+            .map(|i| SecretKey::from_seed([i; 32]).id())
+            .collect()
+    }
+
+    fn spec(n: u64) -> JobSpec {
+        let key = JobKey {
+            builder: "b".into(),
+            repo: "r".into(),
+            branch: "main".into(),
+            sha: format!("{n:040x}"),
+        };
+        JobSpec {
+            id: key.id(),
+            key,
+            requires: BTreeMap::new(),
+            priority: 0,
+            order: n,
+        }
+    }
+
+    fn machines(workers: &[NodeId]) -> Vec<Claims> {
+        workers
+            .iter()
+            .map(|me| {
+                let mut c = Claims::new(*me, ClaimSettings::default(), 1);
+                for w in workers {
+                    c.worker(*w, BTreeMap::new());
+                    c.heartbeat(*w, 0, 1, T);
+                }
+                c
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_in_order_claims_at_once_and_the_others_wait_a_step_each() {
+        let w = ids(3);
+        let mut m = machines(&w);
+        let job = spec(1);
+        for c in m.iter_mut() {
+            c.job(job.clone(), T);
+        }
+        let order = m[0].order(&job.id, T);
+        assert_eq!(order.len(), 3);
+        for c in m.iter_mut() {
+            let acts = c.tick(T);
+            let claimed = acts.iter().any(|a| matches!(a, Action::Claim { .. }));
+            assert_eq!(claimed, c.me == order[0], "only the first claims at once");
+        }
+        // Without hearing the first's claim, the second claims one step later, the third two.
+        let second = m.iter().position(|c| c.me == order[1]).unwrap();
+        assert!(m[second].tick(at(499)).is_empty());
+        assert!(!m[second].tick(at(500)).is_empty());
+    }
+
+    #[test]
+    fn crossed_claims_resolve_to_the_same_winner_and_the_loser_abandons() {
+        let w = ids(2);
+        let mut m = machines(&w);
+        let job = spec(1);
+        for c in m.iter_mut() {
+            c.job(job.clone(), T);
+        }
+        let order = m[0].order(&job.id, T);
+        // Both claim (the second by its own late tick, not having heard the first).
+        let first = m.iter().position(|c| c.me == order[0]).unwrap();
+        let second = 1 - first;
+        assert!(!m[first].tick(T).is_empty());
+        assert!(!m[second].tick(at(600)).is_empty());
+        for c in m.iter_mut() {
+            c.claim(order[0], job.id, 1, at(700));
+            c.claim(order[1], job.id, 1, at(700));
+        }
+        assert_eq!(m[0].winner(&job.id, 1), Some(order[0]));
+        assert_eq!(m[1].winner(&job.id, 1), Some(order[0]));
+        assert_eq!(
+            m[second].tick(at(701)),
+            vec![Action::Abandon {
+                job: job.id,
+                attempt: 1
+            }]
+        );
+        assert!(m[first].tick(at(701)).is_empty());
+    }
+
+    #[test]
+    fn a_silent_winner_loses_its_lease_and_the_next_takes_attempt_two() {
+        let w = ids(3);
+        let mut m = machines(&w);
+        let job = spec(1);
+        for c in m.iter_mut() {
+            c.job(job.clone(), T);
+        }
+        let order = m[0].order(&job.id, T);
+        let observer = m.iter().position(|c| c.me == order[1]).unwrap();
+        let o = &mut m[observer];
+        o.claim(order[0], job.id, 1, T);
+        o.progress(order[0], job.id, 1, at(1000));
+        // Keep the other workers alive; the winner goes silent after 1 s.
+        for t in [1000, 2000, 3000, 4000] {
+            o.heartbeat(order[1], 0, 1, at(t));
+            o.heartbeat(order[2], 0, 1, at(t));
+        }
+        assert!(
+            o.tick(at(4000)).is_empty(),
+            "lease holds until 3 s of silence"
+        );
+        let acts = o.tick(at(4001));
+        assert!(
+            matches!(acts.as_slice(), [Action::Claim { attempt: 2, .. }]),
+            "the silent winner goes to the back; {acts:?}"
+        );
+    }
+
+    #[test]
+    fn exception_retries_elsewhere_and_verdict_ends_the_job() {
+        let w = ids(2);
+        let mut m = machines(&w);
+        let job = spec(1);
+        let c = &mut m[0];
+        c.job(job.clone(), T);
+        let first = c.order(&job.id, T)[0];
+        c.claim(first, job.id, 1, T);
+        c.result(first, job.id, 1, ResultCode::Exception, at(10));
+        assert_eq!(c.state(&job.id), Some(JobState::Pending { attempt: 2 }));
+        assert_eq!(c.order(&job.id, at(10)).last(), Some(&first));
+        let other = *c.order(&job.id, at(10)).first().unwrap();
+        c.claim(other, job.id, 2, at(20));
+        c.result(other, job.id, 2, ResultCode::Failure, at(30));
+        assert_eq!(
+            c.state(&job.id),
+            Some(JobState::Done {
+                attempt: 2,
+                worker: other,
+                result: ResultCode::Failure
+            })
+        );
+        // A late verdict of attempt 1 does not override attempt 2's.
+        c.result(first, job.id, 1, ResultCode::Success, at(40));
+        assert!(matches!(
+            c.state(&job.id),
+            Some(JobState::Done {
+                attempt: 2,
+                result: ResultCode::Failure,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn newest_first_and_older_unclaimed_commits_are_skipped() {
+        let w = ids(1);
+        let mut m = machines(&w);
+        let c = &mut m[0];
+        for n in 1..=3 {
+            c.job(spec(n), T);
+        }
+        let acts = c.tick(T);
+        assert_eq!(acts.len(), 1);
+        assert!(
+            matches!(&acts[0], Action::Claim { job, .. } if *job == spec(3).id),
+            "newest first"
+        );
+        c.claim(w[0], spec(3).id, 1, T);
+        c.result(w[0], spec(3).id, 1, ResultCode::Success, at(10));
+        assert!(c.tick(at(20)).is_empty());
+        assert_eq!(c.state(&spec(1).id), Some(JobState::Skipped));
+        assert_eq!(c.state(&spec(2).id), Some(JobState::Skipped));
+    }
+
+    #[test]
+    fn label_requirements_and_capacity_decide_eligibility() {
+        let w = ids(2);
+        let mut c = Claims::new(w[0], ClaimSettings::default(), 1);
+        c.worker(w[0], BTreeMap::from([("os".into(), "linux".into())]));
+        c.worker(w[1], BTreeMap::from([("os".into(), "freebsd".into())]));
+        c.heartbeat(w[1], 0, 1, T);
+        let mut j = spec(1);
+        j.requires.insert("os".into(), "freebsd".into());
+        c.job(j.clone(), T);
+        assert_eq!(c.order(&j.id, T), vec![w[1]]);
+        assert!(
+            c.tick(at(10_000)).is_empty(),
+            "never claims a job it cannot run"
+        );
+        c.heartbeat(w[1], 1, 1, T);
+        assert!(c.order(&j.id, T).is_empty(), "a busy worker is not ranked");
+    }
+}
