@@ -8,6 +8,11 @@
 //! - `GET /api/v1/records?author=ID`: an author's records as JSON (hidden when the author's key
 //!   was revoked as compromised).
 //! - `POST /api/v1/publish`: a signed document (the file's bytes) to publish in this node's log.
+//! - `GET /api/v1/status`: the latest result per builder and branch.
+//! - `GET /api/v1/builds?commit=SHA&builder=NAME`: builds (one per job, its current attempt).
+//! - `GET /api/v1/builds/{id}/log?step=NAME`: a build's step log, fetched from whoever holds it.
+//! - `POST /api/v1/submit`: a commit announcement signed by a key with the announcer role.
+//! - `POST /api/v1/webhook`: GitHub, Gitea or Forgejo push webhooks (HMAC checked).
 //! - `GET /metrics`: Prometheus text.
 
 use std::collections::BTreeMap;
@@ -25,14 +30,17 @@ use buildmesh_store::Store;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::claimer::{BuildView, ClaimerClient};
 use crate::replica::ReplicaClient;
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
 pub struct ApiState {
     pub(crate) replica: ReplicaClient,
+    pub(crate) claimer: ClaimerClient,
     pub(crate) store: Arc<Store>,
     pub(crate) me: NodeId,
+    pub(crate) webhook_secret: Option<Arc<Vec<u8>>>,
 }
 
 /// The routes.
@@ -43,6 +51,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/vv", get(vv))
         .route("/api/v1/records", get(records))
         .route("/api/v1/publish", post(publish))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/builds", get(builds))
+        .route("/api/v1/builds/{id}/log", get(log))
+        .route("/api/v1/submit", post(submit))
+        .route("/api/v1/webhook", post(webhook))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -215,4 +228,230 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// How far a signed request's clock may be from this node's.
+const MAX_REQUEST_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn is_verdict(result: &str) -> bool {
+    matches!(result, "success" | "warnings" | "failure" | "flaky")
+}
+
+async fn status(State(s): State<ApiState>) -> Response {
+    let builds = match s.claimer.builds().await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    // Builds come newest announcement first: the first verdict per (builder, branch) is the
+    // status; newer pending or running builds are shown beside it.
+    let mut rows: BTreeMap<(String, String), serde_json::Value> = BTreeMap::new();
+    let mut newer: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
+    for b in &builds {
+        let k = (b.builder.clone(), b.branch.clone());
+        if rows.contains_key(&k) {
+            continue;
+        }
+        if is_verdict(&b.result) {
+            rows.insert(
+                k.clone(),
+                json!({
+                    "builder": b.builder, "branch": b.branch, "result": b.result, "sha": b.sha,
+                    "build": b.id, "worker": b.worker, "finished": b.finished,
+                    "in_progress": newer.remove(&k).unwrap_or_default(),
+                }),
+            );
+        } else if b.result == "pending" || b.result == "running" {
+            newer
+                .entry(k)
+                .or_default()
+                .push(json!({"sha": b.sha, "build": b.id, "result": b.result, "worker": b.worker}));
+        }
+    }
+    for ((builder, branch), pending) in newer {
+        let current = pending.last().map(|p| p["result"].clone()).unwrap_or(json!("pending"));
+        rows.insert(
+            (builder.clone(), branch.clone()),
+            json!({
+                "builder": builder, "branch": branch, "result": current, "sha": pending.last().map(|p| p["sha"].clone()),
+                "build": null, "worker": null, "finished": null, "in_progress": pending,
+            }),
+        );
+    }
+    Json(rows.into_values().collect::<Vec<_>>()).into_response()
+}
+
+#[derive(Deserialize)]
+struct BuildsQuery {
+    commit: Option<String>,
+    builder: Option<String>,
+    branch: Option<String>,
+    limit: Option<usize>,
+}
+
+fn matches(b: &BuildView, q: &BuildsQuery) -> bool {
+    q.commit.as_deref().is_none_or(|c| !c.is_empty() && b.sha.starts_with(c))
+        && q.builder.as_deref().is_none_or(|x| b.builder == x)
+        && q.branch.as_deref().is_none_or(|x| b.branch == x)
+}
+
+async fn builds(State(s): State<ApiState>, Query(q): Query<BuildsQuery>) -> Response {
+    match s.claimer.builds().await {
+        Ok(all) => {
+            let out: Vec<BuildView> = all
+                .into_iter()
+                .filter(|b| matches(b, &q))
+                .take(q.limit.unwrap_or(500))
+                .collect();
+            Json(out).into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    step: Option<String>,
+}
+
+async fn log(
+    State(s): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let all = match s.claimer.builds().await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let (prefix, attempt) = match id.rsplit_once('-') {
+        Some((p, a)) if a.parse::<u32>().is_ok() => (p.to_string(), a.parse::<u32>().ok()),
+        _ => (id.clone(), None),
+    };
+    let found: Vec<&BuildView> = all
+        .iter()
+        .filter(|b| b.job.to_string().starts_with(&prefix))
+        .collect();
+    let build = match found.as_slice() {
+        [b] => *b,
+        [] => return error(StatusCode::NOT_FOUND, format!("no build {id}")),
+        _ => return error(StatusCode::BAD_REQUEST, format!("{id} names more than one build")),
+    };
+    if attempt.is_some_and(|a| a != build.attempt) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("build {id}: attempt {} is the one with a result", build.attempt),
+        );
+    }
+    if build.steps.is_empty() {
+        return error(StatusCode::NOT_FOUND, format!("build {} has no result yet ({})", build.id, build.result));
+    }
+    let steps: Vec<_> = match &q.step {
+        Some(name) => build.steps.iter().filter(|st| &st.name == name).collect(),
+        None => build.steps.iter().collect(),
+    };
+    if steps.is_empty() {
+        return error(StatusCode::NOT_FOUND, format!("build {} has no step {:?}", build.id, q.step));
+    }
+    let mut text = Vec::new();
+    for st in steps {
+        if q.step.is_none() {
+            text.extend_from_slice(format!("=== step {} ({}) ===\n", st.name, st.result).as_bytes());
+        }
+        let Some(h) = st.log else {
+            continue;
+        };
+        match s.replica.blob(h, build.worker).await {
+            Ok(Some(bytes)) => text.extend_from_slice(&bytes),
+            Ok(None) => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("the log of step {} ({}) is on no reachable node", st.name, h.short()),
+                );
+            }
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        }
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+async fn submit(State(s): State<ApiState>, body: Bytes) -> Response {
+    use buildmesh_protocol::wire::{ApiAction, SignedRequest};
+    let req = match SignedRequest::from_bytes(&body).map_err(|e| e.to_string()).and_then(|r| r.verify().map_err(|e| e.to_string())) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a signed request: {e}")),
+    };
+    let now = buildmesh_protocol::Timestamp::now();
+    if req.time.since(now) > MAX_REQUEST_SKEW || now.since(req.time) > MAX_REQUEST_SKEW {
+        return error(StatusCode::BAD_REQUEST, format!("request dated {}, more than 5 minutes from this node's clock", req.time));
+    }
+    match s.replica.may_announce(req.key).await {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return error(StatusCode::FORBIDDEN, format!("{} may not submit: {why}", req.key)),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+    let ApiAction::Submit { repo, branch, sha } = req.action;
+    if repo.trim().is_empty() || branch.trim().is_empty() || sha.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "repo, branch and sha must not be empty");
+    }
+    announce(&s, repo, branch, sha, buildmesh_protocol::record::ChangeSource::Submit, Some(req.key), None).await
+}
+
+async fn announce(
+    s: &ApiState,
+    repo: String,
+    branch: String,
+    sha: String,
+    source: buildmesh_protocol::record::ChangeSource,
+    requested_by: Option<NodeId>,
+    subject: Option<String>,
+) -> Response {
+    use buildmesh_protocol::record::{Body, CommitSeen};
+    if let Ok(Some(seen)) = s.store.commit_seen(&repo, &branch, &sha) {
+        return Json(json!({"announced": false, "already": {"author": seen.author, "seq": seen.seq}})).into_response();
+    }
+    let body = Body::CommitSeen(CommitSeen { repo, branch, sha, source, requested_by, subject });
+    match s.replica.author(body).await {
+        Ok(r) => Json(json!({"announced": true, "record": {"author": r.envelope.author, "seq": r.envelope.seq}})).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn webhook(State(s): State<ApiState>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+    use crate::sources::webhook::{WebhookError, parse_push, url_matches};
+    let Some(secret) = s.webhook_secret.clone() else {
+        return error(StatusCode::NOT_FOUND, "this node has no webhook secret configured");
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let push = match parse_push(header, &body, &secret) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Json(json!({"announced": []})).into_response(),
+        Err(e @ (WebhookError::BadSignature | WebhookError::MissingSignature)) => {
+            tracing::warn!(error = %e, "webhook refused");
+            return error(StatusCode::UNAUTHORIZED, e);
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let config = match s.replica.config().await {
+        Ok(Some(c)) => c,
+        Ok(None) => return error(StatusCode::SERVICE_UNAVAILABLE, "no builder configuration yet"),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let repos: std::collections::BTreeSet<String> = config
+        .builders
+        .iter()
+        .filter(|b| url_matches(&b.repo, &push) && b.wants_branch(&push.branch))
+        .map(|b| b.repo.clone())
+        .collect();
+    let mut out = Vec::new();
+    for repo in repos {
+        let r = announce(&s, repo.clone(), push.branch.clone(), push.sha.clone(), buildmesh_protocol::record::ChangeSource::Webhook, None, push.subject.clone()).await;
+        if !r.status().is_success() {
+            return r;
+        }
+        out.push(repo);
+    }
+    Json(json!({"announced": out, "branch": push.branch, "sha": push.sha})).into_response()
 }

@@ -69,6 +69,25 @@ sync_interval = "5s"
 door_timeout = "5s"
 # How many peers to keep connections to (beyond the bootstrap peers).
 max_peers = 12
+
+[worker]
+# Builds run at once. Default: 1 if the admission has the worker role, else 0.
+# max_builds = 1
+# Slow machine? Every step timeout is multiplied by this.
+timeout_factor = 1.0
+# Clones, workspaces and step logs live here.
+work_dir = "work"
+# A claim lapses after this long without a progress signal; the next worker takes the job.
+lease = "3s"
+# The n-th worker in a job's rendezvous order waits n steps before claiming it.
+claim_step = "500ms"
+
+[announcer]
+# Announcer nodes poll the builders' repositories this often (0s: never).
+poll_interval = "30s"
+# File holding the push-webhook HMAC secret (GitHub, Gitea, Forgejo). The environment variable
+# BUILDMESH_WEBHOOK_SECRET is used when this is not set. No secret: the webhook is off.
+# webhook_secret_file = "webhook.secret"
 "#;
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +105,27 @@ struct FileForm {
     api: Option<String>,
     #[serde(default)]
     mesh: MeshForm,
+    #[serde(default)]
+    worker: WorkerForm,
+    #[serde(default)]
+    announcer: AnnouncerForm,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkerForm {
+    max_builds: Option<u32>,
+    timeout_factor: Option<f64>,
+    work_dir: Option<PathBuf>,
+    lease: Option<String>,
+    claim_step: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnnouncerForm {
+    poll_interval: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +157,37 @@ pub struct NodeConfig {
     pub api: SocketAddr,
     /// Mesh timing.
     pub mesh: MeshSettings,
+    /// Building.
+    pub worker: WorkerSettings,
+    /// Announcing commits.
+    pub announcer: AnnouncerSettings,
+}
+
+/// How this node builds.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// Builds at once; `None`: 1 with the worker role, else 0.
+    pub max_builds: Option<u32>,
+    /// Multiplies every step timeout. Default 1.0.
+    pub timeout_factor: f64,
+    /// Clones, workspaces, logs. Default `work` beside the config.
+    pub work_dir: PathBuf,
+    /// Claim lease. Default 3 s.
+    pub lease: Duration,
+    /// Rank step. Default 500 ms.
+    pub claim_step: Duration,
+    /// The `buildmesh` binary that supervises step processes (default: this program, when it
+    /// is `buildmesh`).
+    pub supervisor: Option<PathBuf>,
+}
+
+/// How this node announces commits (with the announcer role).
+#[derive(Clone, Debug)]
+pub struct AnnouncerSettings {
+    /// Git poll period; `None`: no polling. Default 30 s.
+    pub poll_interval: Option<Duration>,
+    /// The push-webhook secret file.
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 /// Timing of liveness, anti-entropy and the door.
@@ -224,6 +295,35 @@ impl NodeConfig {
             door_timeout: duration("mesh.door_timeout", &form.mesh.door_timeout, d.door_timeout)?,
             max_peers: form.mesh.max_peers.unwrap_or(d.max_peers),
         };
+        let zero_ok = |entry: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(s) => humantime::parse_duration(s)
+                    .map(Some)
+                    .map_err(|e| invalid(entry, format!("`{s}` is not a duration such as \"30s\": {e}"))),
+            }
+        };
+        let timeout_factor = form.worker.timeout_factor.unwrap_or(1.0);
+        if !(timeout_factor.is_finite() && timeout_factor > 0.0) {
+            return Err(invalid("worker.timeout_factor", "must be a positive number".into()));
+        }
+        let supervisor = std::env::current_exe()
+            .ok()
+            .filter(|p| p.file_name().is_some_and(|n| n == "buildmesh"));
+        let worker = WorkerSettings {
+            max_builds: form.worker.max_builds,
+            timeout_factor,
+            work_dir: resolve(form.worker.work_dir.as_deref().unwrap_or(Path::new("work"))),
+            lease: duration("worker.lease", &form.worker.lease, Duration::from_secs(3))?,
+            claim_step: duration("worker.claim_step", &form.worker.claim_step, Duration::from_millis(500))?,
+            supervisor,
+        };
+        let poll = zero_ok("announcer.poll_interval", &form.announcer.poll_interval)?
+            .unwrap_or(Duration::from_secs(30));
+        let announcer = AnnouncerSettings {
+            poll_interval: (!poll.is_zero()).then_some(poll),
+            webhook_secret_file: form.announcer.webhook_secret_file.as_deref().map(resolve),
+        };
         if mesh.liveness_window < mesh.heartbeat_interval {
             return Err(invalid(
                 "mesh.liveness_window",
@@ -239,6 +339,8 @@ impl NodeConfig {
             bootstrap: addrs("bootstrap", &form.bootstrap)?,
             api,
             mesh,
+            worker,
+            announcer,
         };
         for (entry, file) in [
             ("key", &config.key),
@@ -291,6 +393,8 @@ mod tests {
             e.to_string().contains("`admission`") && e.to_string().contains("missing.adm"),
             "{e}"
         );
+        let e = NodeConfig::parse(&p, &EXAMPLE.replace("timeout_factor = 1.0", "timeout_factor = -2.0")).unwrap_err();
+        assert!(e.to_string().contains("worker.timeout_factor"), "{e}");
         let e = NodeConfig::parse(&p, "key = 1").unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
     }

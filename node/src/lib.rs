@@ -5,10 +5,15 @@
 //! - [`network`]: the libp2p swarm in its own task, driven through a `Client`.
 //! - `replica`: the gate every record passes, trust, peers at the door, liveness, authoring.
 //! - `sync`: anti-entropy with one peer.
+//! - [`claimer`]: drives the claim state machine, starts builds, answers job queries.
+//! - [`executor`]: runs builds (checkout, steps in process groups, timeouts, logs).
+//! - [`sources`]: change sources (push webhooks, the git poller's pieces); `announcer` polls.
 //! - [`api`]: the HTTP JSON API.
 //! - [`testnet`]: everything a local mesh needs, written to a directory.
 
+mod announcer;
 pub mod api;
+pub mod claimer;
 pub mod config;
 pub mod executor;
 pub mod files;
@@ -20,4 +25,5 @@ mod sync;
 pub mod testnet;
 
 pub use node::{NodeError, NodeHandle, start};
-pub use replica::{Metrics, NodeView};
+pub use replica::{Load, Metrics, NodeView};
+pub use claimer::{BuildView, StepView};

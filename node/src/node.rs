@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use buildmesh_protocol::docs::{Admission, DocKind, Genesis, SignedDoc};
+use buildmesh_protocol::claims::ClaimSettings;
+use buildmesh_protocol::docs::{Admission, DocKind, Genesis, Role, SignedDoc};
 use buildmesh_protocol::record::{Body, Record};
 use buildmesh_protocol::trust::{Trust, TrustError};
 use buildmesh_protocol::vv::VersionVector;
@@ -13,9 +14,12 @@ use buildmesh_store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::claimer::{BuildView, Claimer, ClaimerClient, ClaimerParts};
 use crate::config::NodeConfig;
+use crate::executor::ExecutorConfig;
 use crate::network::{self, NetworkConfig, NetworkError};
-use crate::replica::{Metrics, NodeView, Replica, ReplicaClient, ReplicaParts};
+pub use crate::replica::ReplicaClient;
+use crate::replica::{Metrics, NodeView, Replica, ReplicaParts};
 
 /// Why a node cannot start or do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +74,10 @@ pub struct NodeHandle {
     /// Its store, for reading.
     pub store: Arc<Store>,
     replica: ReplicaClient,
+    claimer: ClaimerClient,
     net: network::Client,
     feed: tokio::sync::broadcast::Sender<Arc<Record>>,
+    claims_cancel: CancellationToken,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -141,6 +147,15 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
 
     let key = Arc::new(key);
     let (feed, _) = tokio::sync::broadcast::channel(4096);
+    let (signals, _) = tokio::sync::broadcast::channel(4096);
+    let capacity = config
+        .worker
+        .max_builds
+        .unwrap_or(if a.roles.contains(&Role::Worker) { 1 } else { 0 });
+    let (load_tx, load_rx) = tokio::sync::watch::channel(crate::replica::Load {
+        running: 0,
+        capacity,
+    });
     let (replica, replica_client) = Replica::new(ReplicaParts {
         key: key.clone(),
         store: store.clone(),
@@ -151,7 +166,32 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         net: net.clone(),
         events,
         feed: feed.clone(),
+        signals: signals.clone(),
+        load: load_rx,
         cancel: cancel.child_token(),
+    });
+    let claims_cancel = CancellationToken::new();
+    let (claimer, claimer_client) = Claimer::new(ClaimerParts {
+        me: key.id(),
+        name: name.clone(),
+        capacity,
+        settings: ClaimSettings {
+            lease: config.worker.lease,
+            step: config.worker.claim_step,
+            liveness_window: config.mesh.liveness_window,
+            ..ClaimSettings::default()
+        },
+        executor: ExecutorConfig {
+            work_dir: config.worker.work_dir.clone(),
+            supervisor: config.worker.supervisor.clone(),
+            timeout_factor: config.worker.timeout_factor,
+        },
+        store: store.clone(),
+        replica: replica_client.clone(),
+        records: feed.subscribe(),
+        signals: signals.subscribe(),
+        load: load_tx,
+        cancel: claims_cancel.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
@@ -178,10 +218,31 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             }
             .instrument(span.clone()),
         );
+        tasks.spawn(claimer.run().instrument(span.clone()));
+        if a.roles.contains(&Role::Announcer)
+            && let Some(interval) = config.announcer.poll_interval
+        {
+            tasks.spawn(
+                crate::announcer::poll(interval, replica_client.clone(), store.clone(), cancel.child_token())
+                    .instrument(span.clone()),
+            );
+        }
+        let webhook_secret = match &config.announcer.webhook_secret_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| file_err("webhook secret", p, e))?
+                    .trim()
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            None => std::env::var("BUILDMESH_WEBHOOK_SECRET").ok().map(|s| s.into_bytes()),
+        };
         let state = crate::api::ApiState {
             replica: replica_client.clone(),
+            claimer: claimer_client.clone(),
             store: store.clone(),
             me,
+            webhook_secret: webhook_secret.map(Arc::new),
         };
         let api_cancel = cancel.child_token();
         tasks.spawn(
@@ -208,8 +269,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         api,
         store,
         replica: replica_client,
+        claimer: claimer_client,
         net,
         feed,
+        claims_cancel,
         cancel,
         tasks,
     })
@@ -267,8 +330,27 @@ impl NodeHandle {
         self.cancel.cancel();
     }
 
-    /// Stops the node in order (replica, then network, then API) and flushes the store.
+    /// Every job this node knows, newest announcement first.
+    pub async fn builds(&self) -> Result<Vec<BuildView>, NodeError> {
+        self.claimer.builds().await
+    }
+
+    /// The replica's handle (author records, ask for blobs).
+    pub fn replica(&self) -> &ReplicaClient {
+        &self.replica
+    }
+
+    /// Stops the node in order — claiming stops and running builds are handed back, then the
+    /// replica, the network and the API — and flushes the store.
     pub async fn shutdown(self) {
+        self.claims_cancel.cancel();
+        // Give handed-back builds the moment they need to record their Cancelled results.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(12), async {
+            while self.claimer.builds().await.is_ok() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
         self.cancel.cancel();
         self.tasks.wait().await;
         if let Err(e) = self.store.flush() {
@@ -279,6 +361,7 @@ impl NodeHandle {
     /// Stops every task at once, without the orderly goodbye: as close to pulling the plug as a
     /// node inside a test process can get (what was flushed stays, nothing more is written).
     pub fn abort(self) {
+        self.claims_cancel.cancel();
         self.cancel.cancel();
     }
 }

@@ -12,14 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use buildmesh_protocol::docs::{Admission, DocKind, Role, SignedDoc};
-use buildmesh_protocol::record::{Body, Publish, Record, RecordError};
+use buildmesh_protocol::builders::BuilderConfig;
+use buildmesh_protocol::record::{Body, Publish, Record, RecordError, ResultCode};
 use buildmesh_protocol::trust::{Applied, Trust, TrustError};
 use buildmesh_protocol::vv::VersionVector;
 use buildmesh_protocol::wire::{
     Gossip, Heartbeat, Hello, MAX_PULL_BYTES, MAX_PULL_RECORDS, Request, Response, Signal,
     SignedSignal,
 };
-use buildmesh_protocol::{NodeId, SecretKey, Timestamp};
+use buildmesh_protocol::{Hash, NodeId, SecretKey, Timestamp};
 use buildmesh_store::{Ingest, Store, StoreError};
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
@@ -69,6 +70,21 @@ pub(crate) enum Command {
         cut: bool,
         reply: oneshot::Sender<()>,
     },
+    Signal {
+        signal: Signal,
+    },
+    Config {
+        reply: oneshot::Sender<Option<BuilderConfig>>,
+    },
+    FetchBlob {
+        hash: Hash,
+        from: Option<NodeId>,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+    MayAnnounce {
+        key: NodeId,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// A cloneable handle on the replica.
@@ -108,6 +124,29 @@ impl ReplicaClient {
     /// Counters and state for `/metrics` and health.
     pub async fn metrics(&self) -> Result<Metrics, NodeError> {
         self.ask(|reply| Command::Metrics { reply }).await
+    }
+
+    /// Signs and gossips an ephemeral signal of this node's (build progress).
+    pub async fn signal(&self, signal: Signal) -> Result<(), NodeError> {
+        self.tx
+            .send(Command::Signal { signal })
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// The builder configuration in force.
+    pub async fn config(&self) -> Result<Option<BuilderConfig>, NodeError> {
+        self.ask(|reply| Command::Config { reply }).await
+    }
+
+    /// A blob from this node's store, or fetched from a peer (`from` first) and kept.
+    pub async fn blob(&self, hash: Hash, from: Option<NodeId>) -> Result<Option<Vec<u8>>, NodeError> {
+        self.ask(|reply| Command::FetchBlob { hash, from, reply }).await
+    }
+
+    /// Whether `key` may announce commits now (announcer role, or a maintainer).
+    pub async fn may_announce(&self, key: NodeId) -> Result<Result<(), String>, NodeError> {
+        self.ask(|reply| Command::MayAnnounce { key, reply }).await
     }
 
     /// Cuts (or restores) every connection with the given nodes, as a cable cut would.
@@ -224,7 +263,18 @@ pub(crate) struct Replica {
     metrics: Metrics,
     last_redial: Instant,
     feed: tokio::sync::broadcast::Sender<Arc<Record>>,
+    signals: tokio::sync::broadcast::Sender<Signal>,
+    load: tokio::sync::watch::Receiver<Load>,
     cancel: CancellationToken,
+}
+
+/// What this node's worker is doing, for its heartbeats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Builds running.
+    pub running: u32,
+    /// Builds it may run at once.
+    pub capacity: u32,
 }
 
 impl std::fmt::Debug for Replica {
@@ -244,6 +294,8 @@ pub(crate) struct ReplicaParts {
     pub net: network::Client,
     pub events: mpsc::Receiver<network::Event>,
     pub feed: tokio::sync::broadcast::Sender<Arc<Record>>,
+    pub signals: tokio::sync::broadcast::Sender<Signal>,
+    pub load: tokio::sync::watch::Receiver<Load>,
     pub cancel: CancellationToken,
 }
 
@@ -283,6 +335,8 @@ impl Replica {
             metrics: Metrics::default(),
             last_redial: Instant::now() - Duration::from_secs(60),
             feed: parts.feed,
+            signals: parts.signals,
+            load: parts.load,
             cancel: parts.cancel,
         };
         (replica, ReplicaClient { tx })
@@ -589,9 +643,15 @@ impl Replica {
             );
             return Verdict::Ignore;
         }
-        match signal {
-            Signal::Heartbeat(h) => self.heard(h),
+        match &signal {
+            Signal::Heartbeat(h) => self.heard(h.clone()),
+            Signal::Progress(_) => {
+                if let Some(l) = self.live.get_mut(&sender) {
+                    l.last_time = time;
+                }
+            }
         }
+        let _ = self.signals.send(signal);
         Verdict::Accept
     }
 
@@ -728,8 +788,33 @@ impl Replica {
 
     // What a newly stored record changes here.
     fn after_append(&mut self, record: &Record) {
-        if let Ok(Body::Publish(Publish { doc })) = record.body() {
-            self.apply_doc(&doc, record.author_id());
+        match record.body() {
+            Ok(Body::Publish(Publish { doc })) => self.apply_doc(&doc, record.author_id()),
+            Ok(Body::BuildResult(r)) if record.author_id() != self.me => {
+                // Logs of red builds are copied here at once, so that they stay readable when
+                // the worker that ran them is gone.
+                if matches!(r.result, ResultCode::Failure | ResultCode::Flaky) {
+                    let missing: Vec<Hash> = r
+                        .steps
+                        .iter()
+                        .filter_map(|s| s.log)
+                        .filter(|h| !self.store.has_blob(h).unwrap_or(true))
+                        .collect();
+                    if !missing.is_empty() {
+                        let peers = self.blob_sources(Some(record.author_id()));
+                        let net = self.net.clone();
+                        let store = self.store.clone();
+                        tokio::spawn(async move {
+                            for h in missing {
+                                if fetch_blob(&net, &store, h, peers.clone()).await.is_none() {
+                                    tracing::warn!(log = %h.short(), "log of a red build not found on any peer");
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+            _ => {}
         }
         // Nobody listening is fine.
         let _ = self.feed.send(Arc::new(record.clone()));
@@ -825,6 +910,41 @@ impl Replica {
             Command::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
             }
+            Command::Signal { signal } => {
+                if self.revoked {
+                    return;
+                }
+                let signed = SignedSignal::sign(&self.key, &signal);
+                let _ = self.net.publish(Gossip::Signal(signed).to_bytes()).await;
+            }
+            Command::Config { reply } => {
+                let _ = reply.send(self.trust.config().cloned());
+            }
+            Command::FetchBlob { hash, from, reply } => {
+                let local = self.store.blob(&hash).ok().flatten();
+                if local.is_some() {
+                    let _ = reply.send(local);
+                    return;
+                }
+                let peers = self.blob_sources(from);
+                let net = self.net.clone();
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(fetch_blob(&net, &store, hash, peers).await);
+                });
+            }
+            Command::MayAnnounce { key, reply } => {
+                let now = Timestamp::now();
+                let answer = if self.trust.is_maintainer(&key, now) {
+                    Ok(())
+                } else {
+                    self.trust
+                        .may_act(&key, Role::Announcer, now)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                };
+                let _ = reply.send(answer);
+            }
             Command::Isolate { from, cut, reply } => {
                 for node in from {
                     let peer = node.to_peer_id();
@@ -881,11 +1001,12 @@ impl Replica {
     async fn heartbeat(&mut self) {
         let now = Timestamp::now();
         let head = self.store.head_of(&self.me).map(|(s, _)| s).unwrap_or(0);
+        let load = *self.load.borrow();
         let h = Heartbeat {
             node: self.me,
             time: now,
-            running: 0,
-            capacity: 0,
+            running: load.running,
+            capacity: load.capacity,
             head,
             addrs: self.listen.iter().map(|a| a.to_string()).collect(),
         };
@@ -1002,6 +1123,23 @@ impl Replica {
         });
     }
 
+    // Peers to ask for a blob: `first` (its author) if connected, then every admitted peer.
+    fn blob_sources(&self, first: Option<NodeId>) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.admitted)
+            .map(|(id, _)| *id)
+            .collect();
+        if let Some(f) = first {
+            let f = f.to_peer_id();
+            if let Some(i) = peers.iter().position(|p| *p == f) {
+                peers.swap(0, i);
+            }
+        }
+        peers
+    }
+
     // ---- views ------------------------------------------------------------------------------
 
     fn nodes(&self) -> Vec<NodeView> {
@@ -1064,4 +1202,23 @@ impl Replica {
             ..self.metrics.clone()
         }
     }
+}
+
+/// Asks `peers` in turn for a blob; keeps and returns the first copy that matches its hash.
+async fn fetch_blob(net: &network::Client, store: &Store, hash: Hash, peers: Vec<PeerId>) -> Option<Vec<u8>> {
+    for peer in peers {
+        match net.request(peer, Request::Blob(hash)).await {
+            Ok(Response::Blob(Some(bytes))) => {
+                let bytes = bytes.into_vec();
+                match store.put_blob_checked(&hash, &bytes) {
+                    Ok(true) => return Some(bytes),
+                    Ok(false) => tracing::warn!(%peer, blob = %hash.short(), "peer sent a blob that does not match its hash"),
+                    Err(e) => tracing::error!(error = %e, "cannot keep a fetched blob"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(%peer, error = %e, "blob fetch failed"),
+        }
+    }
+    None
 }

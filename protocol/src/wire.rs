@@ -80,6 +80,23 @@ pub enum Gossip {
 pub enum Signal {
     /// "I am alive, and this busy".
     Heartbeat(Heartbeat),
+    /// "I am still running this build": renews the claim's lease.
+    Progress(Progress),
+}
+
+/// A running build's sign of life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The worker.
+    pub node: NodeId,
+    /// The worker's clock.
+    pub time: Timestamp,
+    /// The job.
+    pub job: Hash,
+    /// The attempt.
+    pub attempt: u32,
+    /// The step running now.
+    pub step: String,
 }
 
 /// Liveness and load.
@@ -104,6 +121,7 @@ impl Signal {
     pub fn sender(&self) -> NodeId {
         match self {
             Signal::Heartbeat(h) => h.node,
+            Signal::Progress(p) => p.node,
         }
     }
 
@@ -111,6 +129,7 @@ impl Signal {
     pub fn time(&self) -> Timestamp {
         match self {
             Signal::Heartbeat(h) => h.time,
+            Signal::Progress(p) => p.time,
         }
     }
 }
@@ -166,6 +185,74 @@ impl Gossip {
     }
 }
 
+/// A write asked of a node's API by someone holding a key (a developer's `submit`): signed so
+/// that the node can check the caller's role.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRequest {
+    /// Canonical CBOR of the [`ApiRequest`].
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+    /// The caller's signature under the request domain.
+    pub sig: Signature,
+}
+
+/// What a signed request asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiRequest {
+    /// Who asks.
+    pub key: NodeId,
+    /// The caller's clock: a request older than a few minutes is refused (no replays).
+    pub time: Timestamp,
+    /// What.
+    pub action: ApiAction,
+}
+
+/// The writes a caller may ask for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApiAction {
+    /// Announce a commit.
+    Submit {
+        /// Repository URL as the builders name it.
+        repo: String,
+        /// Branch.
+        branch: String,
+        /// Full commit id.
+        sha: String,
+    },
+}
+
+impl SignedRequest {
+    /// Signs a request with the caller's key.
+    pub fn sign(key: &SecretKey, action: ApiAction, time: Timestamp) -> Self {
+        let req = ApiRequest {
+            key: key.id(),
+            time,
+            action,
+        };
+        let bytes = codec::encode("request", &req).expect("requests always encode");
+        let sig = key.sign(Domain::Request, &bytes);
+        SignedRequest { bytes, sig }
+    }
+
+    /// Checks the signature against the key named inside and returns the request.
+    pub fn verify(&self) -> Result<ApiRequest, SignalError> {
+        let req: ApiRequest = codec::decode_limited("request", &self.bytes, 64 * 1024)?;
+        req.key.verify(Domain::Request, &self.bytes, &self.sig)?;
+        Ok(req)
+    }
+
+    /// Encodes for the HTTP body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode("signed request", self).expect("requests always encode")
+    }
+
+    /// Decodes an HTTP body.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
+        codec::decode_limited("signed request", bytes, 128 * 1024)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +279,25 @@ mod tests {
         assert!(forged.verify().is_err());
         let g = Gossip::Signal(s);
         assert_eq!(Gossip::from_bytes(&g.to_bytes()).unwrap(), g);
+    }
+
+    #[test]
+    fn signed_requests_verify_and_tampering_does_not() {
+        let k = SecretKey::from_seed([6; 32]);
+        let action = ApiAction::Submit {
+            repo: "r".into(),
+            branch: "main".into(),
+            sha: "abc".into(),
+        };
+        let r = SignedRequest::sign(&k, action.clone(), Timestamp(9));
+        let back = SignedRequest::from_bytes(&r.to_bytes())
+            .unwrap()
+            .verify()
+            .unwrap();
+        assert_eq!((back.key, back.action), (k.id(), action));
+        let mut bad = r.clone();
+        let last = bad.bytes.len() - 1;
+        bad.bytes[last] ^= 1;
+        assert!(bad.verify().is_err());
     }
 }

@@ -65,14 +65,14 @@ pub struct PublishArgs {
     file: PathBuf,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-fn url(node: &str, path: &str) -> String {
+pub(super) fn url(node: &str, path: &str) -> String {
     if node.starts_with("http://") || node.starts_with("https://") {
         format!("{}{path}", node.trim_end_matches('/'))
     } else {
@@ -125,7 +125,7 @@ pub fn testnet(args: TestnetArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn get_json(node: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+pub(super) async fn get_json(node: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     let u = url(node, path);
     let resp = reqwest::get(&u)
         .await

@@ -3,7 +3,9 @@
 //! - `keys`: keygen, id.
 //! - `docs`: genesis, sign, admit, revoke, config sign, verify, inspect.
 //! - `mesh`: run, init-node, testnet, nodes, publish.
+//! - `builds`: status, builds, log, submit, supervise.
 
+mod builds;
 mod docs;
 mod files;
 mod keys;
@@ -59,6 +61,17 @@ enum Command {
     Nodes(mesh::Nodes),
     /// Hand a maintainer-signed document to a node, which publishes it to the mesh.
     Publish(mesh::PublishArgs),
+    /// The latest result per builder and branch, as a node sees it.
+    Status(builds::Status),
+    /// Builds of a commit or a builder.
+    Builds(builds::Builds),
+    /// A build's log, fetched from whichever node holds it.
+    Log(builds::Log),
+    /// Announce a commit, signed with your key (announcer role or maintainer).
+    Submit(builds::Submit),
+    /// Run a build step so that it dies with the node (used by the executor).
+    #[command(hide = true)]
+    Supervise(builds::Supervise),
 }
 
 /// Runs one command.
@@ -78,6 +91,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Testnet(a) => mesh::testnet(a),
         Command::Nodes(a) => mesh::nodes(a),
         Command::Publish(a) => mesh::publish(a),
+        Command::Status(a) => builds::status(a),
+        Command::Builds(a) => builds::builds(a),
+        Command::Log(a) => builds::log(a),
+        Command::Submit(a) => builds::submit(a),
+        Command::Supervise(a) => builds::supervise(a),
     }
 }
 
@@ -90,8 +108,10 @@ pub fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

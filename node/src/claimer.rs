@@ -1,0 +1,625 @@
+//! The claimer: drives [`buildmesh_protocol::claims::Claims`] with what the node learns, and
+//! carries out its decisions — authors claims, starts builds on the executor, cancels the ones
+//! it lost, authors their results. It also answers the API's questions about jobs.
+//!
+//! Jobs come from commits: every `CommitSeen` record, crossed with the builder configuration in
+//! force, gives one job per builder whose repository and branch patterns match.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use buildmesh_protocol::builders::BuilderConfig;
+use buildmesh_protocol::claims::{Action, ClaimSettings, Claims, JobSpec, JobState};
+use buildmesh_protocol::docs::{DocKind, Role};
+use buildmesh_protocol::record::{Body, BuildResult, Claim, CommitSeen, JobKey, Record, ResultCode};
+use buildmesh_protocol::wire::{Progress, Signal};
+use buildmesh_protocol::{Hash, NodeId, Timestamp};
+use buildmesh_store::Store;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::NodeError;
+use crate::executor::{self, BuildSpec, ExecutorConfig};
+use crate::replica::{Load, ReplicaClient};
+
+/// One build (a job, in its current attempt) as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BuildView {
+    /// `<first 16 hex digits of the job id>-<attempt>`: what `buildmesh log` takes.
+    pub id: String,
+    /// The full job id.
+    pub job: Hash,
+    /// Builder.
+    pub builder: String,
+    /// Repository.
+    pub repo: String,
+    /// Branch.
+    pub branch: String,
+    /// Commit.
+    pub sha: String,
+    /// The worker that runs or ran it (node id).
+    pub worker: Option<NodeId>,
+    /// The attempt shown.
+    pub attempt: u32,
+    /// pending, running, success, warnings, failure, flaky, exception, cancelled, skipped.
+    pub result: String,
+    /// When the build started (claim time for a running build).
+    pub started: Option<Timestamp>,
+    /// When it finished.
+    pub finished: Option<Timestamp>,
+    /// The steps that ran.
+    pub steps: Vec<StepView>,
+    /// When the commit was first announced.
+    pub announced: Timestamp,
+    /// Every attempt's result, oldest first (attempt, worker, result).
+    pub attempts: Vec<AttemptView>,
+}
+
+/// One step of a build.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StepView {
+    /// Step name.
+    pub name: String,
+    /// Its result.
+    pub result: ResultCode,
+    /// Exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// Warning lines.
+    pub warnings: u32,
+    /// Digest of its log blob.
+    pub log: Option<Hash>,
+    /// Failing lines of a flaky step.
+    pub failing_lines: Vec<String>,
+}
+
+/// One attempt's outcome.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AttemptView {
+    /// The attempt.
+    pub attempt: u32,
+    /// The worker.
+    pub worker: NodeId,
+    /// What it reported.
+    pub result: ResultCode,
+}
+
+pub(crate) enum Query {
+    Builds {
+        reply: oneshot::Sender<Vec<BuildView>>,
+    },
+}
+
+/// A handle on the claimer.
+#[derive(Clone, Debug)]
+pub struct ClaimerClient {
+    tx: mpsc::Sender<Query>,
+}
+
+impl ClaimerClient {
+    /// Every job known, newest announcement first.
+    pub async fn builds(&self) -> Result<Vec<BuildView>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Query::Builds { reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+}
+
+struct Running {
+    cancel: CancellationToken,
+}
+
+/// What the claimer needs.
+pub(crate) struct ClaimerParts {
+    pub me: NodeId,
+    pub name: String,
+    pub capacity: u32,
+    pub settings: ClaimSettings,
+    pub executor: ExecutorConfig,
+    pub store: Arc<Store>,
+    pub replica: ReplicaClient,
+    pub records: broadcast::Receiver<Arc<Record>>,
+    pub signals: broadcast::Receiver<Signal>,
+    pub load: watch::Sender<Load>,
+    pub cancel: CancellationToken,
+}
+
+/// The claimer task.
+pub(crate) struct Claimer {
+    me: NodeId,
+    name: String,
+    machine: Claims,
+    executor: Arc<ExecutorConfig>,
+    store: Arc<Store>,
+    replica: ReplicaClient,
+    records: broadcast::Receiver<Arc<Record>>,
+    signals: broadcast::Receiver<Signal>,
+    queries: mpsc::Receiver<Query>,
+    load: watch::Sender<Load>,
+    config: Option<BuilderConfig>,
+    // Commits seen, with the time of their first announcement, for deriving jobs when the
+    // configuration changes.
+    commits: BTreeMap<(String, String, String), Timestamp>,
+    running: HashMap<(Hash, u32), Running>,
+    done_tx: mpsc::Sender<(Hash, u32)>,
+    done_rx: mpsc::Receiver<(Hash, u32)>,
+    cancel: CancellationToken,
+}
+
+impl Claimer {
+    pub(crate) fn new(parts: ClaimerParts) -> (Self, ClaimerClient) {
+        let (tx, queries) = mpsc::channel(64);
+        let (done_tx, done_rx) = mpsc::channel(64);
+        let machine = Claims::new(parts.me, parts.settings, parts.capacity);
+        let claimer = Claimer {
+            me: parts.me,
+            name: parts.name,
+            machine,
+            executor: Arc::new(parts.executor),
+            store: parts.store,
+            replica: parts.replica,
+            records: parts.records,
+            signals: parts.signals,
+            queries,
+            load: parts.load,
+            config: None,
+            commits: BTreeMap::new(),
+            running: HashMap::new(),
+            done_tx,
+            done_rx,
+            cancel: parts.cancel,
+        };
+        (claimer, ClaimerClient { tx })
+    }
+
+    pub(crate) async fn run(mut self) {
+        self.refresh_workers().await;
+        self.config = self.replica.config().await.ok().flatten();
+        self.rebuild();
+        self.publish_load();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut workers = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        workers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                r = self.records.recv() => match r {
+                    Ok(record) => {
+                        self.on_record(&record).await;
+                        self.tick().await;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "claimer fell behind the record feed; rebuilding from the store");
+                        self.rebuild();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                s = self.signals.recv() => if let Ok(signal) = s {
+                    self.on_signal(signal);
+                },
+                Some(q) = self.queries.recv() => self.on_query(q),
+                Some((job, attempt)) = self.done_rx.recv() => {
+                    self.running.remove(&(job, attempt));
+                }
+                _ = tick.tick() => self.tick().await,
+                _ = workers.tick() => self.refresh_workers().await,
+            }
+        }
+        // Hand running builds back: cancel them and wait for their Cancelled results, which
+        // reopen the jobs at once elsewhere.
+        for r in self.running.values() {
+            r.cancel.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
+                Ok(Some(k)) => {
+                    self.running.remove(&k);
+                }
+                _ => break,
+            }
+        }
+        tracing::debug!("claimer stopped");
+    }
+
+    fn publish_load(&self) {
+        let _ = self.load.send(Load {
+            running: self.machine.running().count() as u32,
+            capacity: self.machine.capacity(),
+        });
+    }
+
+    async fn refresh_workers(&mut self) {
+        let Ok(nodes) = self.replica.nodes().await else {
+            return;
+        };
+        for n in nodes {
+            if n.revoked || !n.roles.contains(&Role::Worker) {
+                self.machine.remove_worker(&n.id);
+            } else {
+                self.machine.worker(n.id, n.labels.clone());
+            }
+        }
+    }
+
+    // Rebuilds the machine's knowledge from the store (at start, or after missing records).
+    fn rebuild(&mut self) {
+        let mut n = 0;
+        let store = self.store.clone();
+        for r in store.all_records() {
+            match r {
+                Ok(r) => {
+                    self.learn(&r);
+                    n += 1;
+                }
+                Err(e) => tracing::error!(error = %e, "unreadable record while rebuilding jobs"),
+            }
+        }
+        tracing::debug!(records = n, jobs = self.machine.jobs().count(), "jobs rebuilt from the store");
+    }
+
+    async fn on_record(&mut self, record: &Record) {
+        if let Ok(Body::Publish(p)) = record.body()
+            && p.doc.kind == DocKind::BuilderConfig
+        {
+            if let Ok(Some(c)) = self.replica.config().await {
+                let newer = self.config.as_ref().is_none_or(|old| old.version < c.version);
+                if newer {
+                    tracing::info!(version = c.version, builders = c.builders.len(), "builder configuration in force");
+                    self.config = Some(c);
+                    let commits: Vec<_> = self.commits.iter().map(|(k, t)| (k.clone(), *t)).collect();
+                    for ((repo, branch, sha), t) in commits {
+                        self.derive_jobs(&repo, &branch, &sha, t);
+                    }
+                }
+            }
+            return;
+        }
+        self.learn(record);
+    }
+
+    fn learn(&mut self, record: &Record) {
+        let now = Timestamp::now();
+        let author = record.author_id();
+        match record.body() {
+            Ok(Body::CommitSeen(CommitSeen { repo, branch, sha, .. })) => {
+                let key = (repo.clone(), branch.clone(), sha.clone());
+                let t = record.envelope.time;
+                let first = *self.commits.entry(key).or_insert(t);
+                self.derive_jobs(&repo, &branch, &sha, first);
+            }
+            Ok(Body::Claim(Claim { job, attempt, .. })) => {
+                self.machine.claim(author, job, attempt, now);
+            }
+            Ok(Body::BuildResult(r)) => {
+                self.machine.result(author, r.job, r.attempt, r.result, now);
+            }
+            Ok(Body::Publish(p)) if p.doc.kind == DocKind::BuilderConfig => {
+                if let Ok(c) = p.doc.body::<BuilderConfig>()
+                    && self.config.as_ref().is_none_or(|old| old.version < c.version)
+                {
+                    // Only trusted configurations reach the store through the replica's gate,
+                    // but a newer one may still be refused there: ask the replica on the
+                    // live path; at rebuild, the newest stored one is the one in force.
+                    self.config = Some(c);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn derive_jobs(&mut self, repo: &str, branch: &str, sha: &str, announced: Timestamp) {
+        let Some(config) = &self.config else {
+            return;
+        };
+        let now = Timestamp::now();
+        let specs: Vec<JobSpec> = config
+            .builders
+            .iter()
+            .filter(|b| b.repo == repo && b.wants_branch(branch))
+            .map(|b| {
+                let key = JobKey {
+                    builder: b.name.clone(),
+                    repo: repo.to_string(),
+                    branch: branch.to_string(),
+                    sha: sha.to_string(),
+                };
+                JobSpec {
+                    id: key.id(),
+                    key,
+                    requires: b.requires.clone(),
+                    priority: b.priority,
+                    order: announced.millis(),
+                }
+            })
+            .collect();
+        for s in specs {
+            if !self.machine.knows(&s.id) {
+                // Claims and results of this job already stored (a rebuild, or records that
+                // arrived before the configuration) are replayed by the machine itself.
+                for (attempt, rref) in self.store.claims_for_job(&s.id).unwrap_or_default() {
+                    let _ = attempt;
+                    if let Ok(Some(r)) = self.store.record(&rref.author, rref.seq)
+                        && let Ok(Body::Claim(c)) = r.body()
+                    {
+                        self.machine.claim(r.author_id(), c.job, c.attempt, now);
+                    }
+                }
+                for rref in self.store.results_for_job(&s.id).unwrap_or_default() {
+                    if let Ok(Some(r)) = self.store.record(&rref.author, rref.seq)
+                        && let Ok(Body::BuildResult(b)) = r.body()
+                    {
+                        self.machine.result(r.author_id(), b.job, b.attempt, b.result, now);
+                    }
+                }
+                self.machine.job(s, now);
+            }
+        }
+    }
+
+    fn on_signal(&mut self, signal: Signal) {
+        let now = Timestamp::now();
+        match signal {
+            Signal::Heartbeat(h) => self.machine.heartbeat(h.node, h.running, h.capacity, now),
+            Signal::Progress(p) => self.machine.progress(p.node, p.job, p.attempt, now),
+        }
+    }
+
+    async fn tick(&mut self) {
+        let now = Timestamp::now();
+        let actions = self.machine.tick(now);
+        if actions.is_empty() {
+            return;
+        }
+        for action in actions {
+            match action {
+                Action::Claim {
+                    job,
+                    key,
+                    attempt,
+                    lease_ms,
+                } => self.claim(job, key, attempt, lease_ms).await,
+                Action::Abandon { job, attempt } => {
+                    tracing::info!(job = %job.short(), attempt, "abandoning a build another worker won");
+                    if let Some(r) = self.running.remove(&(job, attempt)) {
+                        r.cancel.cancel();
+                    }
+                }
+            }
+        }
+        self.publish_load();
+    }
+
+    async fn claim(&mut self, job: Hash, key: JobKey, attempt: u32, lease_ms: u64) {
+        let builder = self
+            .config
+            .as_ref()
+            .and_then(|c| c.builder(&key.builder))
+            .cloned();
+        let Some(builder) = builder else {
+            self.machine.stopped(job, attempt);
+            return;
+        };
+        let body = Body::Claim(Claim {
+            job,
+            key: key.clone(),
+            attempt,
+            lease_ms,
+        });
+        if let Err(e) = self.replica.author(body).await {
+            tracing::warn!(job = %job.short(), error = %e, "cannot claim");
+            self.machine.stopped(job, attempt);
+            return;
+        }
+        tracing::info!(job = %job.short(), builder = %key.builder, sha = %key.sha, attempt, "claimed");
+        let cancel = CancellationToken::new();
+        self.running.insert((job, attempt), Running { cancel: cancel.clone() });
+        let spec = BuildSpec {
+            job,
+            key,
+            attempt,
+            builder,
+            worker: self.me,
+            worker_name: self.name.clone(),
+        };
+        let version = self.config.as_ref().map_or(0, |c| c.version);
+        let exec = self.executor.clone();
+        let replica = self.replica.clone();
+        let store = self.store.clone();
+        let done = self.done_tx.clone();
+        let me = self.me;
+        use tracing::Instrument;
+        tokio::spawn(
+            async move {
+                run_and_report(&exec, &spec, cancel, &replica, &store, me, version).await;
+                let _ = done.send((spec.job, spec.attempt)).await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn on_query(&self, q: Query) {
+        match q {
+            Query::Builds { reply } => {
+                let _ = reply.send(self.builds());
+            }
+        }
+    }
+
+    fn builds(&self) -> Vec<BuildView> {
+        let mut out: Vec<BuildView> = self
+            .machine
+            .jobs()
+            .map(|(spec, state)| self.view(spec, state))
+            .collect();
+        out.sort_by(|a, b| b.announced.cmp(&a.announced).then(a.builder.cmp(&b.builder)));
+        out
+    }
+
+    fn view(&self, spec: &JobSpec, state: JobState) -> BuildView {
+        let mut results: Vec<(Record, BuildResult)> = self
+            .store
+            .results_for_job(&spec.id)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|rref| self.store.record(&rref.author, rref.seq).ok().flatten())
+            .filter_map(|r| match r.body() {
+                Ok(Body::BuildResult(b)) => Some((r, b)),
+                _ => None,
+            })
+            .collect();
+        results.sort_by_key(|(r, b)| (b.attempt, r.envelope.time));
+        let attempts = results
+            .iter()
+            .map(|(r, b)| AttemptView {
+                attempt: b.attempt,
+                worker: r.author_id(),
+                result: b.result,
+            })
+            .collect();
+        let claim_time = |attempt: u32, worker: NodeId| {
+            self.store
+                .claims_for_job(&spec.id)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(a, rref)| *a == attempt && rref.author == worker)
+                .find_map(|(_, rref)| self.store.record(&rref.author, rref.seq).ok().flatten())
+                .map(|r| r.envelope.time)
+        };
+        let short = &spec.id.to_string()[..16];
+        let mut v = BuildView {
+            id: String::new(),
+            job: spec.id,
+            builder: spec.key.builder.clone(),
+            repo: spec.key.repo.clone(),
+            branch: spec.key.branch.clone(),
+            sha: spec.key.sha.clone(),
+            worker: None,
+            attempt: 1,
+            result: String::new(),
+            started: None,
+            finished: None,
+            steps: Vec::new(),
+            announced: Timestamp(spec.order),
+            attempts,
+        };
+        match state {
+            JobState::Pending { attempt } => {
+                v.attempt = attempt;
+                v.result = "pending".into();
+            }
+            JobState::Running { attempt, worker } => {
+                v.attempt = attempt;
+                v.worker = Some(worker);
+                v.result = "running".into();
+                v.started = claim_time(attempt, worker);
+            }
+            JobState::Done {
+                attempt, worker, ..
+            } => {
+                v.attempt = attempt;
+                v.worker = Some(worker);
+                if let Some((_, b)) = results
+                    .iter()
+                    .find(|(r, b)| b.attempt == attempt && r.author_id() == worker)
+                {
+                    v.result = b.result.to_string();
+                    v.started = Some(b.started);
+                    v.finished = Some(b.finished);
+                    v.steps = b
+                        .steps
+                        .iter()
+                        .map(|s| StepView {
+                            name: s.name.clone(),
+                            result: s.result,
+                            exit_code: s.exit_code,
+                            duration_ms: s.duration_ms,
+                            warnings: s.warnings,
+                            log: s.log,
+                            failing_lines: s.failing_lines.clone(),
+                        })
+                        .collect();
+                }
+            }
+            JobState::Skipped => v.result = "skipped".into(),
+            JobState::GivenUp { attempts } => {
+                v.attempt = attempts;
+                v.result = "exception".into();
+                if let Some((r, b)) = results.last() {
+                    v.worker = Some(r.author_id());
+                    v.started = Some(b.started);
+                    v.finished = Some(b.finished);
+                }
+            }
+        }
+        v.id = format!("{short}-{}", v.attempt);
+        v
+    }
+}
+
+// Runs one build, signals progress while it runs, stores its logs and authors its result.
+async fn run_and_report(
+    exec: &ExecutorConfig,
+    spec: &BuildSpec,
+    cancel: CancellationToken,
+    replica: &ReplicaClient,
+    store: &Store,
+    me: NodeId,
+    config_version: u64,
+) {
+    let progress = {
+        let replica = replica.clone();
+        let (job, attempt) = (spec.job, spec.attempt);
+        let builder = spec.builder.name.clone();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => {
+                        let p = Progress { node: me, time: Timestamp::now(), job, attempt, step: builder.clone() };
+                        if replica.signal(Signal::Progress(p)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let outcome = executor::run_build(exec, spec, cancel.clone()).await;
+    progress.abort();
+    let mut steps = Vec::new();
+    for s in &outcome.steps {
+        let log = match store.put_blob(&s.log) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, step = %s.name, "cannot keep a step log");
+                None
+            }
+        };
+        steps.push(s.to_result(log));
+    }
+    let result = BuildResult {
+        job: spec.job,
+        key: spec.key.clone(),
+        attempt: spec.attempt,
+        result: outcome.result,
+        steps,
+        started: outcome.started,
+        finished: outcome.finished,
+        config_version,
+    };
+    let code = result.result;
+    match replica.author(Body::BuildResult(result)).await {
+        Ok(r) => tracing::info!(job = %spec.job.short(), attempt = spec.attempt, result = %code, seq = r.seq(), "build finished"),
+        Err(e) => tracing::error!(job = %spec.job.short(), error = %e, "cannot record a build result"),
+    }
+}

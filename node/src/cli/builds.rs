@@ -1,0 +1,239 @@
+//! Builds: status, builds, log, submit, and the step supervisor.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use buildmesh_node::BuildView;
+use buildmesh_protocol::Timestamp;
+use buildmesh_protocol::wire::{ApiAction, SignedRequest};
+use std::io::IsTerminal;
+
+use super::files;
+use super::mesh::{get_json, runtime, url};
+
+#[derive(Debug, clap::Args)]
+pub struct Status {
+    /// A node's API address, host:port.
+    #[arg(long, short = 'n', env = "BUILDMESH_NODE", default_value = "127.0.0.1:7700")]
+    node: String,
+    /// Print the API's JSON as is.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Builds {
+    /// A node's API address, host:port.
+    #[arg(long, short = 'n', env = "BUILDMESH_NODE", default_value = "127.0.0.1:7700")]
+    node: String,
+    /// Only builds of this commit (a prefix of its sha is enough).
+    #[arg(long)]
+    commit: Option<String>,
+    /// Only builds of this builder.
+    #[arg(long)]
+    builder: Option<String>,
+    /// Print the API's JSON as is.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Log {
+    /// A node's API address, host:port.
+    #[arg(long, short = 'n', env = "BUILDMESH_NODE", default_value = "127.0.0.1:7700")]
+    node: String,
+    /// The build id (as `buildmesh builds` shows it; a prefix of the job id is enough).
+    build: String,
+    /// Only this step's log.
+    #[arg(long)]
+    step: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Submit {
+    /// A node's API address, host:port.
+    #[arg(long, short = 'n', env = "BUILDMESH_NODE", default_value = "127.0.0.1:7700")]
+    node: String,
+    /// Your secret key (announcer role, or a maintainer's).
+    #[arg(long, short)]
+    key: PathBuf,
+    /// Repository URL as the builders name it.
+    #[arg(long)]
+    repo: String,
+    /// Branch.
+    #[arg(long)]
+    branch: String,
+    /// Full commit id.
+    #[arg(long)]
+    sha: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Supervise {
+    /// The command to run in this process group, killed with it if the node dies.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
+}
+
+fn colour(result: &str) -> &'static str {
+    match result {
+        "success" => "\x1b[32m",
+        "warnings" | "flaky" => "\x1b[33m",
+        "failure" => "\x1b[31m",
+        "exception" => "\x1b[35m",
+        "running" => "\x1b[36m",
+        _ => "\x1b[2m",
+    }
+}
+
+fn paint(result: &str, tty: bool) -> String {
+    if tty {
+        format!("{}{result:<9}\x1b[0m", colour(result))
+    } else {
+        format!("{result:<9}")
+    }
+}
+
+fn short_id(v: &serde_json::Value) -> String {
+    let s = v.as_str().unwrap_or("-");
+    s[s.len().saturating_sub(8)..].to_string()
+}
+
+pub fn status(args: Status) -> anyhow::Result<ExitCode> {
+    let value = runtime()?.block_on(get_json(&args.node, "/api/v1/status"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tty = std::io::stdout().is_terminal();
+    println!("{:<24} {:<12} {:<9} {:<12} {:<20} WORKER", "BUILDER", "BRANCH", "RESULT", "COMMIT", "BUILD");
+    for row in value.as_array().into_iter().flatten() {
+        let result = row["result"].as_str().unwrap_or("?");
+        let sha = row["sha"].as_str().unwrap_or("");
+        let mut line = format!(
+            "{:<24} {:<12} {} {:<12} {:<20} {}",
+            row["builder"].as_str().unwrap_or("?"),
+            row["branch"].as_str().unwrap_or("?"),
+            paint(result, tty),
+            &sha[..sha.len().min(12)],
+            row["build"].as_str().unwrap_or("-"),
+            short_id(&row["worker"]),
+        );
+        let busy = row["in_progress"].as_array().map_or(0, |a| a.len());
+        if busy > 0 && (result != "pending" && result != "running") {
+            line.push_str(&format!("  (+{busy} newer in progress)"));
+        }
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn builds(args: Builds) -> anyhow::Result<ExitCode> {
+    let mut query = Vec::new();
+    if let Some(c) = &args.commit {
+        query.push(format!("commit={c}"));
+    }
+    if let Some(b) = &args.builder {
+        query.push(format!("builder={b}"));
+    }
+    let path = format!("/api/v1/builds?{}", query.join("&"));
+    let value = runtime()?.block_on(get_json(&args.node, &path))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let builds: Vec<BuildView> = serde_json::from_value(value)?;
+    let tty = std::io::stdout().is_terminal();
+    println!("{:<20} {:<24} {:<12} {:<12} {:<9} {:>7}  WORKER", "BUILD", "BUILDER", "BRANCH", "COMMIT", "RESULT", "SECONDS");
+    for b in builds {
+        let secs = match (b.started, b.finished) {
+            (Some(s), Some(f)) => format!("{:.1}", f.since(s).as_secs_f64()),
+            _ => "-".into(),
+        };
+        let worker = b.worker.map(|w| w.short()).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:<24} {:<12} {:<12} {} {:>7}  {}",
+            b.id,
+            b.builder,
+            b.branch,
+            &b.sha[..b.sha.len().min(12)],
+            paint(&b.result, tty),
+            secs,
+            worker
+        );
+        for st in &b.steps {
+            if st.result != buildmesh_protocol::record::ResultCode::Success {
+                println!(
+                    "{:<20}   step {:<16} {} exit {:?}",
+                    "",
+                    st.name,
+                    st.result,
+                    st.exit_code
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn log(args: Log) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/api/v1/builds/{}/log", args.build);
+    if let Some(s) = &args.step {
+        path.push_str(&format!("?step={s}"));
+    }
+    let text = runtime()?.block_on(async {
+        let u = url(&args.node, &path);
+        let resp = reqwest::get(&u)
+            .await
+            .with_context(|| format!("cannot reach the node at {}", args.node))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if !status.is_success() {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            bail!("{}", v["error"].as_str().unwrap_or("no such log"));
+        }
+        Ok(bytes)
+    })?;
+    use std::io::Write;
+    std::io::stdout().write_all(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn submit(args: Submit) -> anyhow::Result<ExitCode> {
+    let key = files::read_key(&args.key)?;
+    let req = SignedRequest::sign(
+        &key,
+        ApiAction::Submit {
+            repo: args.repo.clone(),
+            branch: args.branch.clone(),
+            sha: args.sha.clone(),
+        },
+        Timestamp::now(),
+    );
+    let answer = runtime()?.block_on(async {
+        let u = url(&args.node, "/api/v1/submit");
+        let resp = reqwest::Client::new()
+            .post(&u)
+            .body(req.to_bytes())
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", args.node))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("{}", body["error"].as_str().unwrap_or("refused"));
+        }
+        Ok(body)
+    })?;
+    if answer["announced"] == true {
+        println!("announced {} {} {}", args.repo, args.branch, args.sha);
+    } else {
+        println!("already announced: {} {} {}", args.repo, args.branch, args.sha);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn supervise(args: Supervise) -> anyhow::Result<ExitCode> {
+    Ok(buildmesh_node::executor::supervise(&args.command))
+}
