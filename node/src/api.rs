@@ -268,7 +268,10 @@ async fn status(State(s): State<ApiState>) -> Response {
         }
     }
     for ((builder, branch), pending) in newer {
-        let current = pending.last().map(|p| p["result"].clone()).unwrap_or(json!("pending"));
+        let current = pending
+            .last()
+            .map(|p| p["result"].clone())
+            .unwrap_or(json!("pending"));
         rows.insert(
             (builder.clone(), branch.clone()),
             json!({
@@ -289,7 +292,9 @@ struct BuildsQuery {
 }
 
 fn matches(b: &BuildView, q: &BuildsQuery) -> bool {
-    q.commit.as_deref().is_none_or(|c| !c.is_empty() && b.sha.starts_with(c))
+    q.commit
+        .as_deref()
+        .is_none_or(|c| !c.is_empty() && b.sha.starts_with(c))
         && q.builder.as_deref().is_none_or(|x| b.builder == x)
         && q.branch.as_deref().is_none_or(|x| b.branch == x)
 }
@@ -333,28 +338,44 @@ async fn log(
     let build = match found.as_slice() {
         [b] => *b,
         [] => return error(StatusCode::NOT_FOUND, format!("no build {id}")),
-        _ => return error(StatusCode::BAD_REQUEST, format!("{id} names more than one build")),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{id} names more than one build"),
+            );
+        }
     };
     if attempt.is_some_and(|a| a != build.attempt) {
         return error(
             StatusCode::NOT_FOUND,
-            format!("build {id}: attempt {} is the one with a result", build.attempt),
+            format!(
+                "build {id}: attempt {} is the one with a result",
+                build.attempt
+            ),
         );
     }
     if build.steps.is_empty() {
-        return error(StatusCode::NOT_FOUND, format!("build {} has no result yet ({})", build.id, build.result));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("build {} has no result yet ({})", build.id, build.result),
+        );
     }
     let steps: Vec<_> = match &q.step {
         Some(name) => build.steps.iter().filter(|st| &st.name == name).collect(),
         None => build.steps.iter().collect(),
     };
     if steps.is_empty() {
-        return error(StatusCode::NOT_FOUND, format!("build {} has no step {:?}", build.id, q.step));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("build {} has no step {:?}", build.id, q.step),
+        );
     }
     let mut text = Vec::new();
     for st in steps {
         if q.step.is_none() {
-            text.extend_from_slice(format!("=== step {} ({}) ===\n", st.name, st.result).as_bytes());
+            text.extend_from_slice(
+                format!("=== step {} ({}) ===\n", st.name, st.result).as_bytes(),
+            );
         }
         let Some(h) = st.log else {
             continue;
@@ -364,14 +385,21 @@ async fn log(
             Ok(None) => {
                 return error(
                     StatusCode::NOT_FOUND,
-                    format!("the log of step {} ({}) is on no reachable node", st.name, h.short()),
+                    format!(
+                        "the log of step {} ({}) is on no reachable node",
+                        st.name,
+                        h.short()
+                    ),
                 );
             }
             Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
         }
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
         text,
     )
         .into_response()
@@ -379,24 +407,55 @@ async fn log(
 
 async fn submit(State(s): State<ApiState>, body: Bytes) -> Response {
     use buildmesh_protocol::wire::{ApiAction, SignedRequest};
-    let req = match SignedRequest::from_bytes(&body).map_err(|e| e.to_string()).and_then(|r| r.verify().map_err(|e| e.to_string())) {
+    let req = match SignedRequest::from_bytes(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.verify().map_err(|e| e.to_string()))
+    {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a signed request: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("not a signed request: {e}"),
+            );
+        }
     };
     let now = buildmesh_protocol::Timestamp::now();
     if req.time.since(now) > MAX_REQUEST_SKEW || now.since(req.time) > MAX_REQUEST_SKEW {
-        return error(StatusCode::BAD_REQUEST, format!("request dated {}, more than 5 minutes from this node's clock", req.time));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "request dated {}, more than 5 minutes from this node's clock",
+                req.time
+            ),
+        );
     }
     match s.replica.may_announce(req.key).await {
         Ok(Ok(())) => {}
-        Ok(Err(why)) => return error(StatusCode::FORBIDDEN, format!("{} may not submit: {why}", req.key)),
+        Ok(Err(why)) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("{} may not submit: {why}", req.key),
+            );
+        }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
     let ApiAction::Submit { repo, branch, sha } = req.action;
     if repo.trim().is_empty() || branch.trim().is_empty() || sha.trim().is_empty() {
-        return error(StatusCode::BAD_REQUEST, "repo, branch and sha must not be empty");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "repo, branch and sha must not be empty",
+        );
     }
-    announce(&s, repo, branch, sha, buildmesh_protocol::record::ChangeSource::Submit, Some(req.key), None).await
+    announce(
+        &s,
+        repo,
+        branch,
+        sha,
+        buildmesh_protocol::record::ChangeSource::Submit,
+        Some(req.key),
+        None,
+    )
+    .await
 }
 
 async fn announce(
@@ -410,21 +469,43 @@ async fn announce(
 ) -> Response {
     use buildmesh_protocol::record::{Body, CommitSeen};
     if let Ok(Some(seen)) = s.store.commit_seen(&repo, &branch, &sha) {
-        return Json(json!({"announced": false, "already": {"author": seen.author, "seq": seen.seq}})).into_response();
+        return Json(
+            json!({"announced": false, "already": {"author": seen.author, "seq": seen.seq}}),
+        )
+        .into_response();
     }
-    let body = Body::CommitSeen(CommitSeen { repo, branch, sha, source, requested_by, subject });
+    let body = Body::CommitSeen(CommitSeen {
+        repo,
+        branch,
+        sha,
+        source,
+        requested_by,
+        subject,
+    });
     match s.replica.author(body).await {
         Ok(r) => Json(json!({"announced": true, "record": {"author": r.envelope.author, "seq": r.envelope.seq}})).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
-async fn webhook(State(s): State<ApiState>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+async fn webhook(
+    State(s): State<ApiState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     use crate::sources::webhook::{WebhookError, parse_push, url_matches};
     let Some(secret) = s.webhook_secret.clone() else {
-        return error(StatusCode::NOT_FOUND, "this node has no webhook secret configured");
+        return error(
+            StatusCode::NOT_FOUND,
+            "this node has no webhook secret configured",
+        );
     };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let push = match parse_push(header, &body, &secret) {
         Ok(Some(p)) => p,
         Ok(None) => return Json(json!({"announced": []})).into_response(),
@@ -436,7 +517,12 @@ async fn webhook(State(s): State<ApiState>, headers: axum::http::HeaderMap, body
     };
     let config = match s.replica.config().await {
         Ok(Some(c)) => c,
-        Ok(None) => return error(StatusCode::SERVICE_UNAVAILABLE, "no builder configuration yet"),
+        Ok(None) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no builder configuration yet",
+            );
+        }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let repos: std::collections::BTreeSet<String> = config
@@ -447,7 +533,16 @@ async fn webhook(State(s): State<ApiState>, headers: axum::http::HeaderMap, body
         .collect();
     let mut out = Vec::new();
     for repo in repos {
-        let r = announce(&s, repo.clone(), push.branch.clone(), push.sha.clone(), buildmesh_protocol::record::ChangeSource::Webhook, None, push.subject.clone()).await;
+        let r = announce(
+            &s,
+            repo.clone(),
+            push.branch.clone(),
+            push.sha.clone(),
+            buildmesh_protocol::record::ChangeSource::Webhook,
+            None,
+            push.subject.clone(),
+        )
+        .await;
         if !r.status().is_success() {
             return r;
         }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use buildmesh_protocol::builders::BuilderConfig;
 use buildmesh_protocol::claims::{Action, ClaimSettings, Claims, JobSpec, JobState};
 use buildmesh_protocol::docs::{DocKind, Role};
-use buildmesh_protocol::record::{Body, BuildResult, Claim, CommitSeen, JobKey, Record, ResultCode};
+use buildmesh_protocol::record::{
+    Body, BuildResult, Claim, CommitSeen, JobKey, Record, ResultCode,
+};
 use buildmesh_protocol::wire::{Progress, Signal};
 use buildmesh_protocol::{Hash, NodeId, Timestamp};
 use buildmesh_store::Store;
@@ -76,20 +78,26 @@ pub struct StepView {
     pub failing_lines: Vec<String>,
 }
 
-/// One attempt's outcome.
+/// One claimed attempt and how it ended.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct AttemptView {
     /// The attempt.
     pub attempt: u32,
-    /// The worker.
+    /// The worker that claimed it.
     pub worker: NodeId,
-    /// What it reported.
-    pub result: ResultCode,
+    /// What it reported; `running` while it runs, `lost` if its worker went silent and a
+    /// newer attempt took over without a result from it.
+    pub result: String,
+    /// Whether this claim won its attempt (crossed claims: only one does).
+    pub won: bool,
 }
 
 pub(crate) enum Query {
     Builds {
         reply: oneshot::Sender<Vec<BuildView>>,
+    },
+    LiveWorkers {
+        reply: oneshot::Sender<Vec<NodeId>>,
     },
 }
 
@@ -100,6 +108,16 @@ pub struct ClaimerClient {
 }
 
 impl ClaimerClient {
+    /// The workers the claimer counts as live (its own view, which ranks jobs).
+    pub async fn live_workers(&self) -> Result<Vec<NodeId>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Query::LiveWorkers { reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
     /// Every job known, newest announcement first.
     pub async fn builds(&self) -> Result<Vec<BuildView>, NodeError> {
         let (reply, rx) = oneshot::channel();
@@ -202,6 +220,12 @@ impl Claimer {
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 s = self.signals.recv() => if let Ok(signal) = s {
+                    if let Signal::Heartbeat(h) = &signal
+                        && !self.machine.has_worker(&h.node)
+                    {
+                        // A worker admitted since the last refresh: learn its labels now.
+                        self.refresh_workers().await;
+                    }
                     self.on_signal(signal);
                 },
                 Some(q) = self.queries.recv() => self.on_query(q),
@@ -262,7 +286,11 @@ impl Claimer {
                 Err(e) => tracing::error!(error = %e, "unreadable record while rebuilding jobs"),
             }
         }
-        tracing::debug!(records = n, jobs = self.machine.jobs().count(), "jobs rebuilt from the store");
+        tracing::debug!(
+            records = n,
+            jobs = self.machine.jobs().count(),
+            "jobs rebuilt from the store"
+        );
     }
 
     async fn on_record(&mut self, record: &Record) {
@@ -270,11 +298,19 @@ impl Claimer {
             && p.doc.kind == DocKind::BuilderConfig
         {
             if let Ok(Some(c)) = self.replica.config().await {
-                let newer = self.config.as_ref().is_none_or(|old| old.version < c.version);
+                let newer = self
+                    .config
+                    .as_ref()
+                    .is_none_or(|old| old.version < c.version);
                 if newer {
-                    tracing::info!(version = c.version, builders = c.builders.len(), "builder configuration in force");
+                    tracing::info!(
+                        version = c.version,
+                        builders = c.builders.len(),
+                        "builder configuration in force"
+                    );
                     self.config = Some(c);
-                    let commits: Vec<_> = self.commits.iter().map(|(k, t)| (k.clone(), *t)).collect();
+                    let commits: Vec<_> =
+                        self.commits.iter().map(|(k, t)| (k.clone(), *t)).collect();
                     for ((repo, branch, sha), t) in commits {
                         self.derive_jobs(&repo, &branch, &sha, t);
                     }
@@ -289,7 +325,9 @@ impl Claimer {
         let now = Timestamp::now();
         let author = record.author_id();
         match record.body() {
-            Ok(Body::CommitSeen(CommitSeen { repo, branch, sha, .. })) => {
+            Ok(Body::CommitSeen(CommitSeen {
+                repo, branch, sha, ..
+            })) => {
                 let key = (repo.clone(), branch.clone(), sha.clone());
                 let t = record.envelope.time;
                 let first = *self.commits.entry(key).or_insert(t);
@@ -303,7 +341,10 @@ impl Claimer {
             }
             Ok(Body::Publish(p)) if p.doc.kind == DocKind::BuilderConfig => {
                 if let Ok(c) = p.doc.body::<BuilderConfig>()
-                    && self.config.as_ref().is_none_or(|old| old.version < c.version)
+                    && self
+                        .config
+                        .as_ref()
+                        .is_none_or(|old| old.version < c.version)
                 {
                     // Only trusted configurations reach the store through the replica's gate,
                     // but a newer one may still be refused there: ask the replica on the
@@ -356,7 +397,8 @@ impl Claimer {
                     if let Ok(Some(r)) = self.store.record(&rref.author, rref.seq)
                         && let Ok(Body::BuildResult(b)) = r.body()
                     {
-                        self.machine.result(r.author_id(), b.job, b.attempt, b.result, now);
+                        self.machine
+                            .result(r.author_id(), b.job, b.attempt, b.result, now);
                     }
                 }
                 self.machine.job(s, now);
@@ -420,7 +462,12 @@ impl Claimer {
         }
         tracing::info!(job = %job.short(), builder = %key.builder, sha = %key.sha, attempt, "claimed");
         let cancel = CancellationToken::new();
-        self.running.insert((job, attempt), Running { cancel: cancel.clone() });
+        self.running.insert(
+            (job, attempt),
+            Running {
+                cancel: cancel.clone(),
+            },
+        );
         let spec = BuildSpec {
             job,
             key,
@@ -450,6 +497,9 @@ impl Claimer {
             Query::Builds { reply } => {
                 let _ = reply.send(self.builds());
             }
+            Query::LiveWorkers { reply } => {
+                let _ = reply.send(self.machine.live_workers(Timestamp::now()));
+            }
         }
     }
 
@@ -459,7 +509,11 @@ impl Claimer {
             .jobs()
             .map(|(spec, state)| self.view(spec, state))
             .collect();
-        out.sort_by(|a, b| b.announced.cmp(&a.announced).then(a.builder.cmp(&b.builder)));
+        out.sort_by(|a, b| {
+            b.announced
+                .cmp(&a.announced)
+                .then(a.builder.cmp(&b.builder))
+        });
         out
     }
 
@@ -476,14 +530,36 @@ impl Claimer {
             })
             .collect();
         results.sort_by_key(|(r, b)| (b.attempt, r.envelope.time));
-        let attempts = results
-            .iter()
-            .map(|(r, b)| AttemptView {
-                attempt: b.attempt,
-                worker: r.author_id(),
-                result: b.result,
-            })
-            .collect();
+        let current_attempt = match &state {
+            JobState::Pending { attempt } | JobState::Running { attempt, .. } => *attempt,
+            JobState::Done { attempt, .. } => *attempt,
+            JobState::GivenUp { attempts } => *attempts,
+            JobState::Skipped => 1,
+        };
+        let mut attempts: Vec<AttemptView> = Vec::new();
+        for (attempt, rref) in self.store.claims_for_job(&spec.id).unwrap_or_default() {
+            let worker = rref.author;
+            let reported = results
+                .iter()
+                .find(|(r, b)| b.attempt == attempt && r.author_id() == worker)
+                .map(|(_, b)| b.result.to_string());
+            let result = reported.unwrap_or_else(|| {
+                if attempt < current_attempt
+                    || matches!(state, JobState::Done { .. } | JobState::GivenUp { .. })
+                {
+                    "lost".into()
+                } else {
+                    "running".into()
+                }
+            });
+            attempts.push(AttemptView {
+                attempt,
+                worker,
+                result,
+                won: self.machine.winner(&spec.id, attempt) == Some(worker),
+            });
+        }
+        attempts.sort_by_key(|a| (a.attempt, !a.won));
         let claim_time = |attempt: u32, worker: NodeId| {
             self.store
                 .claims_for_job(&spec.id)
@@ -619,7 +695,11 @@ async fn run_and_report(
     };
     let code = result.result;
     match replica.author(Body::BuildResult(result)).await {
-        Ok(r) => tracing::info!(job = %spec.job.short(), attempt = spec.attempt, result = %code, seq = r.seq(), "build finished"),
-        Err(e) => tracing::error!(job = %spec.job.short(), error = %e, "cannot record a build result"),
+        Ok(r) => {
+            tracing::info!(job = %spec.job.short(), attempt = spec.attempt, result = %code, seq = r.seq(), "build finished")
+        }
+        Err(e) => {
+            tracing::error!(job = %spec.job.short(), error = %e, "cannot record a build result")
+        }
     }
 }

@@ -298,14 +298,20 @@ impl NodeConfig {
         let zero_ok = |entry: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
             match v {
                 None => Ok(None),
-                Some(s) => humantime::parse_duration(s)
-                    .map(Some)
-                    .map_err(|e| invalid(entry, format!("`{s}` is not a duration such as \"30s\": {e}"))),
+                Some(s) => humantime::parse_duration(s).map(Some).map_err(|e| {
+                    invalid(
+                        entry,
+                        format!("`{s}` is not a duration such as \"30s\": {e}"),
+                    )
+                }),
             }
         };
         let timeout_factor = form.worker.timeout_factor.unwrap_or(1.0);
         if !(timeout_factor.is_finite() && timeout_factor > 0.0) {
-            return Err(invalid("worker.timeout_factor", "must be a positive number".into()));
+            return Err(invalid(
+                "worker.timeout_factor",
+                "must be a positive number".into(),
+            ));
         }
         let supervisor = std::env::current_exe()
             .ok()
@@ -315,7 +321,11 @@ impl NodeConfig {
             timeout_factor,
             work_dir: resolve(form.worker.work_dir.as_deref().unwrap_or(Path::new("work"))),
             lease: duration("worker.lease", &form.worker.lease, Duration::from_secs(3))?,
-            claim_step: duration("worker.claim_step", &form.worker.claim_step, Duration::from_millis(500))?,
+            claim_step: duration(
+                "worker.claim_step",
+                &form.worker.claim_step,
+                Duration::from_millis(500),
+            )?,
             supervisor,
         };
         let poll = zero_ok("announcer.poll_interval", &form.announcer.poll_interval)?
@@ -393,7 +403,11 @@ mod tests {
             e.to_string().contains("`admission`") && e.to_string().contains("missing.adm"),
             "{e}"
         );
-        let e = NodeConfig::parse(&p, &EXAMPLE.replace("timeout_factor = 1.0", "timeout_factor = -2.0")).unwrap_err();
+        let e = NodeConfig::parse(
+            &p,
+            &EXAMPLE.replace("timeout_factor = 1.0", "timeout_factor = -2.0"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("worker.timeout_factor"), "{e}");
         let e = NodeConfig::parse(&p, "key = 1").unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");

@@ -24,6 +24,6 @@ pub mod sources;
 mod sync;
 pub mod testnet;
 
+pub use claimer::{BuildView, StepView};
 pub use node::{NodeError, NodeHandle, start};
 pub use replica::{Load, Metrics, NodeView};
-pub use claimer::{BuildView, StepView};

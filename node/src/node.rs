@@ -151,7 +151,11 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let capacity = config
         .worker
         .max_builds
-        .unwrap_or(if a.roles.contains(&Role::Worker) { 1 } else { 0 });
+        .unwrap_or(if a.roles.contains(&Role::Worker) {
+            1
+        } else {
+            0
+        });
     let (load_tx, load_rx) = tokio::sync::watch::channel(crate::replica::Load {
         running: 0,
         capacity,
@@ -223,8 +227,13 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             && let Some(interval) = config.announcer.poll_interval
         {
             tasks.spawn(
-                crate::announcer::poll(interval, replica_client.clone(), store.clone(), cancel.child_token())
-                    .instrument(span.clone()),
+                crate::announcer::poll(
+                    interval,
+                    replica_client.clone(),
+                    store.clone(),
+                    cancel.child_token(),
+                )
+                .instrument(span.clone()),
             );
         }
         let webhook_secret = match &config.announcer.webhook_secret_file {
@@ -235,7 +244,9 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
                     .as_bytes()
                     .to_vec(),
             ),
-            None => std::env::var("BUILDMESH_WEBHOOK_SECRET").ok().map(|s| s.into_bytes()),
+            None => std::env::var("BUILDMESH_WEBHOOK_SECRET")
+                .ok()
+                .map(|s| s.into_bytes()),
         };
         let state = crate::api::ApiState {
             replica: replica_client.clone(),
@@ -333,6 +344,11 @@ impl NodeHandle {
     /// Every job this node knows, newest announcement first.
     pub async fn builds(&self) -> Result<Vec<BuildView>, NodeError> {
         self.claimer.builds().await
+    }
+
+    /// The workers this node's claimer counts as live.
+    pub async fn live_workers(&self) -> Result<Vec<NodeId>, NodeError> {
+        self.claimer.live_workers().await
     }
 
     /// The replica's handle (author records, ask for blobs).

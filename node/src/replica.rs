@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use buildmesh_protocol::docs::{Admission, DocKind, Role, SignedDoc};
 use buildmesh_protocol::builders::BuilderConfig;
+use buildmesh_protocol::docs::{Admission, DocKind, Role, SignedDoc};
 use buildmesh_protocol::record::{Body, Publish, Record, RecordError, ResultCode};
 use buildmesh_protocol::trust::{Applied, Trust, TrustError};
 use buildmesh_protocol::vv::VersionVector;
@@ -140,8 +140,13 @@ impl ReplicaClient {
     }
 
     /// A blob from this node's store, or fetched from a peer (`from` first) and kept.
-    pub async fn blob(&self, hash: Hash, from: Option<NodeId>) -> Result<Option<Vec<u8>>, NodeError> {
-        self.ask(|reply| Command::FetchBlob { hash, from, reply }).await
+    pub async fn blob(
+        &self,
+        hash: Hash,
+        from: Option<NodeId>,
+    ) -> Result<Option<Vec<u8>>, NodeError> {
+        self.ask(|reply| Command::FetchBlob { hash, from, reply })
+            .await
     }
 
     /// Whether `key` may announce commits now (announcer role, or a maintainer).
@@ -1205,14 +1210,21 @@ impl Replica {
 }
 
 /// Asks `peers` in turn for a blob; keeps and returns the first copy that matches its hash.
-async fn fetch_blob(net: &network::Client, store: &Store, hash: Hash, peers: Vec<PeerId>) -> Option<Vec<u8>> {
+async fn fetch_blob(
+    net: &network::Client,
+    store: &Store,
+    hash: Hash,
+    peers: Vec<PeerId>,
+) -> Option<Vec<u8>> {
     for peer in peers {
         match net.request(peer, Request::Blob(hash)).await {
             Ok(Response::Blob(Some(bytes))) => {
                 let bytes = bytes.into_vec();
                 match store.put_blob_checked(&hash, &bytes) {
                     Ok(true) => return Some(bytes),
-                    Ok(false) => tracing::warn!(%peer, blob = %hash.short(), "peer sent a blob that does not match its hash"),
+                    Ok(false) => {
+                        tracing::warn!(%peer, blob = %hash.short(), "peer sent a blob that does not match its hash")
+                    }
                     Err(e) => tracing::error!(error = %e, "cannot keep a fetched blob"),
                 }
             }

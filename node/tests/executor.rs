@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use buildmesh_node::executor::{
@@ -624,15 +624,21 @@ async fn supervised_steps_report_like_unsupervised_ones() {
         &config,
         &f.spec(vec![
             step("ok", "test \"$(cat file.txt)\" = one && echo fine"),
+            // The step's parent is the supervisor, which leads the step's process group.
+            step(
+                "parent",
+                "grep -q supervisor_entry /proc/$PPID/cmdline && \
+                 test \"$(cut -d' ' -f5 /proc/$$/stat)\" = \"$PPID\"",
+            ),
             step("fails", "exit 3"),
             step("later", &format!("touch '{}'", marker.display())),
         ]),
     )
     .await;
     assert_eq!(o.result, ResultCode::Failure, "{o:#?}");
-    assert_eq!(names(&o), ["ok", "fails"]);
+    assert_eq!(names(&o), ["ok", "parent", "fails"]);
     assert!(log(&o.steps[0]).contains("fine\n"));
-    assert_eq!(o.steps[1].exit_code, Some(3));
+    assert_eq!(o.steps[2].exit_code, Some(3));
     assert!(!marker.exists());
 }
 
@@ -693,6 +699,7 @@ async fn supervise_kills_its_group_when_its_parent_dies() {
         .args(["-c", "\"$0\" supervise -- sh -c \"$1\" & wait"])
         .arg(&standin)
         .arg(sleeper(&pidfile))
+        .stdout(Stdio::null())
         .process_group(0)
         .spawn()
         .unwrap();
@@ -713,6 +720,7 @@ async fn supervise_kills_its_group_on_sigterm() {
         .arg("supervise")
         .arg("--")
         .args(["sh", "-c", &sleeper(&pidfile)])
+        .stdout(Stdio::null())
         .process_group(0)
         .spawn()
         .unwrap();

@@ -218,6 +218,41 @@ impl Claims {
             });
     }
 
+    /// Whether the worker is known.
+    pub fn has_worker(&self, id: &NodeId) -> bool {
+        self.workers.contains_key(id)
+    }
+
+    /// The workers heard from within the liveness window at `now` (and this node).
+    pub fn live_workers(&self, now: Timestamp) -> Vec<NodeId> {
+        self.workers
+            .iter()
+            .filter(|(id, w)| {
+                **id == self.me
+                    || w.heard
+                        .is_some_and(|h| now.since(h) <= self.settings.liveness_window)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    // Builds each worker runs, as the records say (a claim that wins the job's current attempt
+    // and has no result yet). Fresher than heartbeats: it changes with every claim and result.
+    fn busy(&self) -> BTreeMap<NodeId, u32> {
+        let mut busy = BTreeMap::new();
+        for j in self.jobs.values() {
+            if j.is_final() {
+                continue;
+            }
+            if let Some(w) = j.winner(j.attempt)
+                && !j.results.contains_key(&(j.attempt, w))
+            {
+                *busy.entry(w).or_insert(0) += 1;
+            }
+        }
+        busy
+    }
+
     /// Forgets a worker (revoked): it is never ranked again.
     pub fn remove_worker(&mut self, id: &NodeId) {
         self.workers.remove(id);
@@ -367,7 +402,12 @@ impl Claims {
         self.jobs.values().map(|j| (&j.spec, j.state()))
     }
 
-    fn eligible(&self, spec: &JobSpec, now: Timestamp) -> Vec<NodeId> {
+    fn eligible(
+        &self,
+        spec: &JobSpec,
+        now: Timestamp,
+        busy: &BTreeMap<NodeId, u32>,
+    ) -> Vec<NodeId> {
         let window = self.settings.liveness_window;
         self.workers
             .iter()
@@ -383,7 +423,7 @@ impl Claims {
                     return self.free() > 0;
                 }
                 let live = w.heard.is_some_and(|h| now.since(h) <= window);
-                live && w.running < w.capacity
+                live && busy.get(id).copied().unwrap_or(0) < w.capacity
             })
             .map(|(id, _)| *id)
             .collect()
@@ -391,10 +431,14 @@ impl Claims {
 
     /// The order in which eligible workers take (job, attempt) now.
     pub fn order(&self, job: &Hash, now: Timestamp) -> Vec<NodeId> {
+        self.order_with(job, now, &self.busy())
+    }
+
+    fn order_with(&self, job: &Hash, now: Timestamp, busy: &BTreeMap<NodeId, u32>) -> Vec<NodeId> {
         let Some(j) = self.jobs.get(job) else {
             return Vec::new();
         };
-        let mut order = self.eligible(&j.spec, now);
+        let mut order = self.eligible(&j.spec, now, busy);
         order.sort_by_key(|w| (j.avoid.contains(w), score(job, w)));
         order
     }
@@ -475,11 +519,12 @@ impl Claims {
             .map(|j| (j.spec.priority, j.spec.order, j.spec.id))
             .collect();
         open.sort_by(|a, b| b.cmp(a));
+        let busy = self.busy();
         for (_, _, id) in open {
             if self.free() == 0 {
                 break;
             }
-            let order = self.order(&id, now);
+            let order = self.order_with(&id, now, &busy);
             let Some(rank) = order.iter().position(|w| *w == self.me) else {
                 continue;
             };
@@ -766,7 +811,13 @@ mod tests {
             c.tick(at(10_000)).is_empty(),
             "never claims a job it cannot run"
         );
-        c.heartbeat(w[1], 1, 1, T);
-        assert!(c.order(&j.id, T).is_empty(), "a busy worker is not ranked");
+        c.claim(w[1], j.id, 1, T);
+        let mut other = spec(2);
+        other.requires.insert("os".into(), "freebsd".into());
+        c.job(other.clone(), T);
+        assert!(
+            c.order(&other.id, T).is_empty(),
+            "a busy worker is not ranked"
+        );
     }
 }

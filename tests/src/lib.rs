@@ -273,3 +273,174 @@ pub fn free_port_base(n: usize) -> u16 {
     }
     panic!("no free port range found");
 }
+
+/// A real git repository in a directory, for builders to build.
+#[derive(Debug)]
+pub struct GitRepo {
+    /// Its path (also its URL for the builders).
+    pub path: PathBuf,
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=buildmesh-test",
+            "-c",
+            "user.email=test@buildmesh.invalid",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl GitRepo {
+    /// A new repository with one commit on `main`.
+    pub fn new(path: PathBuf) -> GitRepo {
+        std::fs::create_dir_all(&path).expect("repo dir");
+        git(&path, &["init", "-q"]);
+        std::fs::write(
+            path.join("README"),
+            "a repository built by buildmesh's tests\n",
+        )
+        .expect("write");
+        git(&path, &["add", "-A"]);
+        git(&path, &["commit", "-qm", "initial"]);
+        GitRepo { path }
+    }
+
+    /// The repository's URL for builders.
+    pub fn url(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Commits `files` on `branch` (created from main if new) and returns the sha.
+    pub fn commit(&self, branch: &str, files: &[(&str, &str)], message: &str) -> String {
+        let exists = std::process::Command::new("git")
+            .args([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("refs/heads/{branch}"),
+            ])
+            .current_dir(&self.path)
+            .status()
+            .expect("git runs")
+            .success();
+        if exists {
+            git(&self.path, &["checkout", "-q", branch]);
+        } else {
+            git(&self.path, &["checkout", "-q", "-b", branch, "main"]);
+        }
+        for (name, content) in files {
+            let p = self.path.join(name);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).expect("dir");
+            }
+            std::fs::write(p, content).expect("write");
+        }
+        git(&self.path, &["add", "-A"]);
+        git(&self.path, &["commit", "-qm", message, "--allow-empty"]);
+        let sha = git(&self.path, &["rev-parse", "HEAD"]);
+        git(&self.path, &["checkout", "-q", "main"]);
+        sha
+    }
+}
+
+impl Mesh {
+    /// Signs `toml` as the builder configuration and publishes it through node `via`; waits
+    /// until every running node has it in force.
+    pub async fn publish_builders(&self, via: usize, toml: &str) {
+        let mesh_id = self.genesis().mesh;
+        let config = buildmesh_protocol::builders::BuilderConfig::from_toml(mesh_id, toml)
+            .unwrap_or_else(|e| panic!("builders TOML: {e}"));
+        let version = config.version;
+        let mut doc = SignedDoc::new(&config).expect("config encodes");
+        doc.sign(&self.maintainer());
+        self.node(via)
+            .publish_doc(doc)
+            .await
+            .expect("configuration published");
+        wait_for(
+            "the configuration everywhere",
+            Duration::from_secs(60),
+            || async {
+                for n in self.nodes.iter().flatten() {
+                    match n.replica().config().await {
+                        Ok(Some(c)) if c.version >= version => {}
+                        _ => return false,
+                    }
+                }
+                true
+            },
+        )
+        .await;
+    }
+
+    /// Announces a commit through node `via`, as its poller would.
+    pub async fn announce(&self, via: usize, repo: &str, branch: &str, sha: &str) {
+        use buildmesh_protocol::record::{Body, ChangeSource, CommitSeen};
+        self.node(via)
+            .author(Body::CommitSeen(CommitSeen {
+                repo: repo.to_string(),
+                branch: branch.to_string(),
+                sha: sha.to_string(),
+                source: ChangeSource::Poller,
+                requested_by: None,
+                subject: None,
+            }))
+            .await
+            .expect("announced");
+    }
+
+    /// Waits until node `i` lists a build of `sha` on `builder` whose result satisfies `done`,
+    /// and returns it.
+    pub async fn wait_build(
+        &self,
+        i: usize,
+        builder: &str,
+        sha: &str,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> buildmesh_node::BuildView {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let builds = self.node(i).builds().await.unwrap_or_default();
+            if let Some(b) = builds
+                .into_iter()
+                .find(|b| b.builder == builder && b.sha == sha && done(&b.result))
+            {
+                return b;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let seen: Vec<String> = self
+                    .node(i)
+                    .builds()
+                    .await
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|b| b.sha == sha)
+                    .map(|b| format!("{} {}", b.builder, b.result))
+                    .collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for a build of {builder} at {sha}; node {i} shows {seen:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Whether a build result is a verdict (green, orange or red).
+pub fn is_verdict(result: &str) -> bool {
+    matches!(result, "success" | "warnings" | "failure" | "flaky")
+}

@@ -15,7 +15,12 @@ use super::mesh::{get_json, runtime, url};
 #[derive(Debug, clap::Args)]
 pub struct Status {
     /// A node's API address, host:port.
-    #[arg(long, short = 'n', env = "BUILDMESH_NODE", default_value = "127.0.0.1:7700")]
+    #[arg(
+        long,
+        short = 'n',
+        env = "BUILDMESH_NODE",
+        default_value = "127.0.0.1:7700"
+    )]
     node: String,
     /// Print the API's JSON as is.
     #[arg(long)]
@@ -25,7 +30,12 @@ pub struct Status {
 #[derive(Debug, clap::Args)]
 pub struct Builds {
     /// A node's API address, host:port.
-    #[arg(long, short = 'n', env = "BUILDMESH_NODE", default_value = "127.0.0.1:7700")]
+    #[arg(
+        long,
+        short = 'n',
+        env = "BUILDMESH_NODE",
+        default_value = "127.0.0.1:7700"
+    )]
     node: String,
     /// Only builds of this commit (a prefix of its sha is enough).
     #[arg(long)]
@@ -41,7 +51,12 @@ pub struct Builds {
 #[derive(Debug, clap::Args)]
 pub struct Log {
     /// A node's API address, host:port.
-    #[arg(long, short = 'n', env = "BUILDMESH_NODE", default_value = "127.0.0.1:7700")]
+    #[arg(
+        long,
+        short = 'n',
+        env = "BUILDMESH_NODE",
+        default_value = "127.0.0.1:7700"
+    )]
     node: String,
     /// The build id (as `buildmesh builds` shows it; a prefix of the job id is enough).
     build: String,
@@ -53,7 +68,12 @@ pub struct Log {
 #[derive(Debug, clap::Args)]
 pub struct Submit {
     /// A node's API address, host:port.
-    #[arg(long, short = 'n', env = "BUILDMESH_NODE", default_value = "127.0.0.1:7700")]
+    #[arg(
+        long,
+        short = 'n',
+        env = "BUILDMESH_NODE",
+        default_value = "127.0.0.1:7700"
+    )]
     node: String,
     /// Your secret key (announcer role, or a maintainer's).
     #[arg(long, short)]
@@ -107,7 +127,10 @@ pub fn status(args: Status) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let tty = std::io::stdout().is_terminal();
-    println!("{:<24} {:<12} {:<9} {:<12} {:<20} WORKER", "BUILDER", "BRANCH", "RESULT", "COMMIT", "BUILD");
+    println!(
+        "{:<24} {:<12} {:<9} {:<12} {:<20} WORKER",
+        "BUILDER", "BRANCH", "RESULT", "COMMIT", "BUILD"
+    );
     for row in value.as_array().into_iter().flatten() {
         let result = row["result"].as_str().unwrap_or("?");
         let sha = row["sha"].as_str().unwrap_or("");
@@ -145,7 +168,10 @@ pub fn builds(args: Builds) -> anyhow::Result<ExitCode> {
     }
     let builds: Vec<BuildView> = serde_json::from_value(value)?;
     let tty = std::io::stdout().is_terminal();
-    println!("{:<20} {:<24} {:<12} {:<12} {:<9} {:>7}  WORKER", "BUILD", "BUILDER", "BRANCH", "COMMIT", "RESULT", "SECONDS");
+    println!(
+        "{:<20} {:<24} {:<12} {:<12} {:<9} {:>7}  WORKER",
+        "BUILD", "BUILDER", "BRANCH", "COMMIT", "RESULT", "SECONDS"
+    );
     for b in builds {
         let secs = match (b.started, b.finished) {
             (Some(s), Some(f)) => format!("{:.1}", f.since(s).as_secs_f64()),
@@ -166,10 +192,7 @@ pub fn builds(args: Builds) -> anyhow::Result<ExitCode> {
             if st.result != buildmesh_protocol::record::ResultCode::Success {
                 println!(
                     "{:<20}   step {:<16} {} exit {:?}",
-                    "",
-                    st.name,
-                    st.result,
-                    st.exit_code
+                    "", st.name, st.result, st.exit_code
                 );
             }
         }
@@ -229,7 +252,10 @@ pub fn submit(args: Submit) -> anyhow::Result<ExitCode> {
     if answer["announced"] == true {
         println!("announced {} {} {}", args.repo, args.branch, args.sha);
     } else {
-        println!("already announced: {} {} {}", args.repo, args.branch, args.sha);
+        println!(
+            "already announced: {} {} {}",
+            args.repo, args.branch, args.sha
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

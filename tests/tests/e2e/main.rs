@@ -1,6 +1,7 @@
 //! End-to-end tests: real nodes over loopback TCP with sled on disk. One binary, a module per
 //! area; the harness is the `buildmesh-tests` library.
 
+mod builds;
 mod mesh;
 mod misbehaviour;
 mod processes;

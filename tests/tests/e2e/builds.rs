@@ -1,0 +1,460 @@
+//! Builds without a master: real workers build a real git repository.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use buildmesh_protocol::claims::score;
+use buildmesh_protocol::record::JobKey;
+use buildmesh_tests::{GitRepo, Mesh, is_verdict, wait_for};
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// `ci.sh` behaves as the commit's `mode` file says.
+const CI: &str = r#"#!/bin/sh
+mode=$(cat mode)
+echo "building $BUILDMESH_SHA on $BUILDMESH_WORKER_NAME ($BUILDMESH_BUILDER, $BUILDMESH_BRANCH)"
+case "$mode" in
+  success) echo "all tests passed" ;;
+  warn) echo "warning: deprecated call"; echo "Re-running failed tests in verbose mode" ;;
+  fail) echo "FAIL: test_frobnicate (test.test_frob)"; exit 3 ;;
+  flaky)
+    marker="$MARKERS/$BUILDMESH_JOB"
+    if [ ! -e "$marker" ]; then touch "$marker"; echo "FAIL: test_network_timeout"; exit 1; fi
+    echo "passed on retry" ;;
+  timeout) sleep 60 ;;
+esac
+"#;
+
+fn builders(repo: &str, markers: &str) -> String {
+    format!(
+        r#"
+version = 1
+
+[[builder]]
+name = "linux"
+repo = "{repo}"
+branches = ["*"]
+tags = ["stable"]
+requires = {{ os = "linux" }}
+env = {{ MARKERS = "{markers}" }}
+[[builder.step]]
+name = "test"
+run = "sh ci.sh"
+timeout = "3s"
+warn = ["Re-running failed tests"]
+retries = 1
+
+[[builder]]
+name = "freebsd"
+repo = "{repo}"
+branches = ["*"]
+requires = {{ os = "freebsd" }}
+[[builder.step]]
+name = "uname"
+run = "echo built on $BUILDMESH_WORKER_NAME"
+
+[[builder]]
+name = "plan9"
+repo = "{repo}"
+branches = ["main"]
+requires = {{ os = "plan9" }}
+[[builder.step]]
+name = "never"
+run = "true"
+"#
+    )
+}
+
+async fn ready(mesh: &Mesh) {
+    for (i, n) in mesh.nodes.iter().enumerate() {
+        if n.is_some() {
+            wait_for("caught up", LONG, || async {
+                mesh.node(i)
+                    .metrics()
+                    .await
+                    .map(|m| m.caught_up)
+                    .unwrap_or(false)
+            })
+            .await;
+        }
+    }
+    // Every claimer hears every worker before jobs arrive, so rank orders agree.
+    let running = mesh.nodes.iter().flatten().count();
+    for i in 0..mesh.nodes.len() {
+        if mesh.nodes[i].is_some() {
+            wait_for("all workers live", LONG, || async {
+                mesh.node(i)
+                    .live_workers()
+                    .await
+                    .map(|w| w.len())
+                    .unwrap_or(0)
+                    == running
+            })
+            .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_give_each_commit_the_right_result_and_every_node_agrees() {
+    let mesh = Mesh::start(3).await;
+    ready(&mesh).await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    let markers = mesh.dir.path().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    mesh.publish_builders(0, &builders(&repo.url(), &markers.display().to_string()))
+        .await;
+
+    let modes = [
+        ("success", "success"),
+        ("warn", "warnings"),
+        ("fail", "failure"),
+        ("flaky", "flaky"),
+        ("timeout", "failure"),
+    ];
+    let mut shas = BTreeMap::new();
+    for (mode, _) in modes {
+        let sha = repo.commit(
+            &format!("mode-{mode}"),
+            &[("ci.sh", CI), ("mode", mode)],
+            mode,
+        );
+        mesh.announce(0, &repo.url(), &format!("mode-{mode}"), &sha)
+            .await;
+        shas.insert(mode, sha);
+    }
+    for (mode, want) in modes {
+        let b = mesh
+            .wait_build(1, "linux", &shas[mode], LONG, is_verdict)
+            .await;
+        assert_eq!(b.result, want, "mode {mode}: {b:?}");
+        let step = &b.steps[0];
+        match mode {
+            "fail" => assert_eq!(step.exit_code, Some(3)),
+            "warn" => assert_eq!(step.warnings, 1),
+            "flaky" => assert!(
+                step.failing_lines
+                    .iter()
+                    .any(|l| l.contains("FAIL: test_network_timeout")),
+                "{step:?}"
+            ),
+            "timeout" => assert_eq!(step.exit_code, None),
+            _ => assert_eq!(step.exit_code, Some(0)),
+        }
+        // Labels: the linux builder never runs on the freebsd worker (node 3).
+        assert_ne!(b.worker, Some(mesh.id(2)), "{b:?}");
+        // The freebsd builder runs only there.
+        let f = mesh
+            .wait_build(1, "freebsd", &shas[mode], LONG, is_verdict)
+            .await;
+        assert_eq!((f.result.as_str(), f.worker), ("success", Some(mesh.id(2))));
+    }
+    // Every node shows the same status.
+    let view = |i: usize| {
+        let mesh = &mesh;
+        async move {
+            let builds = mesh.node(i).builds().await.unwrap();
+            builds
+                .into_iter()
+                .filter(|b| b.builder != "plan9")
+                .map(|b| (b.builder, b.sha, b.result, b.worker, b.attempt))
+                .collect::<Vec<_>>()
+        }
+    };
+    wait_for("every node agreeing", LONG, || async {
+        let (a, b, c) = (view(0).await, view(1).await, view(2).await);
+        a == b && b == c && a.iter().all(|x| is_verdict(&x.2))
+    })
+    .await;
+    // The log of the red build names the failing test, from any node.
+    let red = mesh
+        .wait_build(2, "linux", &shas["fail"], LONG, is_verdict)
+        .await;
+    let log = reqwest::get(format!(
+        "http://{}/api/v1/builds/{}/log",
+        mesh.node(2).api,
+        red.id
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(log.contains("FAIL: test_frobnicate"), "{log}");
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_no_live_worker_matches_stays_pending() {
+    let mesh = Mesh::start(2).await;
+    ready(&mesh).await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    mesh.publish_builders(0, &builders(&repo.url(), "/nonexistent"))
+        .await;
+    let sha = repo.commit("main", &[("ci.sh", CI), ("mode", "success")], "main");
+    mesh.announce(1, &repo.url(), "main", &sha).await;
+    // linux builds; plan9 has no worker and stays pending; freebsd has none in this mesh either.
+    mesh.wait_build(0, "linux", &sha, LONG, is_verdict).await;
+    for i in 0..2 {
+        let b = mesh
+            .wait_build(i, "plan9", &sha, LONG, |r| r == "pending")
+            .await;
+        assert!(b.worker.is_none() && b.attempts.is_empty(), "{b:?}");
+    }
+    let status: serde_json::Value =
+        reqwest::get(format!("http://{}/api/v1/status", mesh.node(0).api))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let plan9 = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["builder"] == "plan9")
+        .unwrap();
+    assert_eq!(plan9["result"], "pending", "{status}");
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_steady_state_no_job_runs_on_two_workers() {
+    let mesh = Mesh::start(3).await;
+    ready(&mesh).await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    let toml = format!(
+        "version = 1\n[[builder]]\nname = \"any\"\nrepo = \"{}\"\nbranches = [\"*\"]\n[[builder.step]]\nname = \"s\"\nrun = \"echo ok\"\n",
+        repo.url()
+    );
+    mesh.publish_builders(0, &toml).await;
+    let mut shas = Vec::new();
+    for k in 0..24 {
+        let branch = format!("topic-{k}");
+        let sha = repo.commit(&branch, &[("n", &k.to_string())], "topic");
+        mesh.announce(k % 3, &repo.url(), &branch, &sha).await;
+        shas.push(sha);
+    }
+    for sha in &shas {
+        mesh.wait_build(0, "any", sha, LONG, is_verdict).await;
+    }
+    let builds = mesh.node(1).builds().await.unwrap();
+    for b in builds {
+        let claims_by_attempt = b.attempts.iter().filter(|a| a.attempt == b.attempt).count();
+        assert_eq!(claims_by_attempt, 1, "one claim, one run: {b:?}");
+        assert_eq!(b.attempt, 1, "{b:?}");
+    }
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exception_is_retried_on_another_worker_and_never_shown_red() {
+    let mut mesh = Mesh::start_some(3, 0).await;
+    // Node 1's work directory is a file: every checkout there fails, as on a broken disk.
+    let broken = mesh.dir.path().join("not-a-dir");
+    std::fs::write(&broken, "x").unwrap();
+    mesh.config_mut(0).worker.work_dir = broken;
+    for i in 0..3 {
+        mesh.start_node(i).await;
+    }
+    ready(&mesh).await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    let toml = format!(
+        "version = 1\n[[builder]]\nname = \"any\"\nrepo = \"{}\"\nbranches = [\"*\"]\n[[builder.step]]\nname = \"s\"\nrun = \"echo ok\"\n",
+        repo.url()
+    );
+    mesh.publish_builders(0, &toml).await;
+    // Pick branches whose jobs rank the broken worker first.
+    let workers = [mesh.id(0), mesh.id(1), mesh.id(2)];
+    let mut picked = Vec::new();
+    let mut k = 0;
+    while picked.len() < 2 {
+        k += 1;
+        let branch = format!("b{k}");
+        let sha = repo.commit(&branch, &[("n", &k.to_string())], "x");
+        let job = JobKey {
+            builder: "any".into(),
+            repo: repo.url(),
+            branch: branch.clone(),
+            sha: sha.clone(),
+        }
+        .id();
+        let first = workers.iter().min_by_key(|w| score(&job, w)).unwrap();
+        if *first == workers[0] {
+            mesh.announce(1, &repo.url(), &branch, &sha).await;
+            picked.push(sha);
+        }
+    }
+    for sha in &picked {
+        let b = mesh.wait_build(2, "any", sha, LONG, is_verdict).await;
+        assert_eq!(b.result, "success", "{b:?}");
+        assert_eq!(b.attempt, 2, "{b:?}");
+        assert_eq!(b.attempts[0].worker, workers[0]);
+        assert_eq!(b.attempts[0].result, "exception");
+        assert_ne!(b.worker, Some(workers[0]));
+        let status: serde_json::Value =
+            reqwest::get(format!("http://{}/api/v1/status", mesh.node(1).api))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        assert!(
+            status
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["result"] != "failure" && r["result"] != "exception"),
+            "{status}"
+        );
+    }
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_red_builds_log_outlives_its_worker() {
+    let mut mesh = Mesh::start(3).await;
+    ready(&mesh).await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    mesh.publish_builders(0, &builders(&repo.url(), "/nonexistent"))
+        .await;
+    let sha = repo.commit("red", &[("ci.sh", CI), ("mode", "fail")], "red");
+    mesh.announce(0, &repo.url(), "red", &sha).await;
+    let b = mesh.wait_build(0, "linux", &sha, LONG, is_verdict).await;
+    assert_eq!(b.result, "failure");
+    let worker = (0..3).find(|i| Some(mesh.id(*i)) == b.worker).unwrap();
+    let other = (0..3).find(|i| *i != worker).unwrap();
+    let digest = b.steps[0].log.unwrap();
+    // The copy reaches the other nodes on its own …
+    wait_for("the red log copied", LONG, || async {
+        mesh.node(other).store.has_blob(&digest).unwrap()
+    })
+    .await;
+    // … and stays readable with the worker gone.
+    mesh.stop_node(worker).await;
+    let log = reqwest::get(format!(
+        "http://{}/api/v1/builds/{}/log?step=test",
+        mesh.node(other).api,
+        b.id
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(log.contains("FAIL: test_frobnicate"), "{log}");
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submit_needs_the_announcer_role_and_webhooks_need_the_secret() {
+    let mut mesh = Mesh::start_some(2, 0).await;
+    let secret_file = mesh.dir.path().join("webhook.secret");
+    std::fs::write(&secret_file, "s3cret\n").unwrap();
+    mesh.config_mut(0).announcer.webhook_secret_file = Some(secret_file);
+    mesh.start_node(0).await;
+    mesh.start_node(1).await;
+    ready(&mesh).await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    mesh.publish_builders(0, &builders(&repo.url(), "/nonexistent"))
+        .await;
+    let api = mesh.node(0).api;
+    let client = reqwest::Client::new();
+    let submit = |key: &buildmesh_protocol::SecretKey, sha: &str| {
+        buildmesh_protocol::wire::SignedRequest::sign(
+            key,
+            buildmesh_protocol::wire::ApiAction::Submit {
+                repo: repo.url(),
+                branch: "main".into(),
+                sha: sha.into(),
+            },
+            buildmesh_protocol::Timestamp::now(),
+        )
+        .to_bytes()
+    };
+    // Node 2 is a worker without the announcer role: refused, nothing stored.
+    let sha = repo.commit("main", &[("ci.sh", CI), ("mode", "success")], "x");
+    let resp = client
+        .post(format!("http://{api}/api/v1/submit"))
+        .body(submit(&mesh.key(1), &sha))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403, "{}", resp.text().await.unwrap());
+    assert!(
+        mesh.node(0)
+            .store
+            .commit_seen(&repo.url(), "main", &sha)
+            .unwrap()
+            .is_none()
+    );
+    // A stranger's key: refused too.
+    let resp = client
+        .post(format!("http://{api}/api/v1/submit"))
+        .body(submit(
+            &buildmesh_protocol::SecretKey::from_seed([77; 32]),
+            &sha,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    // The maintainer may.
+    let resp = client
+        .post(format!("http://{api}/api/v1/submit"))
+        .body(submit(&mesh.maintainer(), &sha))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    assert!(
+        mesh.node(0)
+            .store
+            .commit_seen(&repo.url(), "main", &sha)
+            .unwrap()
+            .is_some()
+    );
+
+    // Webhooks: a GitHub push signed with the wrong secret is refused; the right one is taken.
+    let sha2 = repo.commit("main", &[("mode", "warn")], "y");
+    let payload = serde_json::json!({
+        "ref": "refs/heads/main", "after": sha2, "before": sha,
+        "repository": { "clone_url": repo.url(), "html_url": repo.url() },
+        "head_commit": { "message": "y\n\nbody" },
+    })
+    .to_string();
+    let sign = |secret: &[u8]| {
+        use hmac::{Hmac, KeyInit, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+        mac.update(payload.as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let post = |sig: String| {
+        client
+            .post(format!("http://{api}/api/v1/webhook"))
+            .header("X-GitHub-Event", "push")
+            .header("X-Hub-Signature-256", sig)
+            .header("Content-Type", "application/json")
+            .body(payload.clone())
+            .send()
+    };
+    let resp = post(sign(b"wrong")).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(
+        mesh.node(0)
+            .store
+            .commit_seen(&repo.url(), "main", &sha2)
+            .unwrap()
+            .is_none()
+    );
+    let resp = post(sign(b"s3cret")).await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    assert!(
+        mesh.node(0)
+            .store
+            .commit_seen(&repo.url(), "main", &sha2)
+            .unwrap()
+            .is_some()
+    );
+    mesh.shutdown().await;
+}
