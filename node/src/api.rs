@@ -72,12 +72,14 @@ async fn nodes(State(s): State<ApiState>) -> Response {
 }
 
 async fn health(State(s): State<ApiState>) -> Response {
+    let config_version = s.replica.config().await.ok().flatten().map(|c| c.version);
     match s.replica.metrics().await {
         Ok(m) => Json(json!({
             "id": s.me,
             "records": m.records,
             "peers": m.peers_admitted,
             "caught_up": m.caught_up,
+            "config_version": config_version,
         }))
         .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),

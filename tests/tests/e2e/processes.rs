@@ -117,3 +117,109 @@ async fn a_killed_node_loses_no_record_it_had_flushed() {
         "{nodes}"
     );
 }
+
+async fn json(url: String) -> Option<serde_json::Value> {
+    reqwest::get(url).await.ok()?.json().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_worker_mid_step_moves_the_job_and_leaves_no_process() {
+    buildmesh_tests::logs();
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_base(3);
+    let t = buildmesh_node::testnet::generate(&dir.path().join("mesh"), 3, base).unwrap();
+    let mut procs: Vec<Option<Proc>> = t.nodes.iter().map(|n| Some(run(&n.config))).collect();
+    let apis: Vec<String> = t.nodes.iter().map(|n| n.api.clone()).collect();
+    for api in &apis {
+        wait_for("three live nodes", Duration::from_secs(60), || async {
+            json(format!("http://{api}/api/v1/nodes"))
+                .await
+                .and_then(|v| v.as_array().map(|a| a.len() == 3 && a.iter().all(|n| n["live"] == true)))
+                .unwrap_or(false)
+        })
+        .await;
+    }
+    let repo = buildmesh_tests::GitRepo::new(dir.path().join("repo"));
+    let pids = dir.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let sha = repo.commit("main", &[("slow.sh", "sleep 30 &\necho $! > \"$PIDS/$BUILDMESH_WORKER_NAME-$BUILDMESH_ATTEMPT\"\nwait\n")], "slow");
+    let toml = format!(
+        "version = 1\n[[builder]]\nname = \"slow\"\nrepo = \"{}\"\nbranches = [\"main\"]\nenv = {{ PIDS = \"{}\" }}\n[[builder.step]]\nname = \"sleep\"\nrun = \"sh slow.sh\"\ntimeout = \"2m\"\n",
+        repo.url(),
+        pids.display()
+    );
+    let maintainer = buildmesh_protocol::SecretKey::from_file_text(&std::fs::read_to_string(&t.maintainer_key).unwrap()).unwrap();
+    let genesis = buildmesh_protocol::docs::Genesis::verify(
+        &buildmesh_protocol::docs::SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let config = buildmesh_protocol::builders::BuilderConfig::from_toml(genesis.mesh, &toml).unwrap();
+    let mut doc = buildmesh_protocol::docs::SignedDoc::new(&config).unwrap();
+    doc.sign(&maintainer);
+    let client = reqwest::Client::new();
+    let r = client.post(format!("http://{}/api/v1/publish", apis[0])).body(doc.to_bytes()).send().await.unwrap();
+    assert!(r.status().is_success());
+    // Let the configuration reach every node and the workers' views settle.
+    for api in &apis {
+        wait_for("the configuration everywhere", Duration::from_secs(60), || async {
+            json(format!("http://{api}/api/v1/health")).await.is_some_and(|h| h["config_version"] == 1)
+        })
+        .await;
+    }
+    let req = buildmesh_protocol::wire::SignedRequest::sign(
+        &maintainer,
+        buildmesh_protocol::wire::ApiAction::Submit { repo: repo.url(), branch: "main".into(), sha: sha.clone() },
+        buildmesh_protocol::Timestamp::now(),
+    );
+    let r = client.post(format!("http://{}/api/v1/submit", apis[1])).body(req.to_bytes()).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+
+    // Find who runs it, and the step's process.
+    let worker = std::sync::Mutex::new(None::<String>);
+    wait_for("the build to start", Duration::from_secs(60), || async {
+        let builds = json(format!("http://{}/api/v1/builds?commit={sha}", apis[2])).await.unwrap_or_default();
+        if let Some(b) = builds.as_array().and_then(|a| a.first())
+            && b["result"] == "running"
+        {
+            *worker.lock().unwrap() = b["worker"].as_str().map(str::to_string);
+        }
+        worker.lock().unwrap().is_some()
+    })
+    .await;
+    let worker = worker.into_inner().unwrap().unwrap();
+    let victim = t.nodes.iter().position(|n| n.id.to_string() == worker).unwrap();
+    let pid_file = pids.join(format!("{}-1", t.nodes[victim].name));
+    wait_for("the step's process", Duration::from_secs(60), || async { pid_file.exists() && std::fs::read_to_string(&pid_file).map(|s| !s.trim().is_empty()).unwrap_or(false) }).await;
+    let step_pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{step_pid}")).exists());
+
+    // Pull the plug on the worker.
+    let killed_at = std::time::Instant::now();
+    if let Some(mut p) = procs[victim].take() {
+        p.0.kill().unwrap();
+        p.0.wait().unwrap();
+    }
+    let survivor = (0..3).find(|i| *i != victim).unwrap();
+    wait_for("another worker to re-claim", Duration::from_secs(60), || async {
+        let builds = json(format!("http://{}/api/v1/builds?commit={sha}", apis[survivor])).await.unwrap_or_default();
+        let b = builds.as_array().and_then(|a| a.first()).cloned().unwrap_or_default();
+        b["attempt"].as_u64() == Some(2) && (b["result"] == "running" || b["result"] == "success")
+    })
+    .await;
+    println!("worker killed -> job re-claimed by another worker within {:?}", killed_at.elapsed());
+    // The dead attempt's processes are gone.
+    wait_for("the dead attempt's step process to be gone", Duration::from_secs(30), || async {
+        !std::path::Path::new(&format!("/proc/{step_pid}")).exists()
+    })
+    .await;
+    // The attempt record shows the lost attempt.
+    let builds = json(format!("http://{}/api/v1/builds?commit={sha}", apis[survivor])).await.unwrap();
+    let b = &builds.as_array().unwrap()[0];
+    let attempts = b["attempts"].as_array().unwrap();
+    assert!(
+        attempts.iter().any(|a| a["attempt"] == 1 && a["worker"] == worker.as_str() && a["result"] == "lost"),
+        "{b}"
+    );
+    assert_ne!(b["worker"], worker.as_str());
+    drop(procs);
+}
