@@ -13,6 +13,8 @@
 //! - `GET /api/v1/builds/{id}/log?step=NAME`: a build's step log, fetched from whoever holds it.
 //! - `POST /api/v1/submit`: a commit announcement signed by a key with the announcer role.
 //! - `POST /api/v1/webhook`: GitHub, Gitea or Forgejo push webhooks (HMAC checked).
+//! - `GET /api/v1/notifier`: the notifier holder, term and lease as this node sees them.
+//! - `GET /api/v1/notifications`: every mail sent (the `NotificationSent` records).
 //! - `GET /metrics`: Prometheus text.
 
 use std::collections::BTreeMap;
@@ -38,6 +40,7 @@ use crate::replica::ReplicaClient;
 pub struct ApiState {
     pub(crate) replica: ReplicaClient,
     pub(crate) claimer: ClaimerClient,
+    pub(crate) notifier: crate::notifier::NotifierClient,
     pub(crate) store: Arc<Store>,
     pub(crate) me: NodeId,
     pub(crate) webhook_secret: Option<Arc<Vec<u8>>>,
@@ -56,6 +59,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/builds/{id}/log", get(log))
         .route("/api/v1/submit", post(submit))
         .route("/api/v1/webhook", post(webhook))
+        .route("/api/v1/notifier", get(notifier))
+        .route("/api/v1/notifications", get(notifications))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -551,4 +556,30 @@ async fn webhook(
         out.push(repo);
     }
     Json(json!({"announced": out, "branch": push.branch, "sha": push.sha})).into_response()
+}
+
+async fn notifier(State(s): State<ApiState>) -> Response {
+    match s.notifier.view().await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn notifications(State(s): State<ApiState>) -> Response {
+    use buildmesh_protocol::record::Body;
+    let mut out = Vec::new();
+    for r in s.store.all_records() {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        };
+        if let Ok(Body::NotificationSent(n)) = r.body() {
+            out.push(json!({
+                "transition": n.transition, "builder": n.builder, "branch": n.branch, "sha": n.sha,
+                "message_id": n.message_id, "to": n.to, "term": n.term,
+                "author": r.envelope.author, "time": r.envelope.time,
+            }));
+        }
+    }
+    Json(out).into_response()
 }

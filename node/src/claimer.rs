@@ -411,6 +411,7 @@ impl Claimer {
         match signal {
             Signal::Heartbeat(h) => self.machine.heartbeat(h.node, h.running, h.capacity, now),
             Signal::Progress(p) => self.machine.progress(p.node, p.job, p.attempt, now),
+            Signal::Holder(_) => {}
         }
     }
 

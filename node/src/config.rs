@@ -88,6 +88,22 @@ poll_interval = "30s"
 # File holding the push-webhook HMAC secret (GitHub, Gitea, Forgejo). The environment variable
 # BUILDMESH_WEBHOOK_SECRET is used when this is not set. No secret: the webhook is off.
 # webhook_secret_file = "webhook.secret"
+
+[notifier]
+# Only nodes admitted with the notifier role take part; the elected one sends the mail.
+# The SMTP server, host:port. No server: this node never sends mail (it still votes).
+# smtp = "mail.example.org:587"
+# starttls = true
+# username = "buildmesh"
+# File with the SMTP password (or the environment variable BUILDMESH_SMTP_PASSWORD). The
+# password is never part of the replicated configuration.
+# password_file = "smtp.password"
+from = "buildmesh@localhost"
+to = ["buildbot-status@localhost"]
+# problem: green/orange -> red (the default); change: also red -> green; failing: every red.
+mode = "problem"
+# Mail a worker's owner when it has been missing this long (0s: never).
+missing_after = "0s"
 "#;
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +125,21 @@ struct FileForm {
     worker: WorkerForm,
     #[serde(default)]
     announcer: AnnouncerForm,
+    #[serde(default)]
+    notifier: NotifierForm,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifierForm {
+    smtp: Option<String>,
+    starttls: Option<bool>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    from: Option<String>,
+    to: Option<Vec<String>>,
+    mode: Option<String>,
+    missing_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +192,29 @@ pub struct NodeConfig {
     pub worker: WorkerSettings,
     /// Announcing commits.
     pub announcer: AnnouncerSettings,
+    /// Mail.
+    pub notifier: NotifierSettings,
+}
+
+/// How this node mails, when it holds the notifier lease.
+#[derive(Clone, Debug)]
+pub struct NotifierSettings {
+    /// SMTP server host and port; `None`: no mail from this node.
+    pub smtp: Option<(String, u16)>,
+    /// Upgrade with STARTTLS. Default false.
+    pub starttls: bool,
+    /// SMTP user.
+    pub username: Option<String>,
+    /// SMTP password (read from `password_file` or `BUILDMESH_SMTP_PASSWORD`).
+    pub password: Option<String>,
+    /// Sender address.
+    pub from: String,
+    /// The list address(es).
+    pub to: Vec<String>,
+    /// Which transitions mail.
+    pub mode: buildmesh_protocol::transitions::Mode,
+    /// Mail an owner when a worker is missing this long; `None`: never.
+    pub missing_after: Option<Duration>,
 }
 
 /// How this node builds.
@@ -334,6 +388,61 @@ impl NodeConfig {
             poll_interval: (!poll.is_zero()).then_some(poll),
             webhook_secret_file: form.announcer.webhook_secret_file.as_deref().map(resolve),
         };
+        let n = &form.notifier;
+        let smtp = match &n.smtp {
+            None => None,
+            Some(s) => {
+                let (host, port) = s
+                    .rsplit_once(':')
+                    .ok_or_else(|| invalid("notifier.smtp", format!("`{s}` is not host:port")))?;
+                let port = port
+                    .parse()
+                    .map_err(|_| invalid("notifier.smtp", format!("`{s}` has no valid port")))?;
+                Some((host.to_string(), port))
+            }
+        };
+        let password = match &n.password_file {
+            Some(p) => Some(
+                std::fs::read_to_string(resolve(p))
+                    .map_err(|e| {
+                        invalid(
+                            "notifier.password_file",
+                            format!("cannot read {}: {e}", p.display()),
+                        )
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var("BUILDMESH_SMTP_PASSWORD").ok(),
+        };
+        let mode = match &n.mode {
+            None => Default::default(),
+            Some(m) => m.parse().map_err(|e: String| invalid("notifier.mode", e))?,
+        };
+        let notifier = NotifierSettings {
+            smtp,
+            starttls: n.starttls.unwrap_or(false),
+            username: n.username.clone(),
+            password,
+            from: n
+                .from
+                .clone()
+                .unwrap_or_else(|| "buildmesh@localhost".into()),
+            to: n
+                .to
+                .clone()
+                .unwrap_or_else(|| vec!["buildbot-status@localhost".into()]),
+            mode,
+            missing_after: zero_ok("notifier.missing_after", &n.missing_after)?
+                .filter(|d| !d.is_zero()),
+        };
+        for (entry, addr) in std::iter::once(("notifier.from", &notifier.from))
+            .chain(notifier.to.iter().map(|t| ("notifier.to", t)))
+        {
+            if addr.parse::<lettre::Address>().is_err() {
+                return Err(invalid(entry, format!("`{addr}` is not a mail address")));
+            }
+        }
         if mesh.liveness_window < mesh.heartbeat_interval {
             return Err(invalid(
                 "mesh.liveness_window",
@@ -351,6 +460,7 @@ impl NodeConfig {
             mesh,
             worker,
             announcer,
+            notifier,
         };
         for (entry, file) in [
             ("key", &config.key),

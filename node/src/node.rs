@@ -18,8 +18,10 @@ use crate::claimer::{BuildView, Claimer, ClaimerClient, ClaimerParts};
 use crate::config::NodeConfig;
 use crate::executor::ExecutorConfig;
 use crate::network::{self, NetworkConfig, NetworkError};
+use crate::notifier::{Notifier, NotifierClient, NotifierParts, NotifierView};
 pub use crate::replica::ReplicaClient;
 use crate::replica::{Metrics, NodeView, Replica, ReplicaParts};
+use buildmesh_protocol::election::ElectionSettings;
 
 /// Why a node cannot start or do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,7 @@ pub struct NodeHandle {
     pub store: Arc<Store>,
     replica: ReplicaClient,
     claimer: ClaimerClient,
+    notifier: NotifierClient,
     net: network::Client,
     feed: tokio::sync::broadcast::Sender<Arc<Record>>,
     claims_cancel: CancellationToken,
@@ -156,6 +159,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         } else {
             0
         });
+    let (ballots_tx, ballots_rx) = tokio::sync::mpsc::channel(256);
     let (load_tx, load_rx) = tokio::sync::watch::channel(crate::replica::Load {
         running: 0,
         capacity,
@@ -172,6 +176,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         feed: feed.clone(),
         signals: signals.clone(),
         load: load_rx,
+        ballots: ballots_tx,
         cancel: cancel.child_token(),
     });
     let claims_cancel = CancellationToken::new();
@@ -207,6 +212,21 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         addr: config.api,
         reason: e.to_string(),
     })?;
+    let (notifier, notifier_client) = Notifier::new(NotifierParts {
+        me: key.id(),
+        voter: a.roles.contains(&Role::Notifier),
+        settings: config.notifier.clone(),
+        election: ElectionSettings::default(),
+        store: store.clone(),
+        replica: replica_client.clone(),
+        claimer: claimer_client.clone(),
+        net: net.clone(),
+        ballots: ballots_rx,
+        records: feed.subscribe(),
+        signals: signals.subscribe(),
+        api_hint: api.to_string(),
+        cancel: cancel.child_token(),
+    });
     let net_cancel = CancellationToken::new();
     {
         use tracing::Instrument;
@@ -223,6 +243,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             .instrument(span.clone()),
         );
         tasks.spawn(claimer.run().instrument(span.clone()));
+        tasks.spawn(notifier.run().instrument(span.clone()));
         if a.roles.contains(&Role::Announcer)
             && let Some(interval) = config.announcer.poll_interval
         {
@@ -251,6 +272,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         let state = crate::api::ApiState {
             replica: replica_client.clone(),
             claimer: claimer_client.clone(),
+            notifier: notifier_client.clone(),
             store: store.clone(),
             me,
             webhook_secret: webhook_secret.map(Arc::new),
@@ -281,6 +303,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         store,
         replica: replica_client,
         claimer: claimer_client,
+        notifier: notifier_client,
         net,
         feed,
         claims_cancel,
@@ -344,6 +367,11 @@ impl NodeHandle {
     /// Every job this node knows, newest announcement first.
     pub async fn builds(&self) -> Result<Vec<BuildView>, NodeError> {
         self.claimer.builds().await
+    }
+
+    /// The notifier as this node sees it.
+    pub async fn notifier(&self) -> Result<NotifierView, NodeError> {
+        self.notifier.view().await
     }
 
     /// The workers this node's claimer counts as live.

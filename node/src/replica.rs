@@ -270,6 +270,7 @@ pub(crate) struct Replica {
     feed: tokio::sync::broadcast::Sender<Arc<Record>>,
     signals: tokio::sync::broadcast::Sender<Signal>,
     load: tokio::sync::watch::Receiver<Load>,
+    ballots: mpsc::Sender<crate::notifier::BallotIn>,
     cancel: CancellationToken,
 }
 
@@ -301,6 +302,7 @@ pub(crate) struct ReplicaParts {
     pub feed: tokio::sync::broadcast::Sender<Arc<Record>>,
     pub signals: tokio::sync::broadcast::Sender<Signal>,
     pub load: tokio::sync::watch::Receiver<Load>,
+    pub ballots: mpsc::Sender<crate::notifier::BallotIn>,
     pub cancel: CancellationToken,
 }
 
@@ -342,6 +344,7 @@ impl Replica {
             feed: parts.feed,
             signals: parts.signals,
             load: parts.load,
+            ballots: parts.ballots,
             cancel: parts.cancel,
         };
         (replica, ReplicaClient { tx })
@@ -401,6 +404,34 @@ impl Replica {
             network::Event::Gossip { source, id, data } => {
                 let verdict = self.on_gossip(source, &data).await;
                 let _ = self.net.validate(id, source, verdict).await;
+            }
+            network::Event::Request {
+                peer,
+                request: Request::Ballot(ballot),
+                channel,
+            } => {
+                // The election answers on its own task; the answer goes back when it comes.
+                let from = self
+                    .peers
+                    .get(&peer)
+                    .filter(|p| p.admitted)
+                    .and_then(|p| p.node);
+                let net = self.net.clone();
+                let ballots = self.ballots.clone();
+                tokio::spawn(async move {
+                    let answers = match from {
+                        Some(node) => {
+                            let (reply, rx) = oneshot::channel();
+                            if ballots.send((node, ballot, reply)).await.is_ok() {
+                                rx.await.unwrap_or_default()
+                            } else {
+                                Vec::new()
+                            }
+                        }
+                        None => Vec::new(),
+                    };
+                    let _ = net.respond(channel, Response::Ballots(answers)).await;
+                });
             }
             network::Event::Request {
                 peer,
@@ -552,6 +583,7 @@ impl Replica {
                 .store
                 .blob(&hash)
                 .map(|b| Response::Blob(b.map(serde_bytes::ByteBuf::from))),
+            Request::Ballot(_) => unreachable!("answered on its own task"),
         };
         result.unwrap_or_else(|e| {
             tracing::error!(error = %e, "store failed while answering a peer");
@@ -583,11 +615,15 @@ impl Replica {
 
     async fn on_gossip(&mut self, source: PeerId, data: &[u8]) -> Verdict {
         if !self.is_admitted(&source) {
-            self.refuse(
-                Some(source),
-                "unadmitted-peer",
-                "gossip before a valid hello",
-            );
+            // A peer still at the door may gossip before its hello is through: that is the
+            // order libp2p delivers things in, not misbehaviour. Anti-entropy brings it later.
+            if !self.peers.contains_key(&source) {
+                self.refuse(
+                    Some(source),
+                    "unadmitted-peer",
+                    "gossip before a valid hello",
+                );
+            }
             return Verdict::Ignore;
         }
         match Gossip::from_bytes(data) {
@@ -638,7 +674,10 @@ impl Replica {
             );
             return Verdict::Ignore;
         }
-        if let Some(l) = self.live.get(&sender)
+        // Heartbeats are ordered per sender; other signals are told apart by content (gossip
+        // drops exact copies) and bounded by the clock-skew window above.
+        if matches!(signal, Signal::Heartbeat(_))
+            && let Some(l) = self.live.get(&sender)
             && l.last_time >= time
         {
             self.refuse(
@@ -650,11 +689,7 @@ impl Replica {
         }
         match &signal {
             Signal::Heartbeat(h) => self.heard(h.clone()),
-            Signal::Progress(_) => {
-                if let Some(l) = self.live.get_mut(&sender) {
-                    l.last_time = time;
-                }
-            }
+            Signal::Progress(_) | Signal::Holder(_) => {}
         }
         let _ = self.signals.send(signal);
         Verdict::Accept

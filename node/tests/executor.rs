@@ -299,6 +299,34 @@ async fn commits_pushed_later_are_fetched() {
 }
 
 #[tokio::test]
+async fn a_damaged_workspace_is_cloned_again() {
+    let f = Fixture::new();
+    let config = f.config();
+    let s = f.spec(vec![step("check", "test \"$(cat file.txt)\" = one")]);
+    assert_eq!(build(&config, &s).await.result, ResultCode::Success);
+    let git_dir = config.work_dir.join("builds/b1/src/.git");
+    std::fs::remove_dir_all(git_dir.join("objects")).unwrap();
+    std::fs::write(git_dir.join("HEAD"), "garbage").unwrap();
+    let o = build(&config, &s).await;
+    assert_eq!(o.result, ResultCode::Success, "{o:#?}");
+}
+
+#[tokio::test]
+async fn cached_commits_build_while_the_repository_is_unreachable() {
+    let f = Fixture::new();
+    let config = f.config();
+    let s = f.spec(vec![step("check", "test \"$(cat file.txt)\" = one")]);
+    assert_eq!(build(&config, &s).await.result, ResultCode::Success);
+    std::fs::rename(&f.repo, f.outside("moved")).unwrap();
+    let o = build(&config, &s).await;
+    assert_eq!(o.result, ResultCode::Success, "{o:#?}");
+    let mut missing = s.clone();
+    missing.key.sha = "0123456789abcdef0123456789abcdef01234567".to_string();
+    let o = build(&config, &missing).await;
+    assert_eq!(o.result, ResultCode::Exception, "{o:#?}");
+}
+
+#[tokio::test]
 async fn warning_lines_are_counted() {
     let f = Fixture::new();
     let mut warn = step(

@@ -7,6 +7,8 @@
 //! - [`docs`]: maintainer-signed documents — genesis, admission, revocation.
 //! - [`builders`]: the builder configuration, its TOML form and its checks.
 //! - [`claims`]: claiming jobs without a master (sans-IO state machine).
+//! - [`election`]: electing the one notifier by majority-voted leases (sans-IO).
+//! - [`transitions`]: which results are red transitions that need a mail (pure).
 //! - [`record`]: the signed, hash-chained records of each node's log and their bodies.
 //! - [`vv`]: version vectors for anti-entropy.
 //! - [`trust`]: the fold of documents into "may key K act as role R at time T".
@@ -16,9 +18,11 @@ pub mod builders;
 pub mod claims;
 pub mod codec;
 pub mod docs;
+pub mod election;
 pub mod keys;
 pub mod record;
 pub mod time;
+pub mod transitions;
 pub mod trust;
 pub mod vv;
 pub mod wire;

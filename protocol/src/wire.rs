@@ -36,6 +36,8 @@ pub enum Request {
     },
     /// "Send me this blob".
     Blob(Hash),
+    /// A notifier-election ballot.
+    Ballot(crate::election::Ballot),
 }
 
 /// An answer.
@@ -50,6 +52,8 @@ pub enum Response {
     Records(Vec<serde_bytes::ByteBuf>),
     /// The blob, if held.
     Blob(Option<serde_bytes::ByteBuf>),
+    /// The answers to a ballot.
+    Ballots(Vec<crate::election::Ballot>),
     /// The request was refused, and why.
     Refused(String),
 }
@@ -82,6 +86,21 @@ pub enum Signal {
     Heartbeat(Heartbeat),
     /// "I am still running this build": renews the claim's lease.
     Progress(Progress),
+    /// "I hold the notifier lease for this term."
+    Holder(HolderSignal),
+}
+
+/// The notifier holder's periodic word.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderSignal {
+    /// The holder.
+    pub node: NodeId,
+    /// Its clock.
+    pub time: Timestamp,
+    /// The term it holds.
+    pub term: u64,
+    /// How much longer its lease runs, in milliseconds.
+    pub lease_ms: u64,
 }
 
 /// A running build's sign of life.
@@ -122,6 +141,7 @@ impl Signal {
         match self {
             Signal::Heartbeat(h) => h.node,
             Signal::Progress(p) => p.node,
+            Signal::Holder(h) => h.node,
         }
     }
 
@@ -130,6 +150,7 @@ impl Signal {
         match self {
             Signal::Heartbeat(h) => h.time,
             Signal::Progress(p) => p.time,
+            Signal::Holder(h) => h.time,
         }
     }
 }

@@ -209,3 +209,85 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, clap::Args)]
+pub struct NotifierArgs {
+    /// A node's API address, host:port.
+    #[arg(
+        long,
+        short = 'n',
+        env = "BUILDMESH_NODE",
+        default_value = "127.0.0.1:7700"
+    )]
+    node: String,
+    /// Print the API's JSON as is.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn notifier(args: NotifierArgs) -> anyhow::Result<ExitCode> {
+    let value = runtime()?.block_on(get_json(&args.node, "/api/v1/notifier"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match value["holder"].as_str() {
+        Some(h) => println!(
+            "holder {h}{}\nterm   {}\nlease  until {}",
+            if value["holding"] == true {
+                " (this node)"
+            } else {
+                ""
+            },
+            value["term"],
+            value["lease_expires"].as_str().unwrap_or("?")
+        ),
+        None => println!("no holder known (term {})", value["term"]),
+    }
+    println!(
+        "voters {}",
+        value["voters"].as_array().map_or(0, |v| v.len())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SmtpSinkArgs {
+    /// Where to accept SMTP.
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    listen: std::net::SocketAddr,
+    /// Where to serve `GET /messages` (JSON).
+    #[arg(long, default_value = "127.0.0.1:8025")]
+    http: std::net::SocketAddr,
+}
+
+pub fn smtp_sink(args: SmtpSinkArgs) -> anyhow::Result<ExitCode> {
+    let (addr, mailbox) = buildmesh_node::smtp_sink::bind(args.listen)
+        .with_context(|| format!("cannot listen for SMTP on {}", args.listen))?;
+    runtime()?.block_on(async move {
+        let app = axum::Router::new().route(
+            "/messages",
+            axum::routing::get(move || {
+                let mailbox = mailbox.clone();
+                async move { axum::Json(mailbox.all()) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(args.http)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.http))?;
+        eprintln!(
+            "SMTP sink on {addr}; messages at http://{}/messages",
+            listener.local_addr()?
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            })
+            .await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

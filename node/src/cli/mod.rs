@@ -4,8 +4,10 @@
 //! - `docs`: genesis, sign, admit, revoke, config sign, verify, inspect.
 //! - `mesh`: run, init-node, testnet, nodes, publish.
 //! - `builds`: status, builds, log, submit, supervise.
+//! - `demo`: the one-command demonstration.
 
 mod builds;
+mod demo;
 mod docs;
 mod files;
 mod keys;
@@ -69,6 +71,12 @@ enum Command {
     Log(builds::Log),
     /// Announce a commit, signed with your key (announcer role or maintainer).
     Submit(builds::Submit),
+    /// The notifier holder, term and lease, as a node sees them.
+    Notifier(mesh::NotifierArgs),
+    /// Run a small SMTP server that keeps every message (for test meshes).
+    SmtpSink(mesh::SmtpSinkArgs),
+    /// A throwaway three-node mesh that builds a sample repository and mails a red transition.
+    Demo(demo::DemoArgs),
     /// Run a build step so that it dies with the node (used by the executor).
     #[command(hide = true)]
     Supervise(builds::Supervise),
@@ -96,6 +104,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Log(a) => builds::log(a),
         Command::Submit(a) => builds::submit(a),
         Command::Supervise(a) => builds::supervise(a),
+        Command::Notifier(a) => mesh::notifier(a),
+        Command::SmtpSink(a) => mesh::smtp_sink(a),
+        Command::Demo(a) => demo::demo(a),
     }
 }
 

@@ -150,21 +150,33 @@ impl Checkout<'_> {
     pub(crate) async fn run(&self, src: &Path, log: &mut Capture) -> Result<(), CheckoutError> {
         check_sha(self.sha)?;
         let cache = cache_dir(self.work_dir, self.url);
-        let _cache_lock = lock_dir(&cache, self.cancel).await?;
-        self.update_cache(&cache, log).await?;
-        if let Err(first) = self.update_workspace(&cache, src, log).await {
-            if matches!(first, CheckoutError::Cancelled) {
-                return Err(first);
+        let mut afresh = false;
+        loop {
+            let synced = {
+                let _cache_lock = lock_dir(&cache, self.cancel).await?;
+                self.update_cache(&cache, log).await?;
+                // The cache's pin on the commit is this build's only while the lock is held.
+                self.sync_workspace(&cache, src, log).await
+            };
+            let workspace = match synced {
+                Ok(()) => self.checkout_workspace(src, log).await,
+                Err(e) => Err(e),
+            };
+            match workspace {
+                Ok(()) => return Ok(()),
+                Err(e @ CheckoutError::Cancelled) => return Err(e),
+                Err(e) if afresh => return Err(e),
+                Err(e) => {
+                    // The cache has the commit, so the workspace is at fault (an interrupted
+                    // clone, a step that damaged .git): start it afresh once.
+                    log.note(&format!(
+                        "buildmesh: {e}; removing the workspace and cloning it again"
+                    ));
+                    remove_dir_if_present(src)?;
+                    afresh = true;
+                }
             }
-            // The cache has the commit, so the workspace is at fault (an interrupted clone, a
-            // step that damaged .git): start it afresh once.
-            log.note(&format!(
-                "buildmesh: {first}; removing the workspace and cloning it again"
-            ));
-            remove_dir_if_present(src)?;
-            self.update_workspace(&cache, src, log).await?;
         }
-        Ok(())
     }
 
     async fn update_cache(&self, cache: &Path, log: &mut Capture) -> Result<(), CheckoutError> {
@@ -239,7 +251,8 @@ impl Checkout<'_> {
         .await
     }
 
-    async fn update_workspace(
+    /// Clones the workspace from the cache, or fetches from it. Under the cache lock.
+    async fn sync_workspace(
         &self,
         cache: &Path,
         src: &Path,
@@ -278,7 +291,11 @@ impl Checkout<'_> {
                 "+refs/buildmesh/wanted:refs/buildmesh/wanted",
             ],
         )
-        .await?;
+        .await
+    }
+
+    /// Brings the workspace to the commit, removes everything git does not track, and checks.
+    async fn checkout_workspace(&self, src: &Path, log: &mut Capture) -> Result<(), CheckoutError> {
         self.git_in(
             log,
             src,

@@ -9,8 +9,9 @@
 //!
 //! Everything lives below [`ExecutorConfig::work_dir`]:
 //! - `cache/<first 16 hex digits of blake3(url)>.git`: a bare clone per repository, fetched
-//!   before every build. Commits no branch reaches are fetched by id. Builds of one repository
-//!   take turns on its cache.
+//!   before every build. Commits no branch reaches are fetched by id. A commit already in the
+//!   cache builds even when the repository cannot be reached. Builds of one repository take
+//!   turns on its cache.
 //! - `builds/<builder>/src`: the workspace of a builder, cloned from the cache, brought to the
 //!   commit with `git checkout --force --detach` and `git clean -ffdx`. One build per builder at
 //!   a time: a second waits for the first.

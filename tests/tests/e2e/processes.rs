@@ -134,7 +134,10 @@ async fn killing_the_worker_mid_step_moves_the_job_and_leaves_no_process() {
         wait_for("three live nodes", Duration::from_secs(60), || async {
             json(format!("http://{api}/api/v1/nodes"))
                 .await
-                .and_then(|v| v.as_array().map(|a| a.len() == 3 && a.iter().all(|n| n["live"] == true)))
+                .and_then(|v| {
+                    v.as_array()
+                        .map(|a| a.len() == 3 && a.iter().all(|n| n["live"] == true))
+                })
                 .unwrap_or(false)
         })
         .await;
@@ -142,42 +145,76 @@ async fn killing_the_worker_mid_step_moves_the_job_and_leaves_no_process() {
     let repo = buildmesh_tests::GitRepo::new(dir.path().join("repo"));
     let pids = dir.path().join("pids");
     std::fs::create_dir_all(&pids).unwrap();
-    let sha = repo.commit("main", &[("slow.sh", "sleep 30 &\necho $! > \"$PIDS/$BUILDMESH_WORKER_NAME-$BUILDMESH_ATTEMPT\"\nwait\n")], "slow");
+    let sha = repo.commit(
+        "main",
+        &[(
+            "slow.sh",
+            "sleep 30 &\necho $! > \"$PIDS/$BUILDMESH_WORKER_NAME-$BUILDMESH_ATTEMPT\"\nwait\n",
+        )],
+        "slow",
+    );
     let toml = format!(
         "version = 1\n[[builder]]\nname = \"slow\"\nrepo = \"{}\"\nbranches = [\"main\"]\nenv = {{ PIDS = \"{}\" }}\n[[builder.step]]\nname = \"sleep\"\nrun = \"sh slow.sh\"\ntimeout = \"2m\"\n",
         repo.url(),
         pids.display()
     );
-    let maintainer = buildmesh_protocol::SecretKey::from_file_text(&std::fs::read_to_string(&t.maintainer_key).unwrap()).unwrap();
-    let genesis = buildmesh_protocol::docs::Genesis::verify(
-        &buildmesh_protocol::docs::SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap()).unwrap(),
+    let maintainer = buildmesh_protocol::SecretKey::from_file_text(
+        &std::fs::read_to_string(&t.maintainer_key).unwrap(),
     )
     .unwrap();
-    let config = buildmesh_protocol::builders::BuilderConfig::from_toml(genesis.mesh, &toml).unwrap();
+    let genesis = buildmesh_protocol::docs::Genesis::verify(
+        &buildmesh_protocol::docs::SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let config =
+        buildmesh_protocol::builders::BuilderConfig::from_toml(genesis.mesh, &toml).unwrap();
     let mut doc = buildmesh_protocol::docs::SignedDoc::new(&config).unwrap();
     doc.sign(&maintainer);
     let client = reqwest::Client::new();
-    let r = client.post(format!("http://{}/api/v1/publish", apis[0])).body(doc.to_bytes()).send().await.unwrap();
+    let r = client
+        .post(format!("http://{}/api/v1/publish", apis[0]))
+        .body(doc.to_bytes())
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success());
     // Let the configuration reach every node and the workers' views settle.
     for api in &apis {
-        wait_for("the configuration everywhere", Duration::from_secs(60), || async {
-            json(format!("http://{api}/api/v1/health")).await.is_some_and(|h| h["config_version"] == 1)
-        })
+        wait_for(
+            "the configuration everywhere",
+            Duration::from_secs(60),
+            || async {
+                json(format!("http://{api}/api/v1/health"))
+                    .await
+                    .is_some_and(|h| h["config_version"] == 1)
+            },
+        )
         .await;
     }
     let req = buildmesh_protocol::wire::SignedRequest::sign(
         &maintainer,
-        buildmesh_protocol::wire::ApiAction::Submit { repo: repo.url(), branch: "main".into(), sha: sha.clone() },
+        buildmesh_protocol::wire::ApiAction::Submit {
+            repo: repo.url(),
+            branch: "main".into(),
+            sha: sha.clone(),
+        },
         buildmesh_protocol::Timestamp::now(),
     );
-    let r = client.post(format!("http://{}/api/v1/submit", apis[1])).body(req.to_bytes()).send().await.unwrap();
+    let r = client
+        .post(format!("http://{}/api/v1/submit", apis[1]))
+        .body(req.to_bytes())
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
 
     // Find who runs it, and the step's process.
     let worker = std::sync::Mutex::new(None::<String>);
     wait_for("the build to start", Duration::from_secs(60), || async {
-        let builds = json(format!("http://{}/api/v1/builds?commit={sha}", apis[2])).await.unwrap_or_default();
+        let builds = json(format!("http://{}/api/v1/builds?commit={sha}", apis[2]))
+            .await
+            .unwrap_or_default();
         if let Some(b) = builds.as_array().and_then(|a| a.first())
             && b["result"] == "running"
         {
@@ -187,10 +224,24 @@ async fn killing_the_worker_mid_step_moves_the_job_and_leaves_no_process() {
     })
     .await;
     let worker = worker.into_inner().unwrap().unwrap();
-    let victim = t.nodes.iter().position(|n| n.id.to_string() == worker).unwrap();
+    let victim = t
+        .nodes
+        .iter()
+        .position(|n| n.id.to_string() == worker)
+        .unwrap();
     let pid_file = pids.join(format!("{}-1", t.nodes[victim].name));
-    wait_for("the step's process", Duration::from_secs(60), || async { pid_file.exists() && std::fs::read_to_string(&pid_file).map(|s| !s.trim().is_empty()).unwrap_or(false) }).await;
-    let step_pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    wait_for("the step's process", Duration::from_secs(60), || async {
+        pid_file.exists()
+            && std::fs::read_to_string(&pid_file)
+                .map(|s| !s.trim().is_empty())
+                .unwrap_or(false)
+    })
+    .await;
+    let step_pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(std::path::Path::new(&format!("/proc/{step_pid}")).exists());
 
     // Pull the plug on the worker.
@@ -200,24 +251,50 @@ async fn killing_the_worker_mid_step_moves_the_job_and_leaves_no_process() {
         p.0.wait().unwrap();
     }
     let survivor = (0..3).find(|i| *i != victim).unwrap();
-    wait_for("another worker to re-claim", Duration::from_secs(60), || async {
-        let builds = json(format!("http://{}/api/v1/builds?commit={sha}", apis[survivor])).await.unwrap_or_default();
-        let b = builds.as_array().and_then(|a| a.first()).cloned().unwrap_or_default();
-        b["attempt"].as_u64() == Some(2) && (b["result"] == "running" || b["result"] == "success")
-    })
+    wait_for(
+        "another worker to re-claim",
+        Duration::from_secs(60),
+        || async {
+            let builds = json(format!(
+                "http://{}/api/v1/builds?commit={sha}",
+                apis[survivor]
+            ))
+            .await
+            .unwrap_or_default();
+            let b = builds
+                .as_array()
+                .and_then(|a| a.first())
+                .cloned()
+                .unwrap_or_default();
+            b["attempt"].as_u64() == Some(2)
+                && (b["result"] == "running" || b["result"] == "success")
+        },
+    )
     .await;
-    println!("worker killed -> job re-claimed by another worker within {:?}", killed_at.elapsed());
+    println!(
+        "worker killed -> job re-claimed by another worker within {:?}",
+        killed_at.elapsed()
+    );
     // The dead attempt's processes are gone.
-    wait_for("the dead attempt's step process to be gone", Duration::from_secs(30), || async {
-        !std::path::Path::new(&format!("/proc/{step_pid}")).exists()
-    })
+    wait_for(
+        "the dead attempt's step process to be gone",
+        Duration::from_secs(30),
+        || async { !std::path::Path::new(&format!("/proc/{step_pid}")).exists() },
+    )
     .await;
     // The attempt record shows the lost attempt.
-    let builds = json(format!("http://{}/api/v1/builds?commit={sha}", apis[survivor])).await.unwrap();
+    let builds = json(format!(
+        "http://{}/api/v1/builds?commit={sha}",
+        apis[survivor]
+    ))
+    .await
+    .unwrap();
     let b = &builds.as_array().unwrap()[0];
     let attempts = b["attempts"].as_array().unwrap();
     assert!(
-        attempts.iter().any(|a| a["attempt"] == 1 && a["worker"] == worker.as_str() && a["result"] == "lost"),
+        attempts
+            .iter()
+            .any(|a| a["attempt"] == 1 && a["worker"] == worker.as_str() && a["result"] == "lost"),
         "{b}"
     );
     assert_ne!(b["worker"], worker.as_str());

@@ -1,0 +1,483 @@
+//! The notifier: takes part in the election of the one mail-sending node (notifier role), and
+//! while it holds the lease, mails every red transition of a stable builder once.
+//!
+//! - the election is [`buildmesh_protocol::election`], its ballots carried by request-response
+//!   between the notifier-role nodes, the holder announcing itself by a signed gossip signal;
+//! - transitions are [`buildmesh_protocol::transitions::find`] over the builds the claimer knows;
+//! - a mail is sent, then recorded as a `NotificationSent` record keyed by the transition; a new
+//!   holder skips what any node recorded, and its Message-ID is the transition's, so a resend
+//!   after a crash between the two steps is the same message to mail software;
+//! - a mail the SMTP server does not take is retried with backoff, never dropped.
+//! - `mail`: building and sending the message with lettre.
+
+mod mail;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use buildmesh_protocol::docs::Role;
+use buildmesh_protocol::election::{Ballot, Election, ElectionSettings, Standing};
+use buildmesh_protocol::record::{Body, NotificationSent, Record};
+use buildmesh_protocol::transitions::{self, Transition};
+use buildmesh_protocol::wire::{HolderSignal, Request, Response, Signal};
+use buildmesh_protocol::{Hash, NodeId, Timestamp};
+use buildmesh_store::Store;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::NodeError;
+use crate::claimer::{BuildView, ClaimerClient};
+use crate::config::NotifierSettings;
+use crate::network;
+use crate::replica::ReplicaClient;
+
+/// A ballot from a peer, with where its answers go.
+pub type BallotIn = (NodeId, Ballot, oneshot::Sender<Vec<Ballot>>);
+
+/// The notifier as a node sees it (`GET /api/v1/notifier`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NotifierView {
+    /// The holder, if one is known.
+    pub holder: Option<NodeId>,
+    /// Its term.
+    pub term: u64,
+    /// When its lease ends, as far as this node can tell.
+    pub lease_expires: Option<Timestamp>,
+    /// Whether this node holds it.
+    pub holding: bool,
+    /// The notifier-role nodes.
+    pub voters: Vec<NodeId>,
+    /// Mails this node sent since it started.
+    pub sent_here: u64,
+    /// Transitions waiting for a mail (only on the holder).
+    pub waiting: usize,
+}
+
+enum Query {
+    View(oneshot::Sender<NotifierView>),
+}
+
+/// A handle on the notifier.
+#[derive(Clone, Debug)]
+pub struct NotifierClient {
+    tx: mpsc::Sender<Query>,
+}
+
+impl NotifierClient {
+    /// The notifier as this node sees it.
+    pub async fn view(&self) -> Result<NotifierView, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Query::View(reply))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+}
+
+impl std::fmt::Debug for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Query")
+    }
+}
+
+struct Waiting {
+    transition: Transition,
+    next_try: Instant,
+    tries: u32,
+    in_flight: bool,
+}
+
+/// What the notifier needs.
+pub(crate) struct NotifierParts {
+    pub me: NodeId,
+    pub voter: bool,
+    pub settings: NotifierSettings,
+    pub election: ElectionSettings,
+    pub store: Arc<Store>,
+    pub replica: ReplicaClient,
+    pub claimer: ClaimerClient,
+    pub net: network::Client,
+    pub ballots: mpsc::Receiver<BallotIn>,
+    pub records: broadcast::Receiver<Arc<Record>>,
+    pub signals: broadcast::Receiver<Signal>,
+    pub api_hint: String,
+    pub cancel: CancellationToken,
+}
+
+/// The notifier task.
+pub(crate) struct Notifier {
+    me: NodeId,
+    voter: bool,
+    settings: NotifierSettings,
+    election: Election,
+    lease: Duration,
+    store: Arc<Store>,
+    replica: ReplicaClient,
+    claimer: ClaimerClient,
+    net: network::Client,
+    ballots: mpsc::Receiver<BallotIn>,
+    records: broadcast::Receiver<Arc<Record>>,
+    signals: broadcast::Receiver<Signal>,
+    queries: mpsc::Receiver<Query>,
+    answers_tx: mpsc::Sender<(NodeId, Vec<Ballot>)>,
+    answers_rx: mpsc::Receiver<(NodeId, Vec<Ballot>)>,
+    sent_tx: mpsc::Sender<(Hash, Result<(), String>)>,
+    sent_rx: mpsc::Receiver<(Hash, Result<(), String>)>,
+    recorded: HashSet<Hash>,
+    waiting: BTreeMap<Hash, Waiting>,
+    sent_here: u64,
+    heard: Option<(NodeId, u64, Timestamp, Timestamp)>,
+    last_signal: Instant,
+    dirty: bool,
+    api_hint: String,
+    cancel: CancellationToken,
+}
+
+impl Notifier {
+    pub(crate) fn new(parts: NotifierParts) -> (Self, NotifierClient) {
+        let (tx, queries) = mpsc::channel(16);
+        let (answers_tx, answers_rx) = mpsc::channel(256);
+        let (sent_tx, sent_rx) = mpsc::channel(64);
+        let now = Timestamp::now();
+        let voters = BTreeSet::from([parts.me]);
+        let lease = parts.election.lease;
+        let n = Notifier {
+            me: parts.me,
+            voter: parts.voter,
+            settings: parts.settings,
+            election: Election::new(parts.me, voters, parts.election, now),
+            lease,
+            store: parts.store,
+            replica: parts.replica,
+            claimer: parts.claimer,
+            net: parts.net,
+            ballots: parts.ballots,
+            records: parts.records,
+            signals: parts.signals,
+            queries,
+            answers_tx,
+            answers_rx,
+            sent_tx,
+            sent_rx,
+            recorded: HashSet::new(),
+            waiting: BTreeMap::new(),
+            sent_here: 0,
+            heard: None,
+            last_signal: Instant::now(),
+            dirty: true,
+            api_hint: parts.api_hint,
+            cancel: parts.cancel,
+        };
+        (n, NotifierClient { tx })
+    }
+
+    pub(crate) async fn run(mut self) {
+        let store = self.store.clone();
+        for r in store.all_records().flatten() {
+            self.learn(&r);
+        }
+        self.refresh_voters().await;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut voters = tokio::time::interval(Duration::from_secs(2));
+        let mut scan = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        voters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                Some((from, ballot, reply)) = self.ballots.recv() => {
+                    let out = if self.voter { self.election.receive(from, ballot, Timestamp::now()) } else { Vec::new() };
+                    let _ = reply.send(out.into_iter().map(|(_, b)| b).collect());
+                    self.after_election().await;
+                }
+                Some((from, answers)) = self.answers_rx.recv() => {
+                    for a in answers {
+                        self.election.receive(from, a, Timestamp::now());
+                    }
+                    self.after_election().await;
+                }
+                Some((key, outcome)) = self.sent_rx.recv() => self.on_sent(key, outcome).await,
+                r = self.records.recv() => match r {
+                    Ok(record) => {
+                        if self.learn(&record) {
+                            self.dirty = true;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let store = self.store.clone();
+                        for r in store.all_records().flatten() {
+                            self.learn(&r);
+                        }
+                        self.dirty = true;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                s = self.signals.recv() => if let Ok(Signal::Holder(h)) = s {
+                    let now = Timestamp::now();
+                    self.election.heard(h.node, h.term, now);
+                    self.heard = Some((h.node, h.term, now, now.plus(Duration::from_millis(h.lease_ms))));
+                },
+                Some(q) = self.queries.recv() => match q {
+                    Query::View(reply) => { let _ = reply.send(self.view()); }
+                },
+                _ = tick.tick() => {
+                    if self.voter {
+                        let out = self.election.tick(Timestamp::now());
+                        self.send_ballots(out);
+                        self.after_election().await;
+                    }
+                    if self.dirty && self.election.holding(Timestamp::now()).is_some() {
+                        self.dirty = false;
+                        self.find_transitions().await;
+                    }
+                    self.send_due();
+                }
+                _ = scan.tick() => self.dirty = true,
+                _ = voters.tick() => self.refresh_voters().await,
+            }
+        }
+        tracing::debug!("notifier stopped");
+    }
+
+    // Returns whether the record may change what is to be mailed.
+    fn learn(&mut self, record: &Record) -> bool {
+        match record.body() {
+            Ok(Body::NotificationSent(n)) => {
+                self.recorded.insert(n.transition);
+                self.waiting.remove(&n.transition);
+                true
+            }
+            Ok(Body::BuildResult(_)) => true,
+            _ => false,
+        }
+    }
+
+    async fn refresh_voters(&mut self) {
+        let Ok(nodes) = self.replica.nodes().await else {
+            return;
+        };
+        let voters: BTreeSet<NodeId> = nodes
+            .iter()
+            .filter(|n| n.roles.contains(&Role::Notifier) && !n.revoked)
+            .map(|n| n.id)
+            .collect();
+        if !voters.is_empty() && &voters != self.election.voters() {
+            self.election.set_voters(voters);
+        }
+    }
+
+    fn send_ballots(&self, out: Vec<(NodeId, Ballot)>) {
+        for (to, ballot) in out {
+            let net = self.net.clone();
+            let tx = self.answers_tx.clone();
+            tokio::spawn(async move {
+                match net.request(to.to_peer_id(), Request::Ballot(ballot)).await {
+                    Ok(Response::Ballots(answers)) => {
+                        let _ = tx.send((to, answers)).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::trace!(voter = %to.short(), error = %e, "ballot not delivered")
+                    }
+                }
+            });
+        }
+    }
+
+    async fn after_election(&mut self) {
+        let now = Timestamp::now();
+        if let Some(term) = self.election.holding(now)
+            && self.last_signal.elapsed() >= Duration::from_millis(400)
+        {
+            self.last_signal = Instant::now();
+            let until = match self.election.standing() {
+                Standing::Holder { until, .. } => *until,
+                _ => now,
+            };
+            let signal = Signal::Holder(HolderSignal {
+                node: self.me,
+                time: now,
+                term,
+                lease_ms: until.since(now).as_millis() as u64,
+            });
+            let _ = self.replica.signal(signal).await;
+            if self
+                .heard
+                .is_none_or(|(n, t, _, _)| n != self.me || t != term)
+            {
+                tracing::info!(term, "holding the notifier lease");
+                self.dirty = true;
+            }
+            self.heard = Some((self.me, term, now, until));
+        }
+    }
+
+    async fn find_transitions(&mut self) {
+        let Ok(Some(config)) = self.replica.config().await else {
+            return;
+        };
+        let Ok(builds) = self.claimer.builds().await else {
+            return;
+        };
+        let stable: BTreeSet<&str> = config
+            .builders
+            .iter()
+            .filter(|b| b.is_stable())
+            .map(|b| b.name.as_str())
+            .collect();
+        let mut groups: BTreeMap<(String, String), Vec<&BuildView>> = BTreeMap::new();
+        for b in &builds {
+            if stable.contains(b.builder.as_str()) {
+                groups
+                    .entry((b.builder.clone(), b.branch.clone()))
+                    .or_default()
+                    .push(b);
+            }
+        }
+        for ((builder, branch), list) in groups {
+            let input: Vec<transitions::Build> = list
+                .iter()
+                .map(|b| transitions::Build {
+                    sha: b.sha.clone(),
+                    order: b.announced.millis(),
+                    verdict: verdict(&b.result),
+                    settled: !matches!(b.result.as_str(), "pending" | "running"),
+                })
+                .collect();
+            for t in transitions::find(&builder, &branch, &input, self.settings.mode) {
+                let key = t.key();
+                if self.recorded.contains(&key) || self.waiting.contains_key(&key) {
+                    continue;
+                }
+                tracing::info!(builder = %t.builder, branch = %t.branch, sha = %t.sha, kind = %t.kind, "transition to mail");
+                self.waiting.insert(
+                    key,
+                    Waiting {
+                        transition: t,
+                        next_try: Instant::now(),
+                        tries: 0,
+                        in_flight: false,
+                    },
+                );
+            }
+        }
+    }
+
+    fn send_due(&mut self) {
+        let now = Timestamp::now();
+        let Some(term) = self.election.holding(now) else {
+            return;
+        };
+        let Some((host, port)) = self.settings.smtp.clone() else {
+            if !self.waiting.is_empty() {
+                tracing::warn!(
+                    waiting = self.waiting.len(),
+                    "holding the notifier lease with no SMTP server configured"
+                );
+                self.waiting.clear();
+            }
+            return;
+        };
+        let due: Vec<Hash> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| !w.in_flight && w.next_try <= Instant::now())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let w = self.waiting.get_mut(&key).expect("listed");
+            w.in_flight = true;
+            w.tries += 1;
+            let t = w.transition.clone();
+            let settings = self.settings.clone();
+            let (host, port) = (host.clone(), port);
+            let replica = self.replica.clone();
+            let claimer = self.claimer.clone();
+            let tx = self.sent_tx.clone();
+            let me = self.me;
+            let hint = self.api_hint.clone();
+            tokio::spawn(async move {
+                let outcome =
+                    mail::send(&settings, &host, port, &t, &claimer, &replica, &hint).await;
+                if outcome.is_ok() {
+                    let body = Body::NotificationSent(NotificationSent {
+                        transition: t.key(),
+                        builder: t.builder.clone(),
+                        branch: t.branch.clone(),
+                        sha: t.sha.clone(),
+                        message_id: t.message_id(),
+                        to: settings.to.clone(),
+                        term,
+                    });
+                    if let Err(e) = replica.author(body).await {
+                        tracing::error!(error = %e, "mail sent but not recorded");
+                    }
+                    tracing::info!(builder = %t.builder, sha = %t.sha, by = %me.short(), "red transition mailed");
+                }
+                let _ = tx.send((t.key(), outcome)).await;
+            });
+        }
+    }
+
+    async fn on_sent(&mut self, key: Hash, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.sent_here += 1;
+                self.recorded.insert(key);
+                self.waiting.remove(&key);
+            }
+            Err(e) => {
+                if let Some(w) = self.waiting.get_mut(&key) {
+                    w.in_flight = false;
+                    let backoff = Duration::from_millis(500 * 2u64.pow(w.tries.min(7)));
+                    w.next_try = Instant::now() + backoff;
+                    tracing::warn!(error = %e, tries = w.tries, retry_in = ?backoff, "mail not accepted; will retry");
+                }
+            }
+        }
+    }
+
+    fn view(&self) -> NotifierView {
+        let now = Timestamp::now();
+        let (holder, term, expires) = match self.election.holding(now) {
+            Some(term) => {
+                let until = match self.election.standing() {
+                    Standing::Holder { until, .. } => Some(*until),
+                    _ => None,
+                };
+                (Some(self.me), term, until)
+            }
+            None => match self.heard {
+                Some((n, t, _, until)) if now < until.plus(self.lease) => (Some(n), t, Some(until)),
+                _ => (None, self.election.term(), None),
+            },
+        };
+        NotifierView {
+            holder,
+            term,
+            lease_expires: expires,
+            holding: holder == Some(self.me),
+            voters: self.election.voters().iter().copied().collect(),
+            sent_here: self.sent_here,
+            waiting: self.waiting.len(),
+        }
+    }
+}
+
+fn verdict(result: &str) -> Option<buildmesh_protocol::record::ResultCode> {
+    use buildmesh_protocol::record::ResultCode::*;
+    match result {
+        "success" => Some(Success),
+        "warnings" => Some(Warnings),
+        "failure" => Some(Failure),
+        "flaky" => Some(Flaky),
+        "exception" => Some(Exception),
+        "cancelled" => Some(Cancelled),
+        _ => None,
+    }
+}
