@@ -145,7 +145,8 @@ pub async fn run<W: Write>(keep: Option<&Path>, out: &mut W) -> Result<(), DemoE
     let dir: PathBuf = match keep {
         Some(d) => {
             std::fs::create_dir_all(d)?;
-            d.to_path_buf()
+            // The repository's path is its URL for the workers: make it absolute.
+            d.canonicalize()?
         }
         None => {
             tmp = tempfile::tempdir()?;

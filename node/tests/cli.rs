@@ -318,3 +318,45 @@ fn every_command_has_help() {
         assert!(out.contains("Usage"), "{cmd}: {out}");
     }
 }
+
+#[test]
+fn the_demo_builds_green_orange_red_and_shows_the_mail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = bm(tmp.path(), &["demo", "--keep", "kept"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{stdout}"
+    );
+    for want in [
+        "all three nodes joined",
+        "holds the notifier lease",
+        ": success in",
+        ": warnings in",
+        ": failure in",
+        "the mailing list received:",
+        "Subject: buildmesh: linux-debug on main is red",
+        "FAIL: test_runtime",
+        "buildmesh log --node",
+        "done: 1 mail",
+    ] {
+        assert!(
+            stdout.contains(want),
+            "the demo's output lacks {want:?}:\n{stdout}"
+        );
+    }
+    // The same status from each of the three nodes.
+    let status_lines = stdout
+        .lines()
+        .filter(|l| l.contains("linux-debug failure at"))
+        .count();
+    assert_eq!(status_lines, 3, "{stdout}");
+    // --keep keeps the mesh.
+    assert!(tmp.path().join("kept/mesh/testnet.json").exists());
+}

@@ -333,6 +333,7 @@ impl GitRepo {
                 &format!("refs/heads/{branch}"),
             ])
             .current_dir(&self.path)
+            .stdout(std::process::Stdio::null())
             .status()
             .expect("git runs")
             .success();

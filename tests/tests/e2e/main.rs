@@ -4,4 +4,5 @@
 mod builds;
 mod mesh;
 mod misbehaviour;
+mod notifier;
 mod processes;
