@@ -47,7 +47,7 @@ impl Default for ElectionSettings {
 }
 
 /// What voters and candidates say to each other.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Ballot {
     /// "Grant me (or renew) the lease for `term`."
@@ -88,6 +88,8 @@ pub enum Standing {
         term: u64,
         /// The lease's end, on this node's clock.
         until: Timestamp,
+        /// When it won this term, on this node's clock.
+        since: Timestamp,
     },
 }
 
@@ -114,6 +116,9 @@ pub struct Election {
     last_renew: Timestamp,
     heard_holder: Option<(NodeId, u64, Timestamp)>,
     next_election: Timestamp,
+    // A (re)started node grants nothing for a lease: grants it made before it stopped are
+    // forgotten but may still be counted by a holder.
+    quiet_until: Timestamp,
 }
 
 impl Election {
@@ -132,7 +137,9 @@ impl Election {
             last_renew: now,
             heard_holder: None,
             next_election: now,
+            quiet_until: now,
         };
+        e.quiet_until = now.plus(e.s.lease);
         // A fresh node waits a full lease first: grants it made before a restart may live on.
         e.next_election = now.plus(e.s.lease + e.jitter());
         e
@@ -173,10 +180,18 @@ impl Election {
         &self.standing
     }
 
+    /// How long this node has held the lease at `now` (zero when it does not hold it).
+    pub fn held_for(&self, now: Timestamp) -> Duration {
+        match self.standing {
+            Standing::Holder { since, until, .. } if now < until => now.since(since),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// The term this node holds the lease for at `now`, if it does.
     pub fn holding(&self, now: Timestamp) -> Option<u64> {
         match self.standing {
-            Standing::Holder { term, until } if now < until => Some(term),
+            Standing::Holder { term, until, .. } if now < until => Some(term),
             _ => None,
         }
     }
@@ -199,6 +214,9 @@ impl Election {
     }
 
     fn grant_free(&self, candidate: &NodeId, now: Timestamp) -> bool {
+        if now < self.quiet_until {
+            return false;
+        }
         match &self.granted {
             Some((to, until)) => to == candidate || now >= *until,
             None => true,
@@ -263,8 +281,15 @@ impl Election {
         }
         let until = self.lease_end(r.sent);
         match self.standing {
-            Standing::Candidate { term } | Standing::Holder { term, .. } if term == r.term => {
-                self.standing = Standing::Holder { term, until };
+            Standing::Candidate { term } if term == r.term => {
+                self.standing = Standing::Holder {
+                    term,
+                    until,
+                    since: r.sent,
+                };
+            }
+            Standing::Holder { term, since, .. } if term == r.term => {
+                self.standing = Standing::Holder { term, until, since };
             }
             _ => {}
         }
@@ -292,16 +317,22 @@ impl Election {
                 Vec::new()
             }
             Standing::Candidate { .. } | Standing::Follower => {
-                let holder_alive = self
-                    .heard_holder
-                    .is_some_and(|(_, _, at)| now.since(at) <= self.s.lease);
-                if holder_alive || now < self.next_election {
+                // Once the holder falls silent, each node waits its own jittered time from that
+                // moment, so that they do not all stand at once and split the vote.
+                let due = match self.heard_holder {
+                    Some((_, _, at)) => self
+                        .next_election
+                        .max(at.plus(self.s.lease + self.jitter())),
+                    None => self.next_election,
+                };
+                if now < due {
                     return Vec::new();
                 }
                 self.term += 1;
                 self.standing = Standing::Candidate { term: self.term };
-                self.next_election =
-                    now.plus(self.s.lease.min(Duration::from_secs(1)) + self.jitter());
+                // A failed candidacy retries only after every grant of this round has run out,
+                // so that the next round does not meet voters still bound to a loser.
+                self.next_election = now.plus(self.s.lease + self.jitter());
                 self.last_renew = now;
                 let out = self.ask_all(now);
                 self.count();

@@ -15,6 +15,7 @@ use libp2p::Multiaddr;
 
 pub mod peer;
 pub mod sim;
+pub mod sim_election;
 
 /// Installs a test log subscriber once (RUST_LOG selects; quiet by default).
 pub fn logs() {

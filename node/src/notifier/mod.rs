@@ -34,6 +34,9 @@ use crate::config::NotifierSettings;
 use crate::network;
 use crate::replica::ReplicaClient;
 
+/// How long a new holder waits before its first mail.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// A ballot from a peer, with where its answers go.
 pub type BallotIn = (NodeId, Ballot, oneshot::Sender<Vec<Ballot>>);
 
@@ -373,6 +376,11 @@ impl Notifier {
         let Some(term) = self.election.holding(now) else {
             return;
         };
+        // A new holder first lets the records of the last one reach it (a sync round), so that
+        // it does not mail what its predecessor already mailed.
+        if self.election.held_for(now) < SETTLE {
+            return;
+        }
         let Some((host, port)) = self.settings.smtp.clone() else {
             if !self.waiting.is_empty() {
                 tracing::warn!(
