@@ -4,7 +4,7 @@
 #   deploy/build-image.sh [--tag buildmesh:latest] [--binary PATH] [--rebuild]
 #
 # The static binary: --binary PATH, else target/x86_64-unknown-linux-gnu/release/buildmesh
-# when it exists (--rebuild runs cargo anyway), else it is built with
+# when it exists and no source file is newer (--rebuild runs cargo anyway), else it is built with
 #   RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"' \
 #   cargo build --release --target x86_64-unknown-linux-gnu -p buildmesh-node
 # Needs on the host: docker, busybox-static (/bin/busybox), Debian's git (/usr/bin/git).
@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
         --tag) tag=$2; shift 2 ;;
         --binary) binary=$2; shift 2 ;;
         --rebuild) rebuild=1; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "build-image.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -31,7 +31,14 @@ die() { say "error: $*"; exit 1; }
 static_target="$root/target/x86_64-unknown-linux-gnu/release/buildmesh"
 if [ -z "$binary" ]; then
     binary=$static_target
-    if [ "$rebuild" = 1 ] || [ ! -x "$binary" ]; then
+    stale=
+    if [ -x "$binary" ]; then
+        stale=$(cd "$root" || exit 0
+            find Cargo.toml Cargo.lock protocol store node -newer "$binary" \
+                \( -name '*.rs' -o -name Cargo.toml -o -name Cargo.lock \) -print -quit 2>/dev/null) || true
+        [ -z "$stale" ] || say "$stale is newer than the static binary"
+    fi
+    if [ "$rebuild" = 1 ] || [ ! -x "$binary" ] || [ -n "$stale" ]; then
         say "building the static binary (about 8 minutes on two cores the first time)"
         t0=$(date +%s)
         (cd "$root" && RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"' \

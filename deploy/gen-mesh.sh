@@ -35,7 +35,7 @@ while [ $# -gt 1 ]; do
     esac
 done
 case ${1:-} in
-    ''|-h|--help) sed -n '2,22p' "$0"; exit 2 ;;
+    ''|-h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 2 ;;
 esac
 dir=$1
 
@@ -45,7 +45,10 @@ if [ -z "$bm" ]; then
         if [ -n "$c" ] && [ -x "$c" ]; then bm=$c; break; fi
     done
 fi
-[ -n "$bm" ] && [ -x "$bm" ] || { echo "gen-mesh.sh: no buildmesh binary (--buildmesh BIN)" >&2; exit 1; }
+if [ -z "$bm" ] || [ ! -x "$bm" ]; then
+    echo "gen-mesh.sh: no buildmesh binary (--buildmesh BIN)" >&2
+    exit 1
+fi
 if [ "$notifier" = auto ]; then
     if "$bm" smtp-sink --help >/dev/null 2>&1; then notifier=yes; else notifier=no; fi
 fi
@@ -124,7 +127,8 @@ for spec in "${nodes[@]}"; do
         echo 'admission = "node.adm"'
         echo 'data_dir = "/var/lib/buildmesh/data"'
         echo 'listen = ["/ip4/0.0.0.0/tcp/7701", "/ip4/0.0.0.0/udp/7701/quic-v1"]'
-        echo "bootstrap = [$(IFS=,; echo "${boot[*]}" | sed 's/,/, /g')]"
+        printf -v joined '%s, ' "${boot[@]}"
+        echo "bootstrap = [${joined%, }]"
         echo 'api = "0.0.0.0:7700"'
         echo
         echo '[mesh]'

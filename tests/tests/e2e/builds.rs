@@ -458,3 +458,43 @@ async fn submit_needs_the_announcer_role_and_webhooks_need_the_secret() {
     );
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_worker_loses_its_job_to_another_within_the_lease() {
+    let mut mesh = Mesh::start_some(3, 0).await;
+    for i in 0..3 {
+        mesh.config_mut(i).worker.max_builds = Some(4);
+        mesh.start_node(i).await;
+    }
+    ready(&mesh).await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    let toml = format!(
+        "version = 1\n[[builder]]\nname = \"slow\"\nrepo = \"{}\"\nbranches = [\"*\"]\n[[builder.step]]\nname = \"s\"\nrun = \"sleep 30\"\n",
+        repo.url()
+    );
+    mesh.publish_builders(0, &toml).await;
+    let sha = repo.commit("slow", &[("x", "1")], "slow");
+    mesh.announce(0, &repo.url(), "slow", &sha).await;
+    let b = mesh.wait_build(0, "slow", &sha, LONG, |r| r == "running").await;
+    let w = (0..3).find(|i| Some(mesh.id(*i)) == b.worker).unwrap();
+    let others: Vec<_> = (0..3).filter(|i| *i != w).map(|i| mesh.id(i)).collect();
+    let observer = (0..3).find(|i| *i != w).unwrap();
+    let cut = std::time::Instant::now();
+    mesh.node(w).isolate(&others, true).await.unwrap();
+    for i in (0..3).filter(|i| *i != w) {
+        mesh.node(i).isolate(&[mesh.id(w)], true).await.unwrap();
+    }
+    let job = b.job;
+    wait_for("the job running on another worker", LONG, || async {
+        mesh.node(observer)
+            .builds()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|x| x.job == job && x.attempt >= 2 && x.result == "running" && x.worker != Some(mesh.id(w)))
+    })
+    .await;
+    let took = cut.elapsed();
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    mesh.shutdown().await;
+}
