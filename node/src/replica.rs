@@ -190,6 +190,9 @@ pub struct NodeView {
     pub connected: bool,
     /// Flagged for signing two records with one seq.
     pub flagged: bool,
+    /// Who to mail when it goes missing (from its admission).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// Counters and state.
@@ -1221,6 +1224,7 @@ impl Replica {
                     records: self.store.head_of(&a.node).map(|(s, _)| s).unwrap_or(0),
                     connected: connected.contains(&a.node),
                     flagged: flagged.contains(&a.node),
+                    owner: a.owner.clone(),
                 }
             })
             .collect()

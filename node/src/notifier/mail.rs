@@ -108,12 +108,30 @@ pub(crate) async fn send(
     replica: &ReplicaClient,
     api_hint: &str,
 ) -> Result<(), String> {
-    let (subject, text) = body(t, claimer, replica, api_hint).await;
+    // A missing worker's mail goes to its owner, not to the list.
+    let missing = t.builder.starts_with("worker ") && t.branch.contains('@');
+    let (subject, text) = if missing {
+        let name = t.builder.trim_start_matches("worker ");
+        let (id, _) = t.sha.split_once(':').unwrap_or((&t.sha, ""));
+        (
+            format!("buildmesh: worker {name} is missing"),
+            format!(
+                "The buildmesh worker {name} ({id}) has not been heard from for longer than the\nconfigured time. Its jobs run elsewhere meanwhile. Check the host:\n\n    buildmesh nodes --node {api_hint}\n"
+            ),
+        )
+    } else {
+        body(t, claimer, replica, api_hint).await
+    };
     let mut builder = Message::builder()
         .from(settings.from.parse().map_err(|e| format!("from: {e}"))?)
         .subject(subject)
         .message_id(Some(t.message_id()));
-    for to in &settings.to {
+    let recipients: Vec<String> = if missing {
+        vec![t.branch.clone()]
+    } else {
+        settings.to.clone()
+    };
+    for to in &recipients {
         builder = builder.to(to.parse().map_err(|e| format!("to {to}: {e}"))?);
     }
     // Plain 8-bit text reads best in any client; a body that cannot be sent that way (a very

@@ -237,6 +237,7 @@ impl Notifier {
                     if self.dirty && self.election.holding(Timestamp::now()).is_some() {
                         self.dirty = false;
                         self.find_transitions().await;
+                        self.find_missing_workers().await;
                     }
                     self.send_due();
                 }
@@ -371,6 +372,52 @@ impl Notifier {
         }
     }
 
+    // Workers missing longer than `missing_after` get one mail to their owner per absence (the
+    // absence is named by the worker's log head, which every node agrees on).
+    async fn find_missing_workers(&mut self) {
+        let Some(after) = self.settings.missing_after else {
+            return;
+        };
+        let Ok(nodes) = self.replica.nodes().await else {
+            return;
+        };
+        let now = Timestamp::now();
+        for n in nodes {
+            let Some(owner) = n.owner.clone() else {
+                continue;
+            };
+            let missing = !n.live
+                && !n.revoked
+                && n.roles.contains(&Role::Worker)
+                && n.last_heard.is_some_and(|t| now.since(t) > after);
+            if !missing {
+                continue;
+            }
+            let t = Transition {
+                builder: format!("worker {}", n.name),
+                branch: owner,
+                sha: format!("{}:{}", n.id, n.records),
+                kind: transitions::Kind::Broken,
+                previous: None,
+                result: buildmesh_protocol::record::ResultCode::Exception,
+            };
+            let key = t.key();
+            if self.recorded.contains(&key) || self.waiting.contains_key(&key) {
+                continue;
+            }
+            tracing::info!(worker = %n.name, "worker missing: mailing its owner");
+            self.waiting.insert(
+                key,
+                Waiting {
+                    transition: t,
+                    next_try: Instant::now(),
+                    tries: 0,
+                    in_flight: false,
+                },
+            );
+        }
+    }
+
     fn send_due(&mut self) {
         let now = Timestamp::now();
         let Some(term) = self.election.holding(now) else {
@@ -419,7 +466,11 @@ impl Notifier {
                         branch: t.branch.clone(),
                         sha: t.sha.clone(),
                         message_id: t.message_id(),
-                        to: settings.to.clone(),
+                        to: if t.builder.starts_with("worker ") && t.branch.contains('@') {
+                            vec![t.branch.clone()]
+                        } else {
+                            settings.to.clone()
+                        },
                         term,
                     });
                     if let Err(e) = replica.author(body).await {

@@ -475,7 +475,9 @@ async fn a_silent_worker_loses_its_job_to_another_within_the_lease() {
     mesh.publish_builders(0, &toml).await;
     let sha = repo.commit("slow", &[("x", "1")], "slow");
     mesh.announce(0, &repo.url(), "slow", &sha).await;
-    let b = mesh.wait_build(0, "slow", &sha, LONG, |r| r == "running").await;
+    let b = mesh
+        .wait_build(0, "slow", &sha, LONG, |r| r == "running")
+        .await;
     let w = (0..3).find(|i| Some(mesh.id(*i)) == b.worker).unwrap();
     let others: Vec<_> = (0..3).filter(|i| *i != w).map(|i| mesh.id(i)).collect();
     let observer = (0..3).find(|i| *i != w).unwrap();
@@ -491,7 +493,12 @@ async fn a_silent_worker_loses_its_job_to_another_within_the_lease() {
             .await
             .unwrap_or_default()
             .iter()
-            .any(|x| x.job == job && x.attempt >= 2 && x.result == "running" && x.worker != Some(mesh.id(w)))
+            .any(|x| {
+                x.job == job
+                    && x.attempt >= 2
+                    && x.result == "running"
+                    && x.worker != Some(mesh.id(w))
+            })
     })
     .await;
     let took = cut.elapsed();

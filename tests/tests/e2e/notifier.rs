@@ -303,3 +303,43 @@ async fn a_partition_of_two_and_one_the_side_of_one_sends_nothing() {
     assert_eq!(mailbox.len(), 1);
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_missing_longer_than_its_time_mails_its_owner_once() {
+    let (addr, mailbox) = smtp_sink::bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let mut mesh = Mesh::start_some(4, 0).await;
+    for i in 0..4 {
+        let c = mesh.config_mut(i);
+        c.notifier.smtp = Some(("127.0.0.1".into(), addr.port()));
+        c.notifier.missing_after = Some(Duration::from_secs(2));
+    }
+    for i in 0..4 {
+        mesh.start_node(i).await;
+    }
+    holder(&mesh).await;
+    // Every node has heard node 4 before it goes.
+    for i in 0..3 {
+        wait_for("node 4 heard", LONG, || async {
+            mesh.node(i)
+                .nodes()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .any(|n| n.name == "node-4" && n.live)
+        })
+        .await;
+    }
+    mesh.stop_node(3).await;
+    wait_for("the owner's mail", LONG, || async { !mailbox.is_empty() }).await;
+    let mail = &mailbox.all()[0];
+    assert_eq!(mail.to, vec!["node-4-owner@localhost".to_string()]);
+    assert!(
+        mail.subject.contains("worker node-4 is missing"),
+        "{}",
+        mail.subject
+    );
+    // Once: the record of the mail reaches every node, and no second mail follows it.
+    mails_settle(&mesh, &mailbox, 1).await;
+    assert_eq!(mailbox.len(), 1);
+    mesh.shutdown().await;
+}
