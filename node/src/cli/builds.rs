@@ -9,19 +9,13 @@ use buildmesh_protocol::Timestamp;
 use buildmesh_protocol::wire::{ApiAction, SignedRequest};
 use std::io::IsTerminal;
 
-use super::files;
 use super::mesh::{get_json, runtime, url};
+use super::{NodeAddr, files};
 
 #[derive(Debug, clap::Args)]
 pub struct Status {
-    /// A node's API address, host:port.
-    #[arg(
-        long,
-        short = 'n',
-        env = "BUILDMESH_NODE",
-        default_value = "127.0.0.1:7700"
-    )]
-    node: String,
+    #[command(flatten)]
+    node: NodeAddr,
     /// Print the API's JSON as is.
     #[arg(long)]
     json: bool,
@@ -29,14 +23,8 @@ pub struct Status {
 
 #[derive(Debug, clap::Args)]
 pub struct Builds {
-    /// A node's API address, host:port.
-    #[arg(
-        long,
-        short = 'n',
-        env = "BUILDMESH_NODE",
-        default_value = "127.0.0.1:7700"
-    )]
-    node: String,
+    #[command(flatten)]
+    node: NodeAddr,
     /// Only builds of this commit (a prefix of its sha is enough).
     #[arg(long)]
     commit: Option<String>,
@@ -50,14 +38,8 @@ pub struct Builds {
 
 #[derive(Debug, clap::Args)]
 pub struct Log {
-    /// A node's API address, host:port.
-    #[arg(
-        long,
-        short = 'n',
-        env = "BUILDMESH_NODE",
-        default_value = "127.0.0.1:7700"
-    )]
-    node: String,
+    #[command(flatten)]
+    node: NodeAddr,
     /// The build id (as `buildmesh builds` shows it; a prefix of the job id is enough).
     build: String,
     /// Only this step's log.
@@ -67,14 +49,8 @@ pub struct Log {
 
 #[derive(Debug, clap::Args)]
 pub struct Submit {
-    /// A node's API address, host:port.
-    #[arg(
-        long,
-        short = 'n',
-        env = "BUILDMESH_NODE",
-        default_value = "127.0.0.1:7700"
-    )]
-    node: String,
+    #[command(flatten)]
+    node: NodeAddr,
     /// Your secret key (announcer role, or a maintainer's).
     #[arg(long, short)]
     key: PathBuf,
@@ -121,7 +97,7 @@ fn short_id(v: &serde_json::Value) -> String {
 }
 
 pub fn status(args: Status) -> anyhow::Result<ExitCode> {
-    let value = runtime()?.block_on(get_json(&args.node, "/api/v1/status"))?;
+    let value = runtime()?.block_on(get_json(&args.node.addr, "/api/v1/status"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
@@ -161,7 +137,7 @@ pub fn builds(args: Builds) -> anyhow::Result<ExitCode> {
         query.push(format!("builder={b}"));
     }
     let path = format!("/api/v1/builds?{}", query.join("&"));
-    let value = runtime()?.block_on(get_json(&args.node, &path))?;
+    let value = runtime()?.block_on(get_json(&args.node.addr, &path))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
@@ -206,10 +182,10 @@ pub fn log(args: Log) -> anyhow::Result<ExitCode> {
         path.push_str(&format!("?step={s}"));
     }
     let text = runtime()?.block_on(async {
-        let u = url(&args.node, &path);
+        let u = url(&args.node.addr, &path);
         let resp = reqwest::get(&u)
             .await
-            .with_context(|| format!("cannot reach the node at {}", args.node))?;
+            .with_context(|| format!("cannot reach the node at {}", args.node.addr))?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if !status.is_success() {
@@ -235,13 +211,13 @@ pub fn submit(args: Submit) -> anyhow::Result<ExitCode> {
         Timestamp::now(),
     );
     let answer = runtime()?.block_on(async {
-        let u = url(&args.node, "/api/v1/submit");
+        let u = url(&args.node.addr, "/api/v1/submit");
         let resp = reqwest::Client::new()
             .post(&u)
             .body(req.to_bytes())
             .send()
             .await
-            .with_context(|| format!("cannot reach the node at {}", args.node))?;
+            .with_context(|| format!("cannot reach the node at {}", args.node.addr))?;
         let status = resp.status();
         let body: serde_json::Value = resp.json().await?;
         if !status.is_success() {

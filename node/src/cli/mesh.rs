@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use buildmesh_node::NodeView;
 use buildmesh_node::config::{EXAMPLE, NodeConfig};
 
-use super::files;
+use super::{NodeAddr, files};
 
 #[derive(Debug, clap::Args)]
 pub struct Run {
@@ -38,14 +38,8 @@ pub struct TestnetArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct Nodes {
-    /// A node's API address, host:port.
-    #[arg(
-        long,
-        short = 'n',
-        env = "BUILDMESH_NODE",
-        default_value = "127.0.0.1:7700"
-    )]
-    node: String,
+    #[command(flatten)]
+    node: NodeAddr,
     /// Print the API's JSON as is.
     #[arg(long)]
     json: bool,
@@ -53,14 +47,8 @@ pub struct Nodes {
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
-    /// A node's API address, host:port.
-    #[arg(
-        long,
-        short = 'n',
-        env = "BUILDMESH_NODE",
-        default_value = "127.0.0.1:7700"
-    )]
-    node: String,
+    #[command(flatten)]
+    node: NodeAddr,
     /// The signed document (admission, revocation, builder configuration).
     file: PathBuf,
 }
@@ -145,7 +133,7 @@ pub(super) async fn get_json(node: &str, path: &str) -> anyhow::Result<serde_jso
 }
 
 pub fn nodes(args: Nodes) -> anyhow::Result<ExitCode> {
-    let value = runtime()?.block_on(get_json(&args.node, "/api/v1/nodes"))?;
+    let value = runtime()?.block_on(get_json(&args.node.addr, "/api/v1/nodes"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
@@ -182,13 +170,13 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let answer = runtime()?.block_on(async {
-        let u = url(&args.node, "/api/v1/publish");
+        let u = url(&args.node.addr, "/api/v1/publish");
         let resp = reqwest::Client::new()
             .post(&u)
             .body(bytes)
             .send()
             .await
-            .with_context(|| format!("cannot reach the node at {}", args.node))?;
+            .with_context(|| format!("cannot reach the node at {}", args.node.addr))?;
         let status = resp.status();
         let body: serde_json::Value = resp.json().await?;
         if !status.is_success() {
@@ -212,21 +200,15 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Debug, clap::Args)]
 pub struct NotifierArgs {
-    /// A node's API address, host:port.
-    #[arg(
-        long,
-        short = 'n',
-        env = "BUILDMESH_NODE",
-        default_value = "127.0.0.1:7700"
-    )]
-    node: String,
+    #[command(flatten)]
+    node: NodeAddr,
     /// Print the API's JSON as is.
     #[arg(long)]
     json: bool,
 }
 
 pub fn notifier(args: NotifierArgs) -> anyhow::Result<ExitCode> {
-    let value = runtime()?.block_on(get_json(&args.node, "/api/v1/notifier"))?;
+    let value = runtime()?.block_on(get_json(&args.node.addr, "/api/v1/notifier"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);

@@ -127,6 +127,19 @@ pub fn init_tracing(verbose: u8) {
         .init();
 }
 
+/// Which node's API a command talks to.
+#[derive(Debug, clap::Args)]
+struct NodeAddr {
+    /// A node's API address, host:port.
+    #[arg(
+        long = "node",
+        short = 'n',
+        env = "BUILDMESH_NODE",
+        default_value = "127.0.0.1:7700"
+    )]
+    addr: String,
+}
+
 /// Where an output goes, and whether it may replace a file.
 #[derive(Debug, clap::Args)]
 struct Out {
