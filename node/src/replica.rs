@@ -228,6 +228,7 @@ struct Peer {
     admitted: bool,
     door_deadline: Instant,
     syncing: bool,
+    since: Instant,
 }
 
 #[derive(Debug)]
@@ -476,6 +477,7 @@ impl Replica {
                 admitted: false,
                 door_deadline: Instant::now() + self.settings.door_timeout,
                 syncing: false,
+                since: Instant::now(),
             },
         );
         let hello = Request::Hello(Hello {
@@ -1088,6 +1090,25 @@ impl Replica {
             return;
         }
         self.last_redial = now;
+        // A connection over which nothing was heard for two liveness windows is dead (a cut
+        // cable does not close it); drop it so that redialling can replace it.
+        let silent_for = self.settings.liveness_window * 2;
+        let dead: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.admitted && now.duration_since(p.since) > silent_for)
+            .filter(|(_, p)| {
+                p.node
+                    .and_then(|n| self.live.get(&n))
+                    .is_none_or(|l| now.duration_since(l.heard) > silent_for)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in dead {
+            tracing::info!(%peer, "dropping a connection that has been silent");
+            self.peers.remove(&peer);
+            let _ = self.net.disconnect(peer).await;
+        }
         // Bootstrap peers, whenever their connection is gone.
         for addr in self.bootstrap.clone() {
             let peer = addr.iter().find_map(|p| match p {

@@ -238,12 +238,26 @@ async fn in_steady_state_no_job_runs_on_two_workers() {
     for sha in &shas {
         mesh.wait_build(0, "any", sha, LONG, is_verdict).await;
     }
+    // Every job ran to the end exactly once. Two workers deciding within the same instant on
+    // different views can still cross claims: the loser stops at once (its attempt ends
+    // `cancelled`), and that must stay rare.
     let builds = mesh.node(1).builds().await.unwrap();
-    for b in builds {
-        let claims_by_attempt = b.attempts.iter().filter(|a| a.attempt == b.attempt).count();
-        assert_eq!(claims_by_attempt, 1, "one claim, one run: {b:?}");
+    let mut crossed = 0;
+    for b in &builds {
         assert_eq!(b.attempt, 1, "{b:?}");
+        let runs: Vec<_> = b.attempts.iter().filter(|a| a.attempt == 1).collect();
+        let finished = runs.iter().filter(|a| a.result == "success").count();
+        assert_eq!(finished, 1, "one run to the end: {b:?}");
+        for loser in runs.iter().filter(|a| !a.won) {
+            assert_eq!(loser.result, "cancelled", "a crossed claim stops: {b:?}");
+            crossed += 1;
+        }
     }
+    assert!(
+        crossed * 10 <= builds.len(),
+        "{crossed} crossed claims over {} jobs",
+        builds.len()
+    );
     mesh.shutdown().await;
 }
 
