@@ -133,6 +133,12 @@ struct Running {
     cancel: CancellationToken,
 }
 
+/// An announcement older than this when it reaches the claimer is old news.
+const OLD_NEWS: Duration = Duration::from_secs(5);
+/// How long old news waits before it may be claimed (two anti-entropy rounds in tests, a bit
+/// less than one in the default configuration; the sync on reconnect comes first anyway).
+const OLD_NEWS_WAIT: Duration = Duration::from_secs(2);
+
 /// What the claimer needs.
 pub(crate) struct ClaimerParts {
     pub me: NodeId,
@@ -401,7 +407,15 @@ impl Claimer {
                             .result(r.author_id(), b.job, b.attempt, b.result, now);
                     }
                 }
-                self.machine.job(s, now);
+                // Old news (a node back from a partition, or a restart) waits a moment before
+                // anyone claims it: the claims and results that other nodes hold for it may be
+                // a sync round behind the announcement.
+                let open_at = if now.since(announced) > OLD_NEWS {
+                    now.plus(OLD_NEWS_WAIT)
+                } else {
+                    now
+                };
+                self.machine.job(s, open_at);
             }
         }
     }

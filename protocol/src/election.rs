@@ -59,6 +59,25 @@ pub enum Ballot {
         /// Identifies the round, so that late answers to an old round are not counted.
         round: u64,
     },
+    /// "Would you grant me `term`?" — asked before standing, so that a node cut off from the
+    /// majority cannot push the term up and unsettle the holder when it comes back.
+    PreAsk {
+        /// The term it would stand for.
+        term: u64,
+        /// The asking node.
+        candidate: NodeId,
+        /// Identifies the round.
+        round: u64,
+    },
+    /// The answer to a pre-vote; it changes nothing on the voter.
+    PreAnswer {
+        /// The voter.
+        voter: NodeId,
+        /// Whether it would grant.
+        granted: bool,
+        /// The round answered.
+        round: u64,
+    },
     /// The answer.
     Answer {
         /// The voter's term after the ask.
@@ -119,6 +138,8 @@ pub struct Election {
     // A (re)started node grants nothing for a lease: grants it made before it stopped are
     // forgotten but may still be counted by a holder.
     quiet_until: Timestamp,
+    // The pre-vote under way: round id, the term it is for, who would grant.
+    pre: Option<(u64, u64, BTreeSet<NodeId>)>,
 }
 
 impl Election {
@@ -138,6 +159,7 @@ impl Election {
             heard_holder: None,
             next_election: now,
             quiet_until: now,
+            pre: None,
         };
         e.quiet_until = now.plus(e.s.lease);
         // A fresh node waits a full lease first: grants it made before a restart may live on.
@@ -328,17 +350,49 @@ impl Election {
                 if now < due {
                     return Vec::new();
                 }
-                self.term += 1;
-                self.standing = Standing::Candidate { term: self.term };
-                // A failed candidacy retries only after every grant of this round has run out,
+                // A failed attempt retries only after every grant of this round has run out,
                 // so that the next round does not meet voters still bound to a loser.
                 self.next_election = now.plus(self.s.lease + self.jitter());
-                self.last_renew = now;
-                let out = self.ask_all(now);
-                self.count();
+                let id = self.next_round;
+                self.next_round += 1;
+                let mut would = BTreeSet::new();
+                if self.grant_free(&self.me, now) {
+                    would.insert(self.me);
+                }
+                self.pre = Some((id, self.term + 1, would));
+                let ask = Ballot::PreAsk {
+                    term: self.term + 1,
+                    candidate: self.me,
+                    round: id,
+                };
+                let mut out: Vec<(NodeId, Ballot)> = self
+                    .voters
+                    .iter()
+                    .filter(|v| **v != self.me)
+                    .map(|v| (*v, ask.clone()))
+                    .collect();
+                out.extend(self.stand_if_backed(now));
                 out
             }
         }
+    }
+
+    // Stands for election once a majority said it would grant.
+    fn stand_if_backed(&mut self, now: Timestamp) -> Vec<(NodeId, Ballot)> {
+        let majority = self.majority();
+        let Some((_, term, would)) = &self.pre else {
+            return Vec::new();
+        };
+        if would.len() < majority || *term != self.term + 1 {
+            return Vec::new();
+        }
+        self.pre = None;
+        self.term += 1;
+        self.standing = Standing::Candidate { term: self.term };
+        self.last_renew = now;
+        let out = self.ask_all(now);
+        self.count();
+        out
     }
 
     /// Takes a ballot from `from`; returns the answer to send, if any.
@@ -383,6 +437,44 @@ impl Election {
                         round,
                     },
                 )]
+            }
+            Ballot::PreAsk {
+                term,
+                candidate,
+                round,
+            } => {
+                let holder_alive = self
+                    .heard_holder
+                    .is_some_and(|(h, _, at)| h != candidate && now.since(at) <= self.s.lease)
+                    || self.holding(now).is_some();
+                let granted = candidate == from
+                    && term > self.term
+                    && !holder_alive
+                    && self.grant_free(&candidate, now);
+                vec![(
+                    from,
+                    Ballot::PreAnswer {
+                        voter: self.me,
+                        granted,
+                        round,
+                    },
+                )]
+            }
+            Ballot::PreAnswer {
+                voter,
+                granted,
+                round,
+            } => {
+                if voter != from || !granted {
+                    return Vec::new();
+                }
+                match &mut self.pre {
+                    Some((id, _, would)) if *id == round => {
+                        would.insert(voter);
+                    }
+                    _ => return Vec::new(),
+                }
+                self.stand_if_backed(now)
             }
             Ballot::Answer {
                 term,
@@ -502,5 +594,13 @@ mod tests {
         assert_ne!(new, holder);
         assert!(old_until.is_some_and(|u| u < t - 2_000));
         assert!(es[new].term() > 1);
+        // Cut off, the old holder never got a pre-vote: its term did not run away.
+        assert_eq!(es[holder].term(), 1);
+        // Back in touch, it does not unseat the new holder.
+        for _ in 0..60 {
+            t += 100;
+            settle(&mut es, Timestamp(t), &|_, _| false);
+        }
+        assert!(es[new].holding(Timestamp(t)).is_some());
     }
 }

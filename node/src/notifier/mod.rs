@@ -199,9 +199,11 @@ impl Notifier {
                     self.after_election().await;
                 }
                 Some((from, answers)) = self.answers_rx.recv() => {
+                    let mut out = Vec::new();
                     for a in answers {
-                        self.election.receive(from, a, Timestamp::now());
+                        out.extend(self.election.receive(from, a, Timestamp::now()));
                     }
+                    self.send_ballots(out);
                     self.after_election().await;
                 }
                 Some((key, outcome)) = self.sent_rx.recv() => self.on_sent(key, outcome).await,
