@@ -765,3 +765,27 @@ async fn supervise_kills_its_group_on_sigterm() {
     );
     assert_process_gone(pid).await;
 }
+
+#[tokio::test]
+async fn builds_of_one_builder_at_once_get_their_own_workspaces() {
+    let f = Fixture::new();
+    let config = f.config();
+    let meet = f.outside("meet");
+    std::fs::create_dir_all(&meet).unwrap();
+    // Each build waits until the other has started: run one after the other, both fail.
+    let run = format!(
+        "touch {m}/$BUILDMESH_ATTEMPT; pwd > {m}/pwd-$BUILDMESH_ATTEMPT; \
+         for i in $(seq 400); do [ -e {m}/1 ] && [ -e {m}/2 ] && exit 0; sleep 0.05; done; exit 1",
+        m = meet.display()
+    );
+    let mut a = f.spec(vec![step("meet", &run)]);
+    a.attempt = 1;
+    let mut b = a.clone();
+    b.attempt = 2;
+    let (oa, ob) = tokio::join!(build(&config, &a), build(&config, &b));
+    assert_eq!(oa.result, ResultCode::Success, "{oa:#?}");
+    assert_eq!(ob.result, ResultCode::Success, "{ob:#?}");
+    let pa = std::fs::read_to_string(meet.join("pwd-1")).unwrap();
+    let pb = std::fs::read_to_string(meet.join("pwd-2")).unwrap();
+    assert_ne!(pa, pb, "two workspaces");
+}

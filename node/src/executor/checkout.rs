@@ -114,34 +114,52 @@ fn check_sha(sha: &str) -> Result<(), CheckoutError> {
 
 /// A lock per directory: concurrent builds of one repository share its cache, and git does not
 /// like two fetches into one repository at once.
-async fn lock_dir(
-    dir: &Path,
-    cancel: &CancellationToken,
-) -> Result<OwnedMutexGuard<()>, CheckoutError> {
+fn lock_for(dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
     static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
-    let lock = LOCKS
+    LOCKS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .entry(dir.to_path_buf())
         .or_default()
-        .clone();
+        .clone()
+}
+
+async fn lock_dir(
+    dir: &Path,
+    cancel: &CancellationToken,
+) -> Result<OwnedMutexGuard<()>, CheckoutError> {
+    let lock = lock_for(dir);
     tokio::select! {
         guard = lock.lock_owned() => Ok(guard),
         () = cancel.cancelled() => Err(CheckoutError::Cancelled),
     }
 }
 
-/// Holds the workspace of a builder for the whole build: two builds of one builder would
-/// check out over each other.
+/// How many workspaces one builder may have on a worker: one per build it runs at once.
+const MAX_WORKSPACES: usize = 16;
+
+/// Holds a workspace of a builder for the whole build: two builds must never check out over
+/// each other, so each build running at once gets its own (`src`, `src-1`, `src-2` …), and a
+/// build beyond `MAX_WORKSPACES` waits for the first.
 pub(crate) async fn lock_workspace(
     work_dir: &Path,
     builder: &str,
     cancel: &CancellationToken,
 ) -> Result<(PathBuf, OwnedMutexGuard<()>), CheckoutError> {
-    let dir = workspace_dir(work_dir, builder)?;
-    let guard = lock_dir(&dir, cancel).await?;
-    Ok((dir, guard))
+    let first = workspace_dir(work_dir, builder)?;
+    for slot in 0..MAX_WORKSPACES {
+        let dir = if slot == 0 {
+            first.clone()
+        } else {
+            first.with_file_name(format!("src-{slot}"))
+        };
+        if let Ok(guard) = lock_for(&dir).try_lock_owned() {
+            return Ok((dir, guard));
+        }
+    }
+    let guard = lock_dir(&first, cancel).await?;
+    Ok((first, guard))
 }
 
 impl Checkout<'_> {

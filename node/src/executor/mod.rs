@@ -12,9 +12,10 @@
 //!   before every build. Commits no branch reaches are fetched by id. A commit already in the
 //!   cache builds even when the repository cannot be reached. Builds of one repository take
 //!   turns on its cache.
-//! - `builds/<builder>/src`: the workspace of a builder, cloned from the cache, brought to the
-//!   commit with `git checkout --force --detach` and `git clean -ffdx`. One build per builder at
-//!   a time: a second waits for the first.
+//! - `builds/<builder>/src` (and `src-1`, `src-2` … for builds of one builder at once): a
+//!   workspace of a builder, cloned from the cache, brought to the commit with
+//!   `git checkout --force --detach` and `git clean -ffdx`. Each build running at once has its
+//!   own; past 16 at once, builds wait for the first.
 //!
 //! Clones are made beside their final place and renamed, so a directory that exists is a
 //! complete clone; a workspace git cannot bring to the commit is cloned afresh once. When the
