@@ -13,7 +13,7 @@ use buildmesh_protocol::builders::BuilderConfig;
 use buildmesh_protocol::claims::{Action, ClaimSettings, Claims, JobSpec, JobState};
 use buildmesh_protocol::docs::{DocKind, Role};
 use buildmesh_protocol::record::{
-    Body, BuildResult, Claim, CommitSeen, JobKey, Record, ResultCode,
+    Body, BuildResult, Claim, CommitSeen, JobKey, Record, StepResult,
 };
 use buildmesh_protocol::wire::{Progress, Signal};
 use buildmesh_protocol::{Hash, NodeId, Timestamp};
@@ -51,31 +51,12 @@ pub struct BuildView {
     pub started: Option<Timestamp>,
     /// When it finished.
     pub finished: Option<Timestamp>,
-    /// The steps that ran.
-    pub steps: Vec<StepView>,
+    /// The steps that ran, as the worker's signed result names them.
+    pub steps: Vec<StepResult>,
     /// When the commit was first announced.
     pub announced: Timestamp,
     /// Every attempt's result, oldest first (attempt, worker, result).
     pub attempts: Vec<AttemptView>,
-}
-
-/// One step of a build.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct StepView {
-    /// Step name.
-    pub name: String,
-    /// Its result.
-    pub result: ResultCode,
-    /// Exit code, if it exited.
-    pub exit_code: Option<i32>,
-    /// Wall time.
-    pub duration_ms: u64,
-    /// Warning lines.
-    pub warnings: u32,
-    /// Digest of its log blob.
-    pub log: Option<Hash>,
-    /// Failing lines of a flaky step.
-    pub failing_lines: Vec<String>,
 }
 
 /// One claimed attempt and how it ended.
@@ -624,19 +605,7 @@ impl Claimer {
                     v.result = b.result.to_string();
                     v.started = Some(b.started);
                     v.finished = Some(b.finished);
-                    v.steps = b
-                        .steps
-                        .iter()
-                        .map(|s| StepView {
-                            name: s.name.clone(),
-                            result: s.result,
-                            exit_code: s.exit_code,
-                            duration_ms: s.duration_ms,
-                            warnings: s.warnings,
-                            log: s.log,
-                            failing_lines: s.failing_lines.clone(),
-                        })
-                        .collect();
+                    v.steps = b.steps.clone();
                 }
             }
             JobState::Skipped => v.result = "skipped".into(),

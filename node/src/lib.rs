@@ -27,6 +27,6 @@ pub mod sources;
 mod sync;
 pub mod testnet;
 
-pub use claimer::{BuildView, StepView};
+pub use claimer::BuildView;
 pub use node::{NodeError, NodeHandle, start};
 pub use replica::{Load, Metrics, NodeView};
