@@ -1,5 +1,10 @@
 //! The composed libp2p behaviour: gossipsub (validated by the node before anything is
 //! forwarded, peer scoring on), request-response with our codec, identify and ping.
+//!
+//! Gossip messages are not signed a second time by gossipsub: every payload (a record, a
+//! signal) already carries its author's signature, which the node checks before forwarding, and
+//! the forwarding peer is known from the authenticated connection. Dropping gossipsub's own
+//! signatures made a 30-node mesh on two cores deliver in 1.7 s instead of 2.9 s (p50).
 
 use std::time::Duration;
 
@@ -33,7 +38,7 @@ impl Behaviour {
             .heartbeat_interval(Duration::from_millis(700))
             // Nothing is forwarded until the node has checked it.
             .validate_messages()
-            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validation_mode(gossipsub::ValidationMode::Permissive)
             // Identical payloads are one message, whoever forwards them.
             .message_id_fn(|m: &gossipsub::Message| {
                 gossipsub::MessageId::from(Hash::of(&m.data).0.to_vec())
@@ -41,8 +46,10 @@ impl Behaviour {
             .max_transmit_size(buildmesh_protocol::record::MAX_RECORD_BYTES + 4096)
             .duplicate_cache_time(Duration::from_secs(120))
             .build()?;
-        let mut gossipsub =
-            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)?;
+        let mut gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Author(key.public().to_peer_id()),
+            config,
+        )?;
         gossipsub.with_peer_score(
             gossipsub::PeerScoreParams::default(),
             gossipsub::PeerScoreThresholds::default(),
