@@ -89,6 +89,11 @@ pub struct ClaimerClient {
 }
 
 impl ClaimerClient {
+    /// Waits until the claimer has stopped (and handed back its builds).
+    pub async fn stopped(&self) {
+        self.tx.closed().await;
+    }
+
     /// The workers the claimer counts as live (its own view, which ranks jobs).
     pub async fn live_workers(&self) -> Result<Vec<NodeId>, NodeError> {
         let (reply, rx) = oneshot::channel();

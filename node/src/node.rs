@@ -388,13 +388,9 @@ impl NodeHandle {
     /// replica, the network and the API — and flushes the store.
     pub async fn shutdown(self) {
         self.claims_cancel.cancel();
-        // Give handed-back builds the moment they need to record their Cancelled results.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(12), async {
-            while self.claimer.builds().await.is_ok() {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        // Handed-back builds record their Cancelled results before the replica stops.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(12), self.claimer.stopped()).await;
         self.cancel.cancel();
         self.tasks.wait().await;
         if let Err(e) = self.store.flush() {

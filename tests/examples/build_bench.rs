@@ -24,27 +24,11 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
 }
 
 async fn mesh(n: usize, smtp_port: u16, max_builds: u32) -> Mesh {
-    let mut mesh = Mesh::start_some(n, 0).await;
-    for i in 0..n {
-        let c = mesh.config_mut(i);
+    Mesh::start_with(n, |_, c| {
         c.notifier.smtp = Some(("127.0.0.1".into(), smtp_port));
         c.worker.max_builds = Some(max_builds);
-    }
-    for i in 0..n {
-        mesh.start_node(i).await;
-    }
-    for i in 0..n {
-        wait_for("live workers", LONG, || async {
-            mesh.node(i)
-                .live_workers()
-                .await
-                .map(|w| w.len())
-                .unwrap_or(0)
-                == n
-        })
-        .await;
-    }
-    mesh
+    })
+    .await
 }
 
 fn toml(repo: &str) -> String {

@@ -97,6 +97,34 @@ impl Mesh {
         mesh
     }
 
+    /// Generates a testnet of `n` nodes, lets `tweak` change each node's configuration, starts
+    /// them all and waits until every claimer counts every worker live.
+    pub async fn start_with(n: usize, tweak: impl Fn(usize, &mut NodeConfig)) -> Mesh {
+        let mut mesh = Self::start_some(n, 0).await;
+        for i in 0..n {
+            tweak(i, mesh.config_mut(i));
+        }
+        for i in 0..n {
+            mesh.start_node(i).await;
+        }
+        mesh.wait_workers_known().await;
+        mesh
+    }
+
+    /// Waits until every running node's claimer counts every running worker live, so that
+    /// rank orders agree before jobs arrive.
+    pub async fn wait_workers_known(&self) {
+        let running = self.nodes.iter().flatten().count();
+        for node in self.nodes.iter().flatten() {
+            wait_for(
+                "all workers live in the claimer",
+                Duration::from_secs(90),
+                || async { node.live_workers().await.map(|w| w.len()).unwrap_or(0) == running },
+            )
+            .await;
+        }
+    }
+
     /// Node `i` (from 0); panics if it is stopped.
     pub fn node(&self, i: usize) -> &NodeHandle {
         self.nodes[i].as_ref().expect("node is running")

@@ -374,6 +374,19 @@ impl World {
         }
     }
 
+    // Anti-entropy: node `n` takes every record `p` holds that it lacks.
+    fn pull_missing(&mut self, n: usize, p: usize) {
+        let missing: Vec<usize> = self.nodes[p]
+            .store
+            .keys()
+            .filter(|k| !self.nodes[n].store.contains_key(k))
+            .copied()
+            .collect();
+        for id in missing {
+            self.apply(n, id);
+        }
+    }
+
     fn tick(&mut self, n: usize) {
         let now = self.local(n);
         let actions = self.nodes[n].machine.tick(now);
@@ -479,30 +492,14 @@ impl World {
                         .collect();
                     if !peers.is_empty() {
                         let p = peers[(self.rng.next_u64() % peers.len() as u64) as usize];
-                        let missing: Vec<usize> = self.nodes[p]
-                            .store
-                            .keys()
-                            .filter(|k| !self.nodes[n].store.contains_key(k))
-                            .copied()
-                            .collect();
-                        for id in missing {
-                            self.apply(n, id);
-                        }
+                        self.pull_missing(n, p);
                     }
                 }
                 self.at(self.now + AE_MS, Ev::AntiEntropy(n));
             }
             Ev::SyncPair(n, p) => {
                 if self.connected(n, p) {
-                    let missing: Vec<usize> = self.nodes[p]
-                        .store
-                        .keys()
-                        .filter(|k| !self.nodes[n].store.contains_key(k))
-                        .copied()
-                        .collect();
-                    for id in missing {
-                        self.apply(n, id);
-                    }
+                    self.pull_missing(n, p);
                 }
             }
             Ev::Announce(k) => {

@@ -65,6 +65,13 @@ run = "true"
     )
 }
 
+/// A configuration with one builder of one step, for every branch.
+fn one_step_builder(repo: &str, name: &str, run: &str) -> String {
+    format!(
+        "version = 1\n[[builder]]\nname = \"{name}\"\nrepo = \"{repo}\"\nbranches = [\"*\"]\n[[builder.step]]\nname = \"s\"\nrun = \"{run}\"\n"
+    )
+}
+
 async fn ready(mesh: &Mesh) {
     for (i, n) in mesh.nodes.iter().enumerate() {
         if n.is_some() {
@@ -79,20 +86,7 @@ async fn ready(mesh: &Mesh) {
         }
     }
     // Every claimer hears every worker before jobs arrive, so rank orders agree.
-    let running = mesh.nodes.iter().flatten().count();
-    for i in 0..mesh.nodes.len() {
-        if mesh.nodes[i].is_some() {
-            wait_for("all workers live", LONG, || async {
-                mesh.node(i)
-                    .live_workers()
-                    .await
-                    .map(|w| w.len())
-                    .unwrap_or(0)
-                    == running
-            })
-            .await;
-        }
-    }
+    mesh.wait_workers_known().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -223,10 +217,7 @@ async fn in_steady_state_no_job_runs_on_two_workers() {
     let mesh = Mesh::start(3).await;
     ready(&mesh).await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
-    let toml = format!(
-        "version = 1\n[[builder]]\nname = \"any\"\nrepo = \"{}\"\nbranches = [\"*\"]\n[[builder.step]]\nname = \"s\"\nrun = \"echo ok\"\n",
-        repo.url()
-    );
+    let toml = one_step_builder(&repo.url(), "any", "echo ok");
     mesh.publish_builders(0, &toml).await;
     let mut shas = Vec::new();
     for k in 0..24 {
@@ -273,10 +264,7 @@ async fn an_exception_is_retried_on_another_worker_and_never_shown_red() {
     }
     ready(&mesh).await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
-    let toml = format!(
-        "version = 1\n[[builder]]\nname = \"any\"\nrepo = \"{}\"\nbranches = [\"*\"]\n[[builder.step]]\nname = \"s\"\nrun = \"echo ok\"\n",
-        repo.url()
-    );
+    let toml = one_step_builder(&repo.url(), "any", "echo ok");
     mesh.publish_builders(0, &toml).await;
     // Pick branches whose jobs rank the broken worker first.
     let workers = [mesh.id(0), mesh.id(1), mesh.id(2)];
@@ -482,10 +470,7 @@ async fn a_silent_worker_loses_its_job_to_another_within_the_lease() {
     }
     ready(&mesh).await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
-    let toml = format!(
-        "version = 1\n[[builder]]\nname = \"slow\"\nrepo = \"{}\"\nbranches = [\"*\"]\n[[builder.step]]\nname = \"s\"\nrun = \"sleep 30\"\n",
-        repo.url()
-    );
+    let toml = one_step_builder(&repo.url(), "slow", "sleep 30");
     mesh.publish_builders(0, &toml).await;
     let sha = repo.commit("slow", &[("x", "1")], "slow");
     mesh.announce(0, &repo.url(), "slow", &sha).await;

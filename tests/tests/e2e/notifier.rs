@@ -23,27 +23,11 @@ fn reserve_port() -> SocketAddr {
 }
 
 async fn mesh_with_mail(n: usize, smtp: SocketAddr) -> Mesh {
-    let mut mesh = Mesh::start_some(n, 0).await;
-    for i in 0..n {
-        let c = mesh.config_mut(i);
+    Mesh::start_with(n, |_, c| {
         c.notifier.smtp = Some(("127.0.0.1".into(), smtp.port()));
         c.notifier.to = vec!["list@localhost".into()];
-    }
-    for i in 0..n {
-        mesh.start_node(i).await;
-    }
-    for i in 0..n {
-        wait_for("workers live in the claimer", LONG, || async {
-            mesh.node(i)
-                .live_workers()
-                .await
-                .map(|w| w.len())
-                .unwrap_or(0)
-                == n
-        })
-        .await;
-    }
-    mesh
+    })
+    .await
 }
 
 async fn holder(mesh: &Mesh) -> usize {
