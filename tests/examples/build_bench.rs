@@ -182,9 +182,7 @@ async fn main() {
         let branch = format!("slow-{k}");
         let sha = repo.commit(&branch, &[("k", &k.to_string())], "slow");
         m.announce(0, &repo.url(), &branch, &sha).await;
-        let b = m
-            .wait_build(0, "slow", &sha, LONG, |r| r == "running")
-            .await;
+        let b = m.wait_settled_runner("slow", &sha, LONG).await;
         let w = (0..3).find(|i| Some(m.id(*i)) == b.worker).unwrap();
         let observer = (0..3).find(|i| *i != w).unwrap();
         let others: Vec<_> = (0..3).filter(|i| *i != w).map(|i| m.id(i)).collect();
@@ -200,7 +198,7 @@ async fn main() {
                 .await
                 .unwrap_or_default()
                 .iter()
-                .any(|x| x.job == job && x.attempt >= 2 && x.result == "running")
+                .any(|x| x.job == job && x.attempt > b.attempt && x.result == "running")
         })
         .await;
         failover.push(t0.elapsed());

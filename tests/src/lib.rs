@@ -468,6 +468,56 @@ impl Mesh {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// Waits until the build of `builder` at `sha` runs and its runner is settled: every
+    /// running node shows it running in the same attempt by the same worker, with the same
+    /// claims for that attempt. A claim is stored by its own author before anyone else sees it,
+    /// and no node claims an attempt it has seen claimed, so once every node shows the same
+    /// claims no other crossed claim exists or can still be made: the worker returned is the
+    /// one that keeps running the build.
+    pub async fn wait_settled_runner(
+        &self,
+        builder: &str,
+        sha: &str,
+        timeout: Duration,
+    ) -> buildmesh_node::BuildView {
+        let found = std::sync::Mutex::new(None);
+        wait_for("one settled runner on every node", timeout, || async {
+            let mut agreed: Option<buildmesh_node::BuildView> = None;
+            for n in self.nodes.iter().flatten() {
+                let builds = n.builds().await.unwrap_or_default();
+                let Some(b) = builds
+                    .into_iter()
+                    .find(|b| b.builder == builder && b.sha == sha)
+                else {
+                    return false;
+                };
+                if b.result != "running" {
+                    return false;
+                }
+                let claims = |v: &buildmesh_node::BuildView| {
+                    let mut w: Vec<_> = v
+                        .attempts
+                        .iter()
+                        .filter(|a| a.attempt == v.attempt)
+                        .map(|a| a.worker)
+                        .collect();
+                    w.sort();
+                    w
+                };
+                if let Some(a) = &agreed
+                    && (a.attempt != b.attempt || a.worker != b.worker || claims(a) != claims(&b))
+                {
+                    return false;
+                }
+                agreed = Some(b);
+            }
+            *found.lock().unwrap() = agreed;
+            found.lock().unwrap().is_some()
+        })
+        .await;
+        found.into_inner().unwrap().expect("found above")
+    }
 }
 
 /// Whether a build result is a verdict (green, orange or red).

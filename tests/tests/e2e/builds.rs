@@ -474,9 +474,7 @@ async fn a_silent_worker_loses_its_job_to_another_within_the_lease() {
     mesh.publish_builders(0, &toml).await;
     let sha = repo.commit("slow", &[("x", "1")], "slow");
     mesh.announce(0, &repo.url(), "slow", &sha).await;
-    let b = mesh
-        .wait_build(0, "slow", &sha, LONG, |r| r == "running")
-        .await;
+    let b = mesh.wait_settled_runner("slow", &sha, LONG).await;
     let w = (0..3).find(|i| Some(mesh.id(*i)) == b.worker).unwrap();
     let others: Vec<_> = (0..3).filter(|i| *i != w).map(|i| mesh.id(i)).collect();
     let observer = (0..3).find(|i| *i != w).unwrap();
@@ -494,7 +492,7 @@ async fn a_silent_worker_loses_its_job_to_another_within_the_lease() {
             .iter()
             .any(|x| {
                 x.job == job
-                    && x.attempt >= 2
+                    && x.attempt > b.attempt
                     && x.result == "running"
                     && x.worker != Some(mesh.id(w))
             })

@@ -209,27 +209,51 @@ async fn killing_the_worker_mid_step_moves_the_job_and_leaves_no_process() {
         .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
 
-    // Find who runs it, and the step's process.
-    let worker = std::sync::Mutex::new(None::<String>);
+    // Find who runs it once the runner is settled: all three nodes show it running by the same
+    // worker with the same claims for its attempt (a crossed claim's loser would stop).
+    let settled = std::sync::Mutex::new(None::<(String, u64)>);
     wait_for("the build to start", Duration::from_secs(60), || async {
-        let builds = json(format!("http://{}/api/v1/builds?commit={sha}", apis[2]))
-            .await
-            .unwrap_or_default();
-        if let Some(b) = builds.as_array().and_then(|a| a.first())
-            && b["result"] == "running"
-        {
-            *worker.lock().unwrap() = b["worker"].as_str().map(str::to_string);
+        let mut views = Vec::new();
+        for api in &apis {
+            let builds = json(format!("http://{api}/api/v1/builds?commit={sha}"))
+                .await
+                .unwrap_or_default();
+            let Some(b) = builds.as_array().and_then(|a| a.first()).cloned() else {
+                return false;
+            };
+            if b["result"] != "running" {
+                return false;
+            }
+            let attempt = b["attempt"].clone();
+            let mut claims: Vec<String> = b["attempts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["attempt"] == attempt)
+                .map(|a| a["worker"].to_string())
+                .collect();
+            claims.sort();
+            views.push((
+                b["worker"].as_str().map(str::to_string),
+                attempt.as_u64(),
+                claims,
+            ));
         }
-        worker.lock().unwrap().is_some()
+        if views.windows(2).all(|w| w[0] == w[1])
+            && let Some((Some(worker), Some(attempt), _)) = views.first().cloned()
+        {
+            *settled.lock().unwrap() = Some((worker, attempt));
+        }
+        settled.lock().unwrap().is_some()
     })
     .await;
-    let worker = worker.into_inner().unwrap().unwrap();
+    let (worker, attempt) = settled.into_inner().unwrap().unwrap();
     let victim = t
         .nodes
         .iter()
         .position(|n| n.id.to_string() == worker)
         .unwrap();
-    let pid_file = pids.join(format!("{}-1", t.nodes[victim].name));
+    let pid_file = pids.join(format!("{}-{attempt}", t.nodes[victim].name));
     wait_for("the step's process", Duration::from_secs(60), || async {
         pid_file.exists()
             && std::fs::read_to_string(&pid_file)
@@ -266,7 +290,7 @@ async fn killing_the_worker_mid_step_moves_the_job_and_leaves_no_process() {
                 .and_then(|a| a.first())
                 .cloned()
                 .unwrap_or_default();
-            b["attempt"].as_u64() == Some(2)
+            b["attempt"].as_u64() > Some(attempt)
                 && (b["result"] == "running" || b["result"] == "success")
         },
     )
@@ -292,9 +316,9 @@ async fn killing_the_worker_mid_step_moves_the_job_and_leaves_no_process() {
     let b = &builds.as_array().unwrap()[0];
     let attempts = b["attempts"].as_array().unwrap();
     assert!(
-        attempts
-            .iter()
-            .any(|a| a["attempt"] == 1 && a["worker"] == worker.as_str() && a["result"] == "lost"),
+        attempts.iter().any(|a| a["attempt"] == attempt
+            && a["worker"] == worker.as_str()
+            && a["result"] == "lost"),
         "{b}"
     );
     assert_ne!(b["worker"], worker.as_str());
