@@ -5,7 +5,7 @@
 //! Jobs come from commits: every `CommitSeen` record, crossed with the builder configuration in
 //! force, gives one job per builder whose repository and branch patterns match.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,6 +157,8 @@ pub(crate) struct Claimer {
     // configuration changes.
     commits: BTreeMap<(String, String, String), Timestamp>,
     running: HashMap<(Hash, u32), Running>,
+    // Keys revoked as compromised: nothing they claimed or reported counts, in any view.
+    distrusted: BTreeSet<NodeId>,
     done_tx: mpsc::Sender<(Hash, u32)>,
     done_rx: mpsc::Receiver<(Hash, u32)>,
     cancel: CancellationToken,
@@ -181,6 +183,7 @@ impl Claimer {
             config: None,
             commits: BTreeMap::new(),
             running: HashMap::new(),
+            distrusted: BTreeSet::new(),
             done_tx,
             done_rx,
             cancel: parts.cancel,
@@ -257,6 +260,11 @@ impl Claimer {
             return;
         };
         for n in nodes {
+            if n.revocation_reason.as_deref() == Some("compromised") && self.distrusted.insert(n.id)
+            {
+                tracing::warn!(node = %n.id, name = %n.name, "revoked as compromised: its claims and results no longer count; jobs it built open again");
+                self.machine.forget(&n.id, Timestamp::now());
+            }
             if n.revoked || !n.roles.contains(&Role::Worker) {
                 self.machine.remove_worker(&n.id);
             } else {
@@ -325,10 +333,10 @@ impl Claimer {
                 let first = *self.commits.entry(key).or_insert(t);
                 self.derive_jobs(&repo, &branch, &sha, first);
             }
-            Ok(Body::Claim(Claim { job, attempt, .. })) => {
+            Ok(Body::Claim(Claim { job, attempt, .. })) if !self.distrusted.contains(&author) => {
                 self.machine.claim(author, job, attempt, now);
             }
-            Ok(Body::BuildResult(r)) => {
+            Ok(Body::BuildResult(r)) if !self.distrusted.contains(&author) => {
                 self.machine.result(author, r.job, r.attempt, r.result, now);
             }
             Ok(Body::Publish(p)) if p.doc.kind == DocKind::BuilderConfig => {
@@ -377,8 +385,10 @@ impl Claimer {
             if !self.machine.knows(&s.id) {
                 // Claims and results of this job already stored (a rebuild, or records that
                 // arrived before the configuration) are replayed by the machine itself.
-                for (attempt, rref) in self.store.claims_for_job(&s.id).unwrap_or_default() {
-                    let _ = attempt;
+                for (_, rref) in self.store.claims_for_job(&s.id).unwrap_or_default() {
+                    if self.distrusted.contains(&rref.author) {
+                        continue;
+                    }
                     if let Ok(Some(r)) = self.store.record(&rref.author, rref.seq)
                         && let Ok(Body::Claim(c)) = r.body()
                     {
@@ -386,6 +396,9 @@ impl Claimer {
                     }
                 }
                 for rref in self.store.results_for_job(&s.id).unwrap_or_default() {
+                    if self.distrusted.contains(&rref.author) {
+                        continue;
+                    }
                     if let Ok(Some(r)) = self.store.record(&rref.author, rref.seq)
                         && let Ok(Body::BuildResult(b)) = r.body()
                     {
@@ -524,6 +537,7 @@ impl Claimer {
             .results_for_job(&spec.id)
             .unwrap_or_default()
             .into_iter()
+            .filter(|rref| !self.distrusted.contains(&rref.author))
             .filter_map(|rref| self.store.record(&rref.author, rref.seq).ok().flatten())
             .filter_map(|r| match r.body() {
                 Ok(Body::BuildResult(b)) => Some((r, b)),
@@ -540,6 +554,9 @@ impl Claimer {
         let mut attempts: Vec<AttemptView> = Vec::new();
         for (attempt, rref) in self.store.claims_for_job(&spec.id).unwrap_or_default() {
             let worker = rref.author;
+            if self.distrusted.contains(&worker) {
+                continue;
+            }
             let reported = results
                 .iter()
                 .find(|(r, b)| b.attempt == attempt && r.author_id() == worker)

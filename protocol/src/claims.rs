@@ -258,6 +258,45 @@ impl Claims {
         self.workers.remove(id);
     }
 
+    /// Disregards everything `id` ever claimed or reported (a key revoked as compromised):
+    /// it is never ranked again, and a job whose claim or result came from it is open again
+    /// in a new attempt, unless another worker's verdict stands. Such a job that no one else
+    /// ever claimed is skipped like any never-claimed job once a newer commit has a verdict.
+    pub fn forget(&mut self, id: &NodeId, now: Timestamp) {
+        self.workers.remove(id);
+        for early in self.early.values_mut() {
+            early.retain(|e| match e {
+                Early::Claim(w, ..) | Early::Result(w, ..) => w != id,
+            });
+        }
+        for j in self.jobs.values_mut() {
+            let touched = j.claims.values().any(|c| c.contains_key(id))
+                || j.results.keys().any(|(_, w)| w == id);
+            if !touched {
+                continue;
+            }
+            let held_current = j.claims.get(&j.attempt).is_some_and(|c| c.contains_key(id));
+            for c in j.claims.values_mut() {
+                c.remove(id);
+            }
+            j.claims.retain(|_, c| !c.is_empty());
+            j.results.retain(|(_, w), _| w != id);
+            j.activity.retain(|(_, w), _| w != id);
+            j.avoid.remove(id);
+            if j.is_final() {
+                continue;
+            }
+            // Its verdict no longer counts; a job it held or finished goes to a fresh attempt
+            // that no node has seen a claim for.
+            if held_current {
+                let top = j.claims.keys().next_back().copied().unwrap_or(0);
+                j.attempt = j.attempt.max(top) + 1;
+                j.open_since = now;
+                j.given_up = false;
+            }
+        }
+    }
+
     /// A heartbeat: the worker is alive and this busy.
     pub fn heartbeat(&mut self, id: NodeId, running: u32, capacity: u32, now: Timestamp) {
         if let Some(w) = self.workers.get_mut(&id) {
@@ -794,6 +833,50 @@ mod tests {
         assert!(c.tick(at(20)).is_empty());
         assert_eq!(c.state(&spec(1).id), Some(JobState::Skipped));
         assert_eq!(c.state(&spec(2).id), Some(JobState::Skipped));
+    }
+
+    #[test]
+    fn a_compromised_workers_verdicts_are_forgotten_and_only_the_newest_commit_is_rebuilt() {
+        let w = ids(2);
+        let mut m = machines(&w);
+        let c = &mut m[0];
+        let bad = w[1];
+        for n in 1..=3 {
+            c.job(spec(n), T);
+        }
+        // The bad worker built commits 2 and 3 red; commit 1 went green by the good one.
+        c.claim(w[0], spec(1).id, 1, T);
+        c.result(w[0], spec(1).id, 1, ResultCode::Success, at(10));
+        for n in 2..=3 {
+            c.claim(bad, spec(n).id, 1, T);
+            c.result(bad, spec(n).id, 1, ResultCode::Failure, at(10));
+        }
+        assert!(c.tick(at(20)).is_empty());
+        c.forget(&bad, at(30));
+        // Its verdicts are gone: the newest commit is built again by someone else in a fresh
+        // attempt, the older one of the bad worker is skipped behind it once that has a
+        // verdict, and the good worker's verdict stands.
+        assert_eq!(c.state(&spec(3).id), Some(JobState::Pending { attempt: 2 }));
+        assert_eq!(c.order(&spec(3).id, at(30)), vec![w[0]]);
+        let acts = c.tick(at(30));
+        assert!(
+            matches!(acts.as_slice(), [Action::Claim { job, attempt: 2, .. }] if *job == spec(3).id),
+            "{acts:?}"
+        );
+        c.claim(w[0], spec(3).id, 2, at(30));
+        c.result(w[0], spec(3).id, 2, ResultCode::Success, at(40));
+        assert!(c.tick(at(50)).is_empty());
+        assert_eq!(c.state(&spec(2).id), Some(JobState::Skipped));
+        assert!(matches!(
+            c.state(&spec(1).id),
+            Some(JobState::Done {
+                result: ResultCode::Success,
+                ..
+            })
+        ));
+        // Late records of the forgotten worker still arrive by gossip; the node drops them
+        // before they reach the machine, and a forgotten worker is never ranked.
+        assert!(!c.has_worker(&bad));
     }
 
     #[test]

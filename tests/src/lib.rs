@@ -201,6 +201,25 @@ impl Mesh {
             .expect("genesis")
     }
 
+    /// A revocation of `subject` signed by the maintainer.
+    pub fn revocation(
+        &self,
+        subject: NodeId,
+        reason: buildmesh_protocol::docs::RevocationReason,
+        effective: buildmesh_protocol::Timestamp,
+    ) -> SignedDoc {
+        let r = buildmesh_protocol::docs::Revocation {
+            mesh: self.genesis().mesh,
+            subject,
+            reason,
+            effective,
+            issued: buildmesh_protocol::Timestamp::now(),
+        };
+        let mut doc = SignedDoc::new(&r).expect("encodable");
+        doc.sign(&self.maintainer());
+        doc
+    }
+
     /// Waits until every running node holds at least `seq` records of `author`.
     pub async fn wait_replicated(&self, author: NodeId, seq: u64, timeout: Duration) {
         wait_for(

@@ -502,3 +502,52 @@ async fn a_silent_worker_loses_its_job_to_another_within_the_lease() {
     assert!(took < Duration::from_secs(30), "{took:?}");
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_revoked_as_compromised_loses_its_verdicts_and_the_commit_is_built_again() {
+    use buildmesh_protocol::docs::RevocationReason;
+    let mesh = Mesh::start(3).await;
+    ready(&mesh).await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    mesh.publish_builders(0, &one_step_builder(&repo.url(), "b", "true"))
+        .await;
+    let sha = repo.commit("main", &[("x", "1")], "one");
+    mesh.announce(0, &repo.url(), "main", &sha).await;
+    let mut first = None;
+    for i in 0..3 {
+        let b = mesh.wait_build(i, "b", &sha, LONG, is_verdict).await;
+        assert_eq!(b.result, "success");
+        assert!(first.is_none_or(|w| Some(w) == b.worker));
+        first = b.worker;
+    }
+    let bad = first.unwrap();
+    let x = (0..3).find(|i| mesh.id(*i) == bad).unwrap();
+    let honest: Vec<usize> = (0..3).filter(|i| *i != x).collect();
+
+    mesh.node(honest[0])
+        .publish_doc(mesh.revocation(
+            bad,
+            RevocationReason::Compromised,
+            buildmesh_protocol::Timestamp::now(),
+        ))
+        .await
+        .unwrap();
+    // Its green no longer counts anywhere: an honest worker builds the commit again, and no
+    // view shows anything the compromised key claimed or reported.
+    for &i in &honest {
+        let found = std::sync::Mutex::new(None);
+        wait_for("the rebuild by an honest worker", LONG, || async {
+            let builds = mesh.node(i).builds().await.unwrap_or_default();
+            *found.lock().unwrap() = builds.into_iter().find(|v| {
+                v.sha == sha && v.result == "success" && v.worker.is_some_and(|w| w != bad)
+            });
+            found.lock().unwrap().is_some()
+        })
+        .await;
+        let b = found.into_inner().unwrap().unwrap();
+        assert_ne!(b.worker, Some(bad), "{b:?}");
+        assert!(b.attempt >= 2, "a fresh attempt: {b:?}");
+        assert!(b.attempts.iter().all(|a| a.worker != bad), "{b:?}");
+    }
+    mesh.shutdown().await;
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use buildmesh_protocol::docs::{Revocation, RevocationReason, SignedDoc};
+use buildmesh_protocol::docs::RevocationReason;
 use buildmesh_protocol::record::{Body, ChangeSource, CommitSeen};
 use buildmesh_protocol::{NodeId, Timestamp};
 use buildmesh_tests::{Mesh, wait_for};
@@ -125,24 +125,6 @@ async fn a_partition_heals_and_every_node_ends_with_every_record() {
     mesh.shutdown().await;
 }
 
-fn revocation(
-    mesh: &Mesh,
-    subject: NodeId,
-    reason: RevocationReason,
-    effective: Timestamp,
-) -> SignedDoc {
-    let r = Revocation {
-        mesh: mesh.genesis().mesh,
-        subject,
-        reason,
-        effective,
-        issued: Timestamp::now(),
-    };
-    let mut doc = SignedDoc::new(&r).unwrap();
-    doc.sign(&mesh.maintainer());
-    doc
-}
-
 async fn visible_records(mesh: &Mesh, i: usize, author: NodeId) -> usize {
     let url = format!("http://{}/api/v1/records?author={author}", mesh.node(i).api);
     let v: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
@@ -167,12 +149,7 @@ async fn a_revoked_node_is_cut_off_and_its_later_records_refused() {
     }
     let effective = Timestamp::now();
     mesh.node(0)
-        .publish_doc(revocation(
-            &mesh,
-            victim,
-            RevocationReason::Retired,
-            effective,
-        ))
+        .publish_doc(mesh.revocation(victim, RevocationReason::Retired, effective))
         .await
         .unwrap();
     for i in 0..3 {
@@ -249,12 +226,7 @@ async fn a_revoked_node_is_cut_off_and_its_later_records_refused() {
     }
     // Compromised: everything it signed is hidden.
     mesh.node(1)
-        .publish_doc(revocation(
-            &mesh,
-            victim,
-            RevocationReason::Compromised,
-            effective,
-        ))
+        .publish_doc(mesh.revocation(victim, RevocationReason::Compromised, effective))
         .await
         .unwrap();
     for i in 0..3 {
