@@ -327,6 +327,25 @@ async fn cached_commits_build_while_the_repository_is_unreachable() {
 }
 
 #[tokio::test]
+async fn a_commit_the_workspace_has_is_built_again_without_fetching() {
+    let f = Fixture::new();
+    let config = f.config();
+    let s = f.spec(vec![step("check", "test \"$(cat file.txt)\" = one")]);
+    assert_eq!(build(&config, &s).await.result, ResultCode::Success);
+    // Neither the origin nor the cache is there any more: only the workspace has the commit.
+    std::fs::rename(&f.repo, f.outside("moved")).unwrap();
+    std::fs::remove_dir_all(config.work_dir.join("cache")).unwrap();
+    let o = build(&config, &s).await;
+    assert_eq!(o.result, ResultCode::Success, "{o:#?}");
+    // What the previous build left behind is still cleaned away.
+    let mut dirty = f.spec(vec![step("mess", "touch junk")]);
+    dirty.key.builder = s.key.builder.clone();
+    assert_eq!(build(&config, &dirty).await.result, ResultCode::Success);
+    let o = build(&config, &f.spec(vec![step("clean", "test ! -e junk")])).await;
+    assert_eq!(o.result, ResultCode::Success, "{o:#?}");
+}
+
+#[tokio::test]
 async fn warning_lines_are_counted() {
     let f = Fixture::new();
     let mut warn = step(

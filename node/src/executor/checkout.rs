@@ -170,7 +170,16 @@ impl Checkout<'_> {
         let cache = cache_dir(self.work_dir, self.url);
         let mut afresh = false;
         loop {
-            let synced = {
+            // A commit never changes: a workspace that has it needs no fetch, and takes no
+            // turn on the cache (every builder of one commit on this worker after the first).
+            let present = !afresh && src.join(".git").exists() && self.has_commit(src).await?;
+            let synced = if present {
+                log.note(&format!(
+                    "buildmesh: the workspace has {} already; nothing to fetch",
+                    self.sha
+                ));
+                Ok(())
+            } else {
                 let _cache_lock = lock_dir(&cache, self.cancel).await?;
                 self.update_cache(&cache, log).await?;
                 // The cache's pin on the commit is this build's only while the lock is held.
@@ -201,7 +210,8 @@ impl Checkout<'_> {
         let parent = cache.parent().unwrap_or(self.work_dir);
         std::fs::create_dir_all(parent)
             .map_err(io_err(format!("creating {}", parent.display())))?;
-        if !cache.exists() {
+        let fresh = !cache.exists();
+        if fresh {
             // Cloned aside and renamed: a cache directory that exists is a complete clone.
             let tmp = cache.with_extension("git.tmp");
             remove_dir_if_present(&tmp)?;
@@ -217,33 +227,26 @@ impl Checkout<'_> {
                 tmp.display(),
                 cache.display()
             )))?;
-        } else {
-            let fetched = self
-                .git_in(
-                    log,
-                    cache,
-                    &[
-                        "fetch",
-                        "--prune",
-                        "--quiet",
-                        "origin",
-                        "+refs/heads/*:refs/heads/*",
-                    ],
-                )
-                .await;
-            match fetched {
-                Err(CheckoutError::Cancelled) => return Err(CheckoutError::Cancelled),
-                // A commit, once fetched, does not change: an unreachable origin is only fatal
-                // when the cache lacks the commit.
-                Err(e) if self.has_commit(cache).await? => {
-                    log.note(&format!(
-                        "buildmesh: {e}; the cache has the commit, going on"
-                    ));
-                }
-                other => other?,
-            }
         }
-        if !self.has_commit(cache).await? {
+        let mut have = self.has_commit(cache).await?;
+        if !have && !fresh {
+            // Only a commit the cache lacks sends it to the origin: a commit, once fetched,
+            // does not change, and the origin may be down.
+            self.git_in(
+                log,
+                cache,
+                &[
+                    "fetch",
+                    "--prune",
+                    "--quiet",
+                    "origin",
+                    "+refs/heads/*:refs/heads/*",
+                ],
+            )
+            .await?;
+            have = self.has_commit(cache).await?;
+        }
+        if !have {
             // Commits no branch reaches (pull requests, force-pushed branches).
             let by_id = self
                 .git_in(log, cache, &["fetch", "--quiet", "origin", self.sha])
