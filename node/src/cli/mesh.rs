@@ -110,6 +110,12 @@ pub fn testnet(args: TestnetArgs) -> anyhow::Result<ExitCode> {
             n.config.display()
         );
     }
+    if let Some(first) = t.nodes.first() {
+        eprintln!(
+            "query a node with `--node {}`, or `export BUILDMESH_NODE={}`",
+            first.api, first.api
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

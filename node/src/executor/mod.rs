@@ -256,12 +256,16 @@ async fn build(
                 CheckoutError::Cancelled => ResultCode::Cancelled,
                 _ => ResultCode::Exception,
             };
-            tracing::warn!(
-                job = %spec.job,
-                builder = %spec.builder.name,
-                error = %e,
-                "checkout failed"
-            );
+            if result == ResultCode::Cancelled {
+                tracing::debug!(job = %spec.job, builder = %spec.builder.name, "build cancelled during its checkout");
+            } else {
+                tracing::warn!(
+                    job = %spec.job,
+                    builder = %spec.builder.name,
+                    error = %e,
+                    "checkout failed"
+                );
+            }
             log.note(&format!("buildmesh: checkout failed: {e}"));
             return vec![StepOutcome {
                 name: CHECKOUT_STEP.to_string(),
