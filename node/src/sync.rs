@@ -45,25 +45,41 @@ pub(crate) async fn with_peer(
         }
     };
     for (author, range) in theirs.ahead_of(&ours) {
-        let mut from = *range.start();
         let end = *range.end();
-        while from <= end {
-            if skip.get(&author).is_some_and(|&refused| refused <= from) {
-                break;
-            }
-            let request = Request::Pull {
-                author,
-                from,
-                max: MAX_PULL_RECORDS,
-            };
-            let records = match net.request(peer, request).await {
-                Ok(Response::Records(r)) if !r.is_empty() => r,
-                Ok(_) => break,
-                Err(e) => {
+        let refused = |from: u64| skip.get(&author).is_some_and(|&r| r <= from);
+        let pull = |from: u64| {
+            let net = net.clone();
+            tokio::spawn(async move {
+                let request = Request::Pull {
+                    author,
+                    from,
+                    max: MAX_PULL_RECORDS,
+                };
+                net.request(peer, request).await
+            })
+        };
+        let mut from = *range.start();
+        if refused(from) {
+            continue;
+        }
+        let mut pending = Some((from, pull(from)));
+        while let Some((asked, request)) = pending.take() {
+            let records = match request.await {
+                Ok(Ok(Response::Records(r))) if !r.is_empty() => r,
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "pull failed");
                     return Some(theirs);
                 }
+                Err(_) => return None,
             };
+            // While this batch is checked and stored, the next one is on its way: a batch
+            // connects when every record of this one is taken, as it is unless something was
+            // refused (then the prefetch is dropped and the pull resumes from the head).
+            let expected = asked + records.len() as u64;
+            if expected <= end && !refused(expected) {
+                pending = Some((expected, pull(expected)));
+            }
             let (reply, done) = oneshot::channel();
             let records = records.into_iter().map(|b| b.into_vec()).collect();
             if replica
@@ -84,6 +100,12 @@ pub(crate) async fn with_peer(
                 break;
             }
             from = head + 1;
+            if pending.as_ref().is_some_and(|(next, _)| *next != from) {
+                pending = None;
+            }
+            if pending.is_none() && from <= end && !refused(from) {
+                pending = Some((from, pull(from)));
+            }
         }
     }
     Some(theirs)

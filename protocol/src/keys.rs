@@ -103,6 +103,31 @@ impl fmt::Display for Domain {
     }
 }
 
+// Decompressing a public key costs about as much as a third of a signature check, and a mesh
+// has few authors whose records arrive by the thousand: each thread keeps the keys it has
+// decompressed (bounded; only valid keys are kept).
+const KEY_CACHE: usize = 4096;
+
+thread_local! {
+    static KEYS: std::cell::RefCell<std::collections::HashMap<[u8; 32], VerifyingKey>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn verifying_key(bytes: &[u8; 32]) -> Result<VerifyingKey, KeyError> {
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        if let Some(k) = keys.get(bytes) {
+            return Ok(*k);
+        }
+        let k = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::BadPublicKey)?;
+        if keys.len() >= KEY_CACHE {
+            keys.clear();
+        }
+        keys.insert(*bytes, k);
+        Ok(k)
+    })
+}
+
 /// A participant's public key, shown as its libp2p peer id.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId([u8; 32]);
@@ -110,7 +135,7 @@ pub struct NodeId([u8; 32]);
 impl NodeId {
     /// The id of a 32-byte ed25519 public key; refuses bytes that are not one.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, KeyError> {
-        VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::BadPublicKey)?;
+        verifying_key(&bytes)?;
         Ok(NodeId(bytes))
     }
 
@@ -142,7 +167,7 @@ impl NodeId {
 
     /// Checks `sig` over `bytes` under `domain` (strict verification: no malleable signatures).
     pub fn verify(&self, domain: Domain, bytes: &[u8], sig: &Signature) -> Result<(), KeyError> {
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| KeyError::BadPublicKey)?;
+        let key = verifying_key(&self.0)?;
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
         key.verify_strict(&domain.message(bytes), &sig)
             .map_err(|_| KeyError::BadSignature {

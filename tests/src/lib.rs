@@ -288,8 +288,21 @@ pub fn binary() -> PathBuf {
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("buildmesh");
     if !bin.exists() {
+        // The profile this executable was built with (`target/debug` is the `dev` profile).
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "buildmesh-node", "--bin", "buildmesh"])
+            .args([
+                "build",
+                "--profile",
+                profile,
+                "-p",
+                "buildmesh-node",
+                "--bin",
+                "buildmesh",
+            ])
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building buildmesh failed");
