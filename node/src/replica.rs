@@ -85,6 +85,9 @@ pub(crate) enum Command {
         key: NodeId,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    SyncAll {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A cloneable handle on the replica.
@@ -152,6 +155,15 @@ impl ReplicaClient {
     /// Whether `key` may announce commits now (announcer role, or a maintainer).
     pub async fn may_announce(&self, key: NodeId) -> Result<Result<(), String>, NodeError> {
         self.ask(|reply| Command::MayAnnounce { key, reply }).await
+    }
+
+    /// Starts a sync round with every admitted peer at once; the receiver fires once every
+    /// round has ended (records pulled are stored, and announced on the record feed, before).
+    /// `None` if the replica is too busy to take the request now.
+    pub(crate) fn sync_all(&self) -> Option<oneshot::Receiver<()>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(Command::SyncAll { reply }).ok()?;
+        Some(rx)
     }
 
     /// Cuts (or restores) every connection with the given nodes, as a cable cut would.
@@ -989,6 +1001,23 @@ impl Replica {
                         .map_err(|e| e.to_string())
                 };
                 let _ = reply.send(answer);
+            }
+            Command::SyncAll { reply } => {
+                let peers: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.admitted)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let (net, store, tx) = (self.net.clone(), self.store.clone(), self.self_tx.clone());
+                let skip = self.refused_from.clone();
+                tokio::spawn(async move {
+                    let rounds = peers
+                        .into_iter()
+                        .map(|peer| crate::sync::with_peer(peer, &net, &store, &tx, &skip));
+                    futures::future::join_all(rounds).await;
+                    let _ = reply.send(());
+                });
             }
             Command::Isolate { from, cut, reply } => {
                 for node in from {

@@ -34,7 +34,7 @@ use crate::config::NotifierSettings;
 use crate::network;
 use crate::replica::ReplicaClient;
 
-/// How long a new holder waits before its first mail.
+/// The longest a new holder waits for its sync round before its first mail.
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// A ballot from a peer, with where its answers go.
@@ -136,6 +136,9 @@ pub(crate) struct Notifier {
     heard: Option<(NodeId, u64, Timestamp, Timestamp)>,
     last_signal: Instant,
     dirty: bool,
+    // The term whose holder has pulled what its peers hold, and the round under way.
+    settled: Option<u64>,
+    settling: Option<(u64, oneshot::Receiver<()>)>,
     api_hint: String,
     cancel: CancellationToken,
 }
@@ -172,6 +175,8 @@ impl Notifier {
             heard: None,
             last_signal: Instant::now(),
             dirty: true,
+            settled: None,
+            settling: None,
             api_hint: parts.api_hint,
             cancel: parts.cancel,
         };
@@ -420,14 +425,54 @@ impl Notifier {
         }
     }
 
+    // Whether the sync round of holder term `term` has ended; starts it if none is under way.
+    // Records it pulled are learnt before this says yes.
+    fn settle(&mut self, term: u64) -> bool {
+        let done = match &mut self.settling {
+            Some((t, rx)) if *t == term => {
+                !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+            }
+            _ => {
+                self.settling = self.replica.sync_all().map(|rx| (term, rx));
+                false
+            }
+        };
+        if !done {
+            return false;
+        }
+        self.settling = None;
+        self.settled = Some(term);
+        loop {
+            match self.records.try_recv() {
+                Ok(record) => {
+                    if self.learn(&record) {
+                        self.dirty = true;
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    let store = self.store.clone();
+                    for r in store.all_records().flatten() {
+                        self.learn(&r);
+                    }
+                    self.dirty = true;
+                }
+                Err(_) => break,
+            }
+        }
+        tracing::debug!(term, "new holder synced with its peers");
+        true
+    }
+
     fn send_due(&mut self) {
         let now = Timestamp::now();
         let Some(term) = self.election.holding(now) else {
             return;
         };
-        // A new holder first lets the records of the last one reach it (a sync round), so that
-        // it does not mail what its predecessor already mailed.
-        if self.election.held_for(now) < SETTLE {
+        // A new holder first pulls what every peer holds beyond it (its predecessor's last
+        // NotificationSent records among them), so that it does not mail what was mailed;
+        // after SETTLE it goes on without the round.
+        if self.settled != Some(term) && !self.settle(term) && self.election.held_for(now) < SETTLE
+        {
             return;
         }
         let Some((host, port)) = self.settings.smtp.clone() else {
