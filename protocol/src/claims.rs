@@ -10,7 +10,9 @@
 //!   a rendezvous hash of (job, worker). Workers that already failed or threw an
 //!   exception on this job go to the back. The worker ranked `r` claims once the job has been
 //!   open for `r × step` on its clock: the first choice waits no time, and a dead first choice
-//!   costs one step, not a timeout.
+//!   costs one step, not a timeout. For a moment after one of its builds ends, a worker also
+//!   waits its turn among all live workers, busy or not (a tenth of a step per rank): workers
+//!   whose builds end together then take different queued jobs instead of crossing claims.
 //! - **Crossed claims.** Two claims for one (job, attempt): the one first in rendezvous order
 //!   wins on every node; the other worker abandons its build.
 //! - **Leases.** A claim holds while its worker shows progress; after `lease` of silence the job
@@ -175,6 +177,9 @@ pub struct Claims {
     workers: BTreeMap<NodeId, Worker>,
     jobs: BTreeMap<Hash, Job>,
     running: BTreeSet<(Hash, u32)>,
+    // When a build slot here last came free: for a moment after, claims wait their turn in the
+    // order of every live worker, busy or not (see `tick`).
+    freed_at: Option<Timestamp>,
     // Claims, progress and results that arrived before their job (records of different authors
     // arrive in any order); applied when the job becomes known.
     early: BTreeMap<Hash, Vec<Early>>,
@@ -196,6 +201,7 @@ impl Claims {
             workers: BTreeMap::new(),
             jobs: BTreeMap::new(),
             running: BTreeSet::new(),
+            freed_at: None,
             early: BTreeMap::new(),
         }
     }
@@ -377,8 +383,8 @@ impl Claims {
         code: ResultCode,
         now: Timestamp,
     ) {
-        if worker == self.me {
-            self.running.remove(&(job, attempt));
+        if worker == self.me && self.running.remove(&(job, attempt)) {
+            self.freed_at = Some(now);
         }
         let max_attempts = self.settings.max_attempts;
         let Some(j) = self.jobs.get_mut(&job) else {
@@ -482,6 +488,24 @@ impl Claims {
         order
     }
 
+    // A slot that has just come free waits its turn in the order of every live worker, busy
+    // or not, before it takes `job`: workers whose builds end at the same instant each still
+    // count the other busy, and would otherwise all take the newest job. A tenth of a step per
+    // rank, at most half a step: long enough for a claim to cross the mesh, short beside a
+    // build. Meanwhile the slot takes a job it is first for, so a queue drains as fast.
+    fn settled(&self, job: &Hash, now: Timestamp) -> Timestamp {
+        let Some(freed) = self.freed_at else {
+            return now;
+        };
+        let rank = self
+            .order_with(job, now, &BTreeMap::new())
+            .iter()
+            .position(|w| *w == self.me)
+            .unwrap_or(0);
+        let step = self.settings.step;
+        freed.plus((step / 10 * rank as u32).min(step / 2))
+    }
+
     /// Advances time to `now`: leases lapse, crossed claims resolve, jobs are skipped or
     /// claimed. Returns what this node must do.
     pub fn tick(&mut self, now: Timestamp) -> Vec<Action> {
@@ -524,6 +548,7 @@ impl Claims {
                 .any(|(_, c)| c.keys().any(|w| *w != self.me));
             if lost || superseded {
                 self.running.remove(&(job, attempt));
+                self.freed_at = Some(now);
                 actions.push(Action::Abandon { job, attempt });
             }
         }
@@ -567,6 +592,9 @@ impl Claims {
             let Some(rank) = order.iter().position(|w| *w == self.me) else {
                 continue;
             };
+            if now < self.settled(&id, now) {
+                continue;
+            }
             let j = self.jobs.get_mut(&id).expect("listed above");
             let due = j.open_since.plus(self.settings.step * rank as u32);
             if now < due {
@@ -748,6 +776,62 @@ mod tests {
             }]
         );
         assert!(m[first].tick(at(701)).is_empty());
+    }
+
+    // Both workers busy, new jobs queued; both builds end at the same instant and neither has
+    // heard the other's result: each counts the other busy and is alone in its order.
+    fn two_busy_then_freed_together(queued: &[u64]) -> (Vec<Claims>, Vec<Vec<Hash>>) {
+        let w = ids(2);
+        let mut m = machines(&w);
+        let (p, q) = (spec(1), spec(2));
+        for c in m.iter_mut() {
+            c.job(p.clone(), T);
+            c.job(q.clone(), T);
+            c.claim(w[0], p.id, 1, T);
+            c.claim(w[1], q.id, 1, T);
+        }
+        m[0].running.insert((p.id, 1));
+        m[1].running.insert((q.id, 1));
+        for c in m.iter_mut() {
+            for n in queued {
+                c.job(spec(*n), at(100));
+            }
+            assert!(c.tick(at(100)).is_empty(), "both busy");
+        }
+        m[0].result(w[0], p.id, 1, ResultCode::Success, at(1000));
+        m[1].result(w[1], q.id, 1, ResultCode::Success, at(1000));
+        let mut claimed = vec![Vec::new(), Vec::new()];
+        for t in (1000..=1040).step_by(10) {
+            for (i, c) in m.iter_mut().enumerate() {
+                for a in c.tick(at(t)) {
+                    if let Action::Claim { job, .. } = a {
+                        claimed[i].push(job);
+                    }
+                }
+            }
+        }
+        (m, claimed)
+    }
+
+    #[test]
+    fn workers_freed_together_take_different_queued_jobs_at_once() {
+        let (_, claimed) = two_busy_then_freed_together(&[10, 11, 12, 13, 14, 15]);
+        assert_eq!(claimed[0].len(), 1, "{claimed:?}");
+        assert_eq!(claimed[1].len(), 1, "{claimed:?}");
+        assert_ne!(claimed[0], claimed[1], "no crossed claim");
+    }
+
+    #[test]
+    fn of_workers_freed_together_only_the_first_in_order_takes_a_lone_job_at_once() {
+        let (mut m, claimed) = two_busy_then_freed_together(&[10]);
+        let job = spec(10).id;
+        let first = m[0].order_with(&job, at(1000), &BTreeMap::new())[0];
+        let i = m.iter().position(|c| c.me == first).unwrap();
+        assert_eq!(claimed[i], vec![job]);
+        assert!(claimed[1 - i].is_empty(), "{claimed:?}");
+        // Its claim arrives within the settling time: the other never claims.
+        m[1 - i].claim(first, job, 1, at(1045));
+        assert!(m[1 - i].tick(at(2000)).is_empty());
     }
 
     #[test]

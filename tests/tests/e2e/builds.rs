@@ -244,6 +244,7 @@ async fn in_steady_state_no_job_runs_on_two_workers() {
             crossed += 1;
         }
     }
+    eprintln!("crossed claims: {crossed} over {} jobs", builds.len());
     assert!(
         crossed * 10 <= builds.len(),
         "{crossed} crossed claims over {} jobs",
