@@ -159,8 +159,8 @@ pub(crate) struct Claimer {
     running: HashMap<(Hash, u32), Running>,
     // Keys revoked as compromised: nothing they claimed or reported counts, in any view.
     distrusted: BTreeSet<NodeId>,
-    done_tx: mpsc::Sender<(Hash, u32)>,
-    done_rx: mpsc::Receiver<(Hash, u32)>,
+    done_tx: mpsc::Sender<(Hash, u32, bool)>,
+    done_rx: mpsc::Receiver<(Hash, u32, bool)>,
     cancel: CancellationToken,
 }
 
@@ -224,8 +224,14 @@ impl Claimer {
                     self.on_signal(signal);
                 },
                 Some(q) = self.queries.recv() => self.on_query(q),
-                Some((job, attempt)) = self.done_rx.recv() => {
+                Some((job, attempt, reported)) = self.done_rx.recv() => {
                     self.running.remove(&(job, attempt));
+                    if !reported {
+                        // No result record will free the slot: free it here, and let the
+                        // claim lapse so that another worker runs the job.
+                        self.machine.stopped(job, attempt, Timestamp::now());
+                        self.publish_load();
+                    }
                 }
                 _ = tick.tick() => self.tick().await,
                 _ = workers.tick() => self.refresh_workers().await,
@@ -239,8 +245,8 @@ impl Claimer {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !self.running.is_empty() {
             match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
-                Ok(Some(k)) => {
-                    self.running.remove(&k);
+                Ok(Some((job, attempt, _))) => {
+                    self.running.remove(&(job, attempt));
                 }
                 _ => break,
             }
@@ -460,7 +466,7 @@ impl Claimer {
             .and_then(|c| c.builder(&key.builder))
             .cloned();
         let Some(builder) = builder else {
-            self.machine.stopped(job, attempt);
+            self.machine.stopped(job, attempt, Timestamp::now());
             return;
         };
         let body = Body::Claim(Claim {
@@ -471,7 +477,7 @@ impl Claimer {
         });
         if let Err(e) = self.replica.author(body).await {
             tracing::warn!(job = %job.short(), error = %e, "cannot claim");
-            self.machine.stopped(job, attempt);
+            self.machine.stopped(job, attempt, Timestamp::now());
             return;
         }
         tracing::info!(job = %job.short(), builder = %key.builder, sha = %key.sha, attempt, "claimed");
@@ -499,8 +505,9 @@ impl Claimer {
         use tracing::Instrument;
         tokio::spawn(
             async move {
-                run_and_report(&exec, &spec, cancel, &replica, &store, me, version).await;
-                let _ = done.send((spec.job, spec.attempt)).await;
+                let reported =
+                    run_and_report(&exec, &spec, cancel, &replica, &store, me, version).await;
+                let _ = done.send((spec.job, spec.attempt, reported)).await;
             }
             .in_current_span(),
         );
@@ -655,7 +662,7 @@ async fn run_and_report(
     store: &Store,
     me: NodeId,
     config_version: u64,
-) {
+) -> bool {
     let progress = {
         let replica = replica.clone();
         let (job, attempt) = (spec.job, spec.attempt);
@@ -702,10 +709,12 @@ async fn run_and_report(
     let code = result.result;
     match replica.author(Body::BuildResult(result)).await {
         Ok(r) => {
-            tracing::info!(job = %spec.job.short(), attempt = spec.attempt, result = %code, seq = r.seq(), "build finished")
+            tracing::info!(job = %spec.job.short(), attempt = spec.attempt, result = %code, seq = r.seq(), "build finished");
+            true
         }
         Err(e) => {
-            tracing::error!(job = %spec.job.short(), error = %e, "cannot record a build result")
+            tracing::error!(job = %spec.job.short(), error = %e, "cannot record a build result");
+            false
         }
     }
 }

@@ -412,9 +412,13 @@ impl Claims {
         }
     }
 
-    /// This node stopped running (job, attempt) without a result record (e.g. it restarted).
-    pub fn stopped(&mut self, job: Hash, attempt: u32) {
-        self.running.remove(&(job, attempt));
+    /// This node stopped running (job, attempt), with or without a result record seen yet (its
+    /// claim or its result could not be written, or the build ended before its result came
+    /// back). Its slot is free again; a claim it won and never reported lapses like any other.
+    pub fn stopped(&mut self, job: Hash, attempt: u32, now: Timestamp) {
+        if self.running.remove(&(job, attempt)) {
+            self.freed_at = Some(now);
+        }
     }
 
     /// Builds this node runs now.
@@ -832,6 +836,29 @@ mod tests {
         // Its claim arrives within the settling time: the other never claims.
         m[1 - i].claim(first, job, 1, at(1045));
         assert!(m[1 - i].tick(at(2000)).is_empty());
+    }
+
+    #[test]
+    fn a_build_stopped_without_a_result_frees_its_slot_and_its_claim_lapses() {
+        let w = ids(2);
+        let mut m = machines(&w);
+        let (a, b) = (spec(1), spec(2));
+        m[0].job(a.clone(), T);
+        let first = m[0].order(&a.id, T)[0];
+        let i = m.iter().position(|c| c.me == first).unwrap();
+        let c = &mut m[i];
+        c.job(a.clone(), T);
+        assert_eq!(c.tick(T).len(), 1, "claims the job");
+        c.job(b.clone(), at(10));
+        assert_eq!(c.free(), 0);
+        // Its result could not be written: the slot is free again at once...
+        c.stopped(a.id, 1, at(20));
+        assert_eq!(c.free(), 1);
+        // ...and the unreported claim lapses with the lease: the other worker goes first now.
+        c.heartbeat(w[1 - i], 0, 1, at(3100));
+        c.tick(at(3100));
+        assert_eq!(c.state(&a.id), Some(JobState::Pending { attempt: 2 }));
+        assert_eq!(c.order(&a.id, at(3100)).first(), Some(&w[1 - i]));
     }
 
     #[test]
