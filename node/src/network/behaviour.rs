@@ -39,9 +39,13 @@ impl Behaviour {
             // Nothing is forwarded until the node has checked it.
             .validate_messages()
             .validation_mode(gossipsub::ValidationMode::Permissive)
-            // Identical payloads are one message, whoever forwards them.
+            // One payload from one publisher is one message, whoever forwards it. The publisher
+            // counts: a node only publishes its own records, so a record republished by another
+            // peer is a replay, and reaches validation to be refused and counted as one.
             .message_id_fn(|m: &gossipsub::Message| {
-                gossipsub::MessageId::from(Hash::of(&m.data).0.to_vec())
+                let mut id = m.source.map(|p| p.to_bytes()).unwrap_or_default();
+                id.extend_from_slice(&m.data);
+                gossipsub::MessageId::from(Hash::of(&id).0.to_vec())
             })
             .max_transmit_size(buildmesh_protocol::record::MAX_RECORD_BYTES + 4096)
             .duplicate_cache_time(Duration::from_secs(120))
