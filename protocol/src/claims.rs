@@ -412,9 +412,9 @@ impl Claims {
         }
     }
 
-    /// This node stopped running (job, attempt), with or without a result record seen yet (its
-    /// claim or its result could not be written, or the build ended before its result came
-    /// back). Its slot is free again; a claim it won and never reported lapses like any other.
+    /// This node stopped running (job, attempt) and no result record of it will come (its claim
+    /// or its result could not be written). Its slot is free again; a claim it won and never
+    /// reported lapses like any other.
     pub fn stopped(&mut self, job: Hash, attempt: u32, now: Timestamp) {
         if self.running.remove(&(job, attempt)) {
             self.freed_at = Some(now);
