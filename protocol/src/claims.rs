@@ -496,9 +496,11 @@ impl Claims {
     // or not, before it takes `job`: workers whose builds end at the same instant each still
     // count the other busy, and would otherwise all take the newest job. A tenth of a step per
     // rank, at most half a step: long enough for a claim to cross the mesh, short beside a
-    // build. Meanwhile the slot takes a job it is first for, so a queue drains as fast.
+    // build. Meanwhile the slot takes a job it is first for, so a queue drains as fast. Past
+    // half a step no rank can make it wait: nothing to compute.
     fn settled(&self, job: &Hash, now: Timestamp) -> Timestamp {
-        let Some(freed) = self.freed_at else {
+        let step = self.settings.step;
+        let Some(freed) = self.freed_at.filter(|f| now < f.plus(step / 2)) else {
             return now;
         };
         let rank = self
@@ -506,7 +508,6 @@ impl Claims {
             .iter()
             .position(|w| *w == self.me)
             .unwrap_or(0);
-        let step = self.settings.step;
         freed.plus((step / 10 * rank as u32).min(step / 2))
     }
 

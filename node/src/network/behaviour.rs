@@ -44,8 +44,8 @@ impl Behaviour {
             // peer is a replay, and reaches validation to be refused and counted as one.
             .message_id_fn(|m: &gossipsub::Message| {
                 let mut id = m.source.map(|p| p.to_bytes()).unwrap_or_default();
-                id.extend_from_slice(&m.data);
-                gossipsub::MessageId::from(Hash::of(&id).0.to_vec())
+                id.extend_from_slice(&Hash::of(&m.data).0);
+                gossipsub::MessageId::from(id)
             })
             .max_transmit_size(buildmesh_protocol::record::MAX_RECORD_BYTES + 4096)
             .duplicate_cache_time(Duration::from_secs(120))
