@@ -66,6 +66,7 @@ pub(crate) async fn poll(
                     source: ChangeSource::Poller,
                     requested_by: None,
                     subject: None,
+                    request: None,
                 });
                 match replica.author(body).await {
                     Ok(_) => tracing::info!(%repo, %branch, %sha, "new commit polled"),

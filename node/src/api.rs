@@ -28,6 +28,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use buildmesh_protocol::NodeId;
 use buildmesh_protocol::docs::SignedDoc;
+use buildmesh_protocol::record::CommitSeen;
 use buildmesh_store::Store;
 use serde::Deserialize;
 use serde_json::json;
@@ -414,9 +415,9 @@ async fn log(
 
 async fn submit(State(s): State<ApiState>, body: Bytes) -> Response {
     use buildmesh_protocol::wire::{ApiAction, SignedRequest};
-    let req = match SignedRequest::from_bytes(&body)
+    let (signed, req) = match SignedRequest::from_bytes(&body)
         .map_err(|e| e.to_string())
-        .and_then(|r| r.verify().map_err(|e| e.to_string()))
+        .and_then(|r| r.verify().map(|v| (r, v)).map_err(|e| e.to_string()))
     {
         Ok(r) => r,
         Err(e) => {
@@ -461,6 +462,8 @@ async fn submit(State(s): State<ApiState>, body: Bytes) -> Response {
         buildmesh_protocol::record::ChangeSource::Submit,
         Some(req.key),
         None,
+        // The request travels inside the record: every node checks the caller's role.
+        Some(signed),
     )
     .await
 }
@@ -473,8 +476,9 @@ async fn announce(
     source: buildmesh_protocol::record::ChangeSource,
     requested_by: Option<NodeId>,
     subject: Option<String>,
+    request: Option<buildmesh_protocol::wire::SignedRequest>,
 ) -> Response {
-    use buildmesh_protocol::record::{Body, CommitSeen};
+    use buildmesh_protocol::record::Body;
     if let Ok(Some(seen)) = s.store.commit_seen(&repo, &branch, &sha) {
         return Json(
             json!({"announced": false, "already": {"author": seen.author, "seq": seen.seq}}),
@@ -488,6 +492,7 @@ async fn announce(
         source,
         requested_by,
         subject,
+        request,
     });
     match s.replica.author(body).await {
         Ok(r) => Json(json!({"announced": true, "record": {"author": r.envelope.author, "seq": r.envelope.seq}})).into_response(),
@@ -547,7 +552,8 @@ async fn webhook(
             push.sha.clone(),
             buildmesh_protocol::record::ChangeSource::Webhook,
             None,
-            push.subject.clone(),
+            push.subject.as_deref().map(CommitSeen::subject_of),
+            None,
         )
         .await;
         if !r.status().is_success() {

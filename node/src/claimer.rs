@@ -384,6 +384,7 @@ impl Claimer {
                     requires: b.requires.clone(),
                     priority: b.priority,
                     order: announced.millis(),
+                    max_attempts: b.max_attempts,
                 }
             })
             .collect();

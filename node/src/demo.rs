@@ -291,6 +291,7 @@ async fn go<W: Write>(demo: &mut Demo<'_, W>, dir: &Path) -> Result<(), DemoErro
                 source: ChangeSource::Submit,
                 requested_by: None,
                 subject: Some(subject.into()),
+                request: None,
             }))
             .await
             .map_err(step)?;

@@ -84,10 +84,37 @@ pub fn roles_and_labels(i: usize) -> (BTreeSet<Role>, BTreeMap<String, String>) 
     (roles, labels)
 }
 
-/// Writes a testnet of `n` nodes into `dir`. Node `i` (from 1) uses ports `base + 10 i`
-/// (API) and `base + 10 i + 1` (TCP and QUIC); `base` 0 lets the system choose every port
-/// and leaves the bootstrap lists empty (the caller fills them).
+/// The loopback address of node `i` (from 0): 127.0.0.1 for every node, or with `spread`
+/// 127.0.0.2, 127.0.0.3, … — one address per node, as separate hosts have (Linux answers on
+/// all of 127.0.0.0/8 without configuration).
+pub fn node_ip(i: usize, spread: bool) -> std::net::Ipv4Addr {
+    if spread {
+        let n = i as u32 + 2;
+        std::net::Ipv4Addr::new(127, (n >> 16) as u8, (n >> 8) as u8, n as u8)
+    } else {
+        std::net::Ipv4Addr::LOCALHOST
+    }
+}
+
+/// Writes a testnet of `n` nodes into `dir`, all on 127.0.0.1. Node `i` (from 1) uses ports
+/// `base + 10 i` (API) and `base + 10 i + 1` (TCP and QUIC); `base` 0 lets the system choose
+/// every port and leaves the bootstrap lists empty (the caller fills them).
 pub fn generate(dir: &Path, n: usize, base_port: u16) -> Result<Testnet, TestnetError> {
+    generate_with(dir, n, base_port, false)
+}
+
+/// [`generate`], with `spread_ips` giving each node its own loopback address ([`node_ip`]).
+pub fn generate_with(
+    dir: &Path,
+    n: usize,
+    base_port: u16,
+    spread_ips: bool,
+) -> Result<Testnet, TestnetError> {
+    if spread_ips && !cfg!(target_os = "linux") {
+        return Err(TestnetError::Invalid(
+            "--spread-ips needs Linux, which answers on all of 127.0.0.0/8".into(),
+        ));
+    }
     if n == 0 {
         return Err(TestnetError::Invalid(
             "a testnet needs at least one node".into(),
@@ -160,17 +187,25 @@ pub fn generate(dir: &Path, n: usize, base_port: u16) -> Result<Testnet, Testnet
             keys.iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .map(|(j, k)| format!("\"/ip4/127.0.0.1/tcp/{}/p2p/{}\"", port(j, 1), k.id()))
+                .map(|(j, k)| {
+                    format!(
+                        "\"/ip4/{}/tcp/{}/p2p/{}\"",
+                        node_ip(j, spread_ips),
+                        port(j, 1),
+                        k.id()
+                    )
+                })
                 .collect()
         };
-        let api = format!("127.0.0.1:{}", port(i, 0));
+        let ip = node_ip(i, spread_ips);
+        let api = format!("{ip}:{}", port(i, 0));
         let config = format!(
             "# {name} of a local testnet (buildmesh testnet). Paths are relative to this file.\n\
              key = \"node.key\"\n\
              genesis = \"../genesis.bm\"\n\
              admission = \"node.adm\"\n\
              data_dir = \"data\"\n\
-             listen = [\"/ip4/127.0.0.1/tcp/{p}\", \"/ip4/127.0.0.1/udp/{p}/quic-v1\"]\n\
+             listen = [\"/ip4/{ip}/tcp/{p}\", \"/ip4/{ip}/udp/{p}/quic-v1\"]\n\
              bootstrap = [{bootstrap}]\n\
              api = \"{api}\"\n",
             p = port(i, 1),

@@ -104,6 +104,7 @@ fn spec(name: &str, repo: &str, sha: &str, steps: Vec<Step>) -> BuildSpec {
             env: BTreeMap::new(),
             priority: 0,
             steps,
+            max_attempts: 4,
         },
         worker: SecretKey::from_seed([7; 32]).id(),
         worker_name: "worker-seven".to_string(),

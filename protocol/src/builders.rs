@@ -57,6 +57,20 @@ pub struct Builder {
     pub priority: i32,
     /// Steps, run in order; the first that fails ends the build.
     pub steps: Vec<Step>,
+    /// Attempts a job of this builder gets before it is given up (exceptions, lost workers);
+    /// the same on every node, since claims past it do not count. Default
+    /// [`DEFAULT_MAX_ATTEMPTS`].
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+/// A builder without `max_attempts` gets this many.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+/// The most attempts a builder may set.
+pub const MAX_MAX_ATTEMPTS: u32 = 20;
+
+fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
 }
 
 /// One command of a builder.
@@ -141,6 +155,8 @@ struct BuilderToml {
     env: BTreeMap<String, String>,
     #[serde(default)]
     priority: i32,
+    #[serde(default)]
+    max_attempts: Option<Spanned<u32>>,
     #[serde(default, rename = "step")]
     steps: Vec<StepToml>,
 }
@@ -232,6 +248,17 @@ impl BuilderConfig {
                     format!("builder `{name}` has no [[builder.step]]"),
                 ));
             }
+            let max_attempts = match &b.max_attempts {
+                None => DEFAULT_MAX_ATTEMPTS,
+                Some(m) if (1..=MAX_MAX_ATTEMPTS).contains(m.get_ref()) => *m.get_ref(),
+                Some(m) => {
+                    return Err(err(
+                        Some(m.span()),
+                        "max_attempts",
+                        format!("{} is not between 1 and {MAX_MAX_ATTEMPTS}", m.get_ref()),
+                    ));
+                }
+            };
             let mut steps = Vec::new();
             for s in b.steps {
                 if s.name.get_ref().trim().is_empty() {
@@ -293,6 +320,7 @@ impl BuilderConfig {
                 env: b.env,
                 priority: b.priority,
                 steps,
+                max_attempts,
             });
         }
         Ok(BuilderConfig {
@@ -350,6 +378,7 @@ retries = 1
         assert_eq!(b.name, "linux-debug");
         assert_eq!(b.steps[0].timeout_ms, 600_000);
         assert_eq!(b.steps[0].retries, 1);
+        assert_eq!(b.max_attempts, DEFAULT_MAX_ATTEMPTS);
         assert!(b.is_stable());
         assert!(b.wants_branch("3.12") && b.wants_branch("main") && !b.wants_branch("feature"));
         let mut labels = BTreeMap::new();
@@ -375,6 +404,47 @@ retries = 1
         let e = BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err();
         assert_eq!(e.line, 16, "{e}");
         assert!(e.message.contains("retires"), "{e}");
+    }
+
+    #[test]
+    fn max_attempts_is_bounded_and_older_configurations_get_the_default() {
+        let c = GOOD.replace("priority", "x").replace(
+            "requires = { os = \"linux\" }",
+            "requires = { os = \"linux\" }\nmax_attempts = 2",
+        );
+        let b = &BuilderConfig::from_toml(Hash::ZERO, &c).unwrap().builders[0];
+        assert_eq!(b.max_attempts, 2);
+        let bad = GOOD.replace(
+            "requires = { os = \"linux\" }",
+            "requires = { os = \"linux\" }\nmax_attempts = 0",
+        );
+        let e = BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (10, "max_attempts"), "{e}");
+        // A configuration signed before the key existed decodes with the default.
+        #[derive(Serialize)]
+        struct OldBuilder<'a> {
+            name: &'a str,
+            repo: &'a str,
+            branches: Vec<&'a str>,
+            tags: BTreeSet<String>,
+            requires: BTreeMap<String, String>,
+            env: BTreeMap<String, String>,
+            priority: i32,
+            steps: Vec<Step>,
+        }
+        let old = OldBuilder {
+            name: "b",
+            repo: "r",
+            branches: vec!["main"],
+            tags: BTreeSet::new(),
+            requires: BTreeMap::new(),
+            env: BTreeMap::new(),
+            priority: 0,
+            steps: vec![],
+        };
+        let bytes = crate::codec::encode("old builder", &old).unwrap();
+        let b: Builder = crate::codec::decode("builder", &bytes).unwrap();
+        assert_eq!(b.max_attempts, DEFAULT_MAX_ATTEMPTS);
     }
 
     #[test]

@@ -18,10 +18,18 @@
 //! - **Leases.** A claim holds while its worker shows progress; after `lease` of silence the job
 //!   reopens with attempt + 1, and the silent worker goes to the back of the order.
 //! - **Results.** A verdict (success, warnings, failure, flaky) ends the job. An exception or a
-//!   cancelled winner reopens it at once with attempt + 1, elsewhere first. After
+//!   cancelled winner reopens it at once with attempt + 1, elsewhere first. After the builder's
 //!   `max_attempts` the job is given up. The current result is the verdict of the highest
-//!   attempt; within an attempt, the winner's. A late result of an old attempt is kept but does
-//!   not override a newer one.
+//!   attempt's winner. A late result of an old attempt is kept but does not override a newer
+//!   one.
+//! - **Entitlement.** Every claim and result seen is kept, but only some count, and the same
+//!   ones on every node whatever order they came in (a rogue admitted key must not be able to
+//!   take or end jobs at will): a claim counts if its worker is admitted as a worker with labels
+//!   that meet the builder's requirements, and its attempt is 1 or follows an attempt with a
+//!   counted claim, up to `max_attempts`; a result counts only from the winner of its attempt.
+//!   When a lease lapsed stays each node's own judgement. Claims and results that can never
+//!   count (an attempt past the limit, labels that do not match, a result for an attempt its
+//!   author never claimed) are reported as misbehaviour ([`Claims::misbehaviour`]).
 //! - **Newest first.** Jobs are claimed by priority, then newest commit first; an open job that
 //!   was never claimed is skipped once a newer commit of the same builder and branch has a
 //!   verdict (buildbot's collapsing). Skipped jobs stay known.
@@ -29,6 +37,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::entitle::Refusal;
 use crate::keys::{Hash, NodeId};
 use crate::record::{JobKey, ResultCode};
 use crate::time::Timestamp;
@@ -42,8 +51,6 @@ pub struct ClaimSettings {
     pub step: Duration,
     /// A worker not heard from for this long is not ranked. Default 3 s.
     pub liveness_window: Duration,
-    /// Attempts before a job is given up. Default 4.
-    pub max_attempts: u32,
 }
 
 impl Default for ClaimSettings {
@@ -52,7 +59,6 @@ impl Default for ClaimSettings {
             lease: Duration::from_secs(3),
             step: Duration::from_millis(500),
             liveness_window: Duration::from_secs(3),
-            max_attempts: 4,
         }
     }
 }
@@ -70,6 +76,8 @@ pub struct JobSpec {
     pub priority: i32,
     /// Commit order within the branch (the first announcement's time): newer is higher.
     pub order: u64,
+    /// Attempts before the job is given up (the builder's `max_attempts`).
+    pub max_attempts: u32,
 }
 
 /// What the node must do.
@@ -142,7 +150,13 @@ struct Job {
     spec: JobSpec,
     attempt: u32,
     open_since: Timestamp,
+    // Every claim seen, counted or not, with when it was seen.
     claims: BTreeMap<u32, BTreeMap<NodeId, Timestamp>>,
+    // The claims that count (see `Claims::recount`): only these name winners.
+    counted: BTreeMap<u32, BTreeSet<NodeId>>,
+    // Attempts that a key revoked as compromised claimed: void, but the sequence of attempts
+    // goes on past them, and they do not use up `max_attempts`.
+    voided: BTreeSet<u32>,
     activity: BTreeMap<(u32, NodeId), Timestamp>,
     avoid: BTreeSet<NodeId>,
     results: BTreeMap<(u32, NodeId), ResultCode>,
@@ -162,10 +176,14 @@ pub fn score(job: &Hash, worker: &NodeId) -> u64 {
 }
 
 fn is_verdict(code: ResultCode) -> bool {
-    matches!(
-        code,
-        ResultCode::Success | ResultCode::Warnings | ResultCode::Failure | ResultCode::Flaky
-    )
+    code.is_verdict()
+}
+
+fn labels_meet(labels: &BTreeMap<String, String>, requires: &BTreeMap<String, String>) -> bool {
+    requires.iter().all(|(k, want)| match labels.get(k) {
+        Some(have) => want == "*" || have == want,
+        None => false,
+    })
 }
 
 /// One node's view of every job and every worker, and its decisions.
@@ -183,6 +201,9 @@ pub struct Claims {
     // Claims, progress and results that arrived before their job (records of different authors
     // arrive in any order); applied when the job becomes known.
     early: BTreeMap<Hash, Vec<Early>>,
+    // Claims and results that can never count, once each, until `misbehaviour` takes them.
+    misbehaved: BTreeSet<(NodeId, Hash, u32, Refusal)>,
+    misbehaviour: Vec<(NodeId, Refusal)>,
 }
 
 #[derive(Clone, Debug)]
@@ -203,7 +224,78 @@ impl Claims {
             running: BTreeSet::new(),
             freed_at: None,
             early: BTreeMap::new(),
+            misbehaved: BTreeSet::new(),
+            misbehaviour: Vec::new(),
         }
+    }
+
+    /// Claims and results seen since the last call that can never count, by author: each
+    /// once. The node counts them and shows their authors as misbehaving.
+    pub fn misbehaviour(&mut self) -> Vec<(NodeId, Refusal)> {
+        std::mem::take(&mut self.misbehaviour)
+    }
+
+    fn misbehaved(&mut self, who: NodeId, job: Hash, attempt: u32, why: Refusal) {
+        if self.misbehaved.insert((who, job, attempt, why)) {
+            self.misbehaviour.push((who, why));
+        }
+    }
+
+    // Which claims of a job count, from scratch: a pure function of the claims held and the
+    // workers known, so every node that holds the same records agrees. Then the job follows
+    // a newer counted attempt, and a counted winner's exception reopens it.
+    fn recount(&mut self, id: &Hash, now: Timestamp) {
+        let Some(j) = self.jobs.get(id) else {
+            return;
+        };
+        let limit = j.limit();
+        let mut counted: BTreeMap<u32, BTreeSet<NodeId>> = BTreeMap::new();
+        let mut bad = Vec::new();
+        for (&attempt, by) in &j.claims {
+            for w in by.keys() {
+                if attempt == 0 || attempt > limit {
+                    bad.push((*w, attempt, Refusal::BadAttempt));
+                } else if let Some(worker) = self.workers.get(w)
+                    && !labels_meet(&worker.labels, &j.spec.requires)
+                {
+                    bad.push((*w, attempt, Refusal::WrongLabels));
+                }
+            }
+        }
+        for attempt in 1..=limit {
+            let follows = attempt == 1
+                || counted.contains_key(&(attempt - 1))
+                || j.voided.contains(&(attempt - 1));
+            if !follows {
+                break;
+            }
+            let Some(by) = j.claims.get(&attempt) else {
+                if j.voided.contains(&attempt) {
+                    continue;
+                }
+                break;
+            };
+            let ws: BTreeSet<NodeId> = by
+                .keys()
+                .filter(|w| {
+                    self.workers
+                        .get(w)
+                        .is_some_and(|wk| labels_meet(&wk.labels, &j.spec.requires))
+                })
+                .copied()
+                .collect();
+            if !ws.is_empty() {
+                counted.insert(attempt, ws);
+            } else if !j.voided.contains(&attempt) {
+                break;
+            }
+        }
+        for (w, attempt, why) in bad {
+            self.misbehaved(w, *id, attempt, why);
+        }
+        let j = self.jobs.get_mut(id).expect("looked up above");
+        j.counted = counted;
+        j.settle(now);
     }
 
     /// The settings.
@@ -213,6 +305,7 @@ impl Claims {
 
     /// Declares a worker and its labels (from its admission). Also used for `me`.
     pub fn worker(&mut self, id: NodeId, labels: BTreeMap<String, String>) {
+        let changed = self.workers.get(&id).is_none_or(|w| w.labels != labels);
         self.workers
             .entry(id)
             .and_modify(|w| w.labels = labels.clone())
@@ -222,6 +315,23 @@ impl Claims {
                 running: 0,
                 capacity: 0,
             });
+        if changed {
+            self.recount_claimed_by(&id);
+        }
+    }
+
+    // Claims of `id` may count differently now that its labels (or its membership) changed.
+    fn recount_claimed_by(&mut self, id: &NodeId) {
+        let touched: Vec<Hash> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.claims.values().any(|c| c.contains_key(id)))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in touched {
+            let since = self.jobs[&h].open_since;
+            self.recount(&h, since);
+        }
     }
 
     /// Whether the worker is known.
@@ -259,9 +369,11 @@ impl Claims {
         busy
     }
 
-    /// Forgets a worker (revoked): it is never ranked again.
+    /// Forgets a worker (revoked): it is never ranked again, and its claims stop counting.
     pub fn remove_worker(&mut self, id: &NodeId) {
-        self.workers.remove(id);
+        if self.workers.remove(id).is_some() {
+            self.recount_claimed_by(id);
+        }
     }
 
     /// Disregards everything `id` ever claimed or reported (a key revoked as compromised):
@@ -282,8 +394,10 @@ impl Claims {
                 continue;
             }
             let held_current = j.claims.get(&j.attempt).is_some_and(|c| c.contains_key(id));
-            for c in j.claims.values_mut() {
-                c.remove(id);
+            for (attempt, c) in j.claims.iter_mut() {
+                if c.remove(id).is_some() {
+                    j.voided.insert(*attempt);
+                }
             }
             j.claims.retain(|_, c| !c.is_empty());
             j.results.retain(|(_, w), _| w != id);
@@ -300,6 +414,11 @@ impl Claims {
                 j.open_since = now;
                 j.given_up = false;
             }
+        }
+        let ids: Vec<Hash> = self.jobs.keys().copied().collect();
+        for h in ids {
+            let since = self.jobs[&h].open_since;
+            self.recount(&h, since.max(now));
         }
     }
 
@@ -325,6 +444,8 @@ impl Claims {
                 attempt: 1,
                 open_since: now,
                 claims: BTreeMap::new(),
+                counted: BTreeMap::new(),
+                voided: BTreeSet::new(),
                 activity: BTreeMap::new(),
                 avoid: BTreeSet::new(),
                 results: BTreeMap::new(),
@@ -359,11 +480,8 @@ impl Claims {
             .or_default()
             .entry(worker)
             .or_insert(now);
-        if attempt > j.attempt && !j.is_final() {
-            // Someone moved on to a newer attempt: follow.
-            j.attempt = attempt;
-            j.open_since = now;
-        }
+        // Whether it counts, and whether the job follows it to a newer attempt.
+        self.recount(&job, now);
     }
 
     /// A progress signal: the worker is still running (job, attempt).
@@ -386,7 +504,6 @@ impl Claims {
         if worker == self.me && self.running.remove(&(job, attempt)) {
             self.freed_at = Some(now);
         }
-        let max_attempts = self.settings.max_attempts;
         let Some(j) = self.jobs.get_mut(&job) else {
             self.early
                 .entry(job)
@@ -395,21 +512,20 @@ impl Claims {
             return;
         };
         j.results.insert((attempt, worker), code);
-        if j.is_final() || is_verdict(code) {
-            return;
-        }
-        let won = j.winner(attempt) == Some(worker) || !j.claims.contains_key(&attempt);
-        if attempt == j.attempt && won {
-            match code {
-                ResultCode::Exception | ResultCode::Cancelled => {
-                    j.avoid.insert(worker);
-                    j.reopen(now, max_attempts);
-                }
-                _ => {}
-            }
-        } else if code == ResultCode::Exception {
+        let claimed = j
+            .claims
+            .get(&attempt)
+            .is_some_and(|c| c.contains_key(&worker));
+        if code == ResultCode::Exception && claimed {
             j.avoid.insert(worker);
         }
+        if !claimed {
+            // An author's own claim always comes before its result in its chain: a result
+            // for an attempt it never claimed is made up.
+            self.misbehaved(worker, job, attempt, Refusal::Unclaimed);
+            return;
+        }
+        j.settle(now);
     }
 
     /// This node stopped running (job, attempt) and no result record of it will come (its claim
@@ -461,11 +577,7 @@ impl Claims {
         self.workers
             .iter()
             .filter(|(id, w)| {
-                let requires_ok = spec.requires.iter().all(|(k, want)| match w.labels.get(k) {
-                    Some(have) => want == "*" || have == want,
-                    None => false,
-                });
-                if !requires_ok {
+                if !labels_meet(&w.labels, &spec.requires) {
                     return false;
                 }
                 if **id == self.me {
@@ -516,7 +628,6 @@ impl Claims {
     pub fn tick(&mut self, now: Timestamp) -> Vec<Action> {
         let mut actions = Vec::new();
         let lease = self.settings.lease;
-        let max_attempts = self.settings.max_attempts;
 
         // Leases and crossed claims.
         for (id, j) in self.jobs.iter_mut() {
@@ -536,7 +647,7 @@ impl Claims {
                         .max(claimed);
                     if now.since(last) > lease {
                         j.avoid.insert(w);
-                        j.reopen(now, max_attempts);
+                        j.reopen(now);
                     }
                 }
             }
@@ -548,9 +659,9 @@ impl Claims {
             };
             let lost = j.winner(attempt).is_some_and(|w| w != self.me);
             let superseded = j
-                .claims
+                .counted
                 .range(attempt + 1..)
-                .any(|(_, c)| c.keys().any(|w| *w != self.me));
+                .any(|(_, c)| c.iter().any(|w| *w != self.me));
             if lost || superseded {
                 self.running.remove(&(job, attempt));
                 self.freed_at = Some(now);
@@ -568,7 +679,7 @@ impl Claims {
             }
         }
         for j in self.jobs.values_mut() {
-            if j.is_final() || !j.claims.is_empty() {
+            if j.is_final() || !j.counted.is_empty() {
                 continue;
             }
             let k = (j.spec.key.builder.clone(), j.spec.key.branch.clone());
@@ -584,7 +695,7 @@ impl Claims {
         let mut open: Vec<(i32, u64, Hash)> = self
             .jobs
             .values()
-            .filter(|j| !j.is_final() && !j.claims.contains_key(&j.attempt))
+            .filter(|j| !j.is_final() && !j.counted.contains_key(&j.attempt))
             .map(|j| (j.spec.priority, j.spec.order, j.spec.id))
             .collect();
         open.sort_by(|a, b| b.cmp(a));
@@ -606,11 +717,29 @@ impl Claims {
                 continue;
             }
             let attempt = j.attempt;
+            if attempt > j.limit() {
+                continue;
+            }
+            let key = j.spec.key.clone();
             j.claims.entry(attempt).or_default().insert(self.me, now);
+            self.recount(&id, now);
+            let j = self.jobs.get_mut(&id).expect("listed above");
+            if !j
+                .counted
+                .get(&attempt)
+                .is_some_and(|c| c.contains(&self.me))
+            {
+                // A claim that would not count (out of sequence) is not made.
+                if let Some(c) = j.claims.get_mut(&attempt) {
+                    c.remove(&self.me);
+                }
+                j.claims.retain(|_, c| !c.is_empty());
+                continue;
+            }
             self.running.insert((id, attempt));
             actions.push(Action::Claim {
                 job: id,
-                key: j.spec.key.clone(),
+                key,
                 attempt,
                 lease_ms: lease.as_millis() as u64,
             });
@@ -621,35 +750,67 @@ impl Claims {
 
 impl Job {
     fn winner(&self, attempt: u32) -> Option<NodeId> {
-        self.claims
+        self.counted
             .get(&attempt)?
-            .keys()
+            .iter()
             .min_by_key(|w| score(&self.spec.id, w))
             .copied()
     }
 
-    // The verdict that counts: highest attempt; within it, the winner's, else the best-ranked.
+    // The attempts the job may take: its builder's limit, plus attempts voided by a key
+    // revoked as compromised.
+    fn limit(&self) -> u32 {
+        self.spec
+            .max_attempts
+            .max(1)
+            .saturating_add(self.voided.len() as u32)
+    }
+
+    // The verdict that counts: of the highest attempt whose winner reported one.
     fn current(&self) -> Option<(u32, NodeId, ResultCode)> {
-        let top = self
-            .results
-            .iter()
-            .filter(|(_, c)| is_verdict(**c))
-            .map(|((a, _), _)| *a)
-            .max()?;
-        let winner = self.winner(top);
-        self.results
-            .iter()
-            .filter(|((a, _), c)| *a == top && is_verdict(**c))
-            .min_by_key(|((_, w), _)| (Some(*w) != winner, score(&self.spec.id, w)))
-            .map(|((a, w), c)| (*a, *w, *c))
+        self.counted.keys().rev().find_map(|&a| {
+            let w = self.winner(a)?;
+            let c = *self.results.get(&(a, w))?;
+            is_verdict(c).then_some((a, w, c))
+        })
+    }
+
+    // After a claim or a result: follow a newer counted attempt; a counted winner's exception
+    // or cancellation of the current attempt reopens the job, elsewhere first.
+    fn settle(&mut self, now: Timestamp) {
+        if self.is_final() {
+            return;
+        }
+        if let Some(&top) = self.counted.keys().next_back()
+            && top > self.attempt
+        {
+            self.attempt = top;
+            self.open_since = now;
+        }
+        while !self.is_final() {
+            let a = self.attempt;
+            let Some(w) = self.winner(a) else {
+                break;
+            };
+            match self.results.get(&(a, w)) {
+                Some(ResultCode::Exception | ResultCode::Cancelled) => {
+                    self.avoid.insert(w);
+                    self.reopen(now);
+                    if self.attempt == a {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
     }
 
     fn is_final(&self) -> bool {
         self.skipped || self.given_up || self.current().is_some()
     }
 
-    fn reopen(&mut self, now: Timestamp, max_attempts: u32) {
-        if self.attempt >= max_attempts {
+    fn reopen(&mut self, now: Timestamp) {
+        if self.attempt >= self.limit() {
             self.given_up = true;
             return;
         }
@@ -715,6 +876,7 @@ mod tests {
             requires: BTreeMap::new(),
             priority: 0,
             order: n,
+            max_attempts: 4,
         }
     }
 
@@ -1013,6 +1175,100 @@ mod tests {
         assert!(
             c.order(&other.id, T).is_empty(),
             "a busy worker is not ranked"
+        );
+    }
+
+    // A rogue admitted worker (w[2]) tries to take or end a job it is not entitled to.
+    fn rogue_setup() -> (Vec<NodeId>, Claims, JobSpec) {
+        let w = ids(3);
+        let mut c = Claims::new(w[0], ClaimSettings::default(), 1);
+        c.worker(w[0], BTreeMap::from([("os".into(), "linux".into())]));
+        c.worker(w[1], BTreeMap::from([("os".into(), "linux".into())]));
+        c.worker(w[2], BTreeMap::from([("os".into(), "freebsd".into())]));
+        for x in &w {
+            c.heartbeat(*x, 0, 1, T);
+        }
+        let mut j = spec(1);
+        j.requires.insert("os".into(), "linux".into());
+        c.job(j.clone(), T);
+        (w, c, j)
+    }
+
+    #[test]
+    fn a_result_without_a_counted_claim_never_becomes_current() {
+        let (w, mut c, j) = rogue_setup();
+        // A red at the last attempt there is, for a job nobody claimed.
+        c.result(w[2], j.id, u32::MAX, ResultCode::Failure, T);
+        assert_eq!(c.state(&j.id), Some(JobState::Pending { attempt: 1 }));
+        assert_eq!(c.misbehaviour(), vec![(w[2], Refusal::Unclaimed)]);
+        // An honest worker builds it green; the rogue's red from a claim it had no right to
+        // (its labels do not match) changes nothing either.
+        c.claim(w[1], j.id, 1, T);
+        c.claim(w[2], j.id, 1, T);
+        c.result(w[2], j.id, 1, ResultCode::Failure, at(10));
+        assert_eq!(c.misbehaviour(), vec![(w[2], Refusal::WrongLabels)]);
+        assert_eq!(
+            c.state(&j.id),
+            Some(JobState::Running {
+                attempt: 1,
+                worker: w[1]
+            })
+        );
+        c.result(w[1], j.id, 1, ResultCode::Success, at(20));
+        assert_eq!(
+            c.state(&j.id),
+            Some(JobState::Done {
+                attempt: 1,
+                worker: w[1],
+                result: ResultCode::Success
+            })
+        );
+    }
+
+    #[test]
+    fn claims_out_of_sequence_or_past_the_limit_do_not_give_a_job_up() {
+        let (w, mut c, j) = rogue_setup();
+        c.worker(w[2], BTreeMap::from([("os".into(), "linux".into())]));
+        // The last attempt claimed straight away, and one past the limit: neither counts, so
+        // the job is still open at attempt 1 and this node claims it.
+        c.claim(w[2], j.id, 4, T);
+        c.claim(w[2], j.id, 5, T);
+        assert_eq!(c.misbehaviour(), vec![(w[2], Refusal::BadAttempt)]);
+        assert_eq!(c.state(&j.id), Some(JobState::Pending { attempt: 1 }));
+        let acts = c.tick(at(5_000));
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::Claim { attempt: 1, .. })),
+            "{acts:?}"
+        );
+        // Far past the lease, the rogue's claims still never end it.
+        c.progress(w[0], j.id, 1, at(5_000));
+        assert!(matches!(
+            c.state(&j.id),
+            Some(JobState::Running { attempt: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn which_claims_count_does_not_depend_on_the_order_they_arrive_in() {
+        let (w, _, j) = rogue_setup();
+        let feed = [(w[1], 1u32), (w[0], 2), (w[1], 3)];
+        let mut states = Vec::new();
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let (_, mut c, _) = rogue_setup();
+            for i in order {
+                let (who, attempt) = feed[i];
+                c.claim(who, j.id, attempt, T);
+            }
+            states.push((c.state(&j.id), c.winner(&j.id, 3)));
+        }
+        assert!(states.windows(2).all(|p| p[0] == p[1]), "{states:?}");
+        assert_eq!(
+            states[0].0,
+            Some(JobState::Running {
+                attempt: 3,
+                worker: w[1]
+            })
         );
     }
 }

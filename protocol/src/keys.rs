@@ -33,7 +33,7 @@ pub enum KeyError {
         /// The key that supposedly signed.
         signer: NodeId,
         /// The domain tag it was checked under.
-        domain: Domain,
+        domain: String,
     },
     /// The operating system gave no randomness.
     #[error("no randomness from the operating system: {0}")]
@@ -88,13 +88,17 @@ impl Domain {
     }
 
     fn message(self, bytes: &[u8]) -> Vec<u8> {
-        let tag = self.tag();
-        let mut msg = Vec::with_capacity(tag.len() + 1 + bytes.len());
-        msg.extend_from_slice(tag);
-        msg.push(0);
-        msg.extend_from_slice(bytes);
-        msg
+        tagged_message(self.tag(), bytes)
     }
+}
+
+// What is signed: the domain tag, a zero byte, the bytes.
+fn tagged_message(tag: &[u8], bytes: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(tag.len() + 1 + bytes.len());
+    msg.extend_from_slice(tag);
+    msg.push(0);
+    msg.extend_from_slice(bytes);
+    msg
 }
 
 impl fmt::Display for Domain {
@@ -167,12 +171,18 @@ impl NodeId {
 
     /// Checks `sig` over `bytes` under `domain` (strict verification: no malleable signatures).
     pub fn verify(&self, domain: Domain, bytes: &[u8], sig: &Signature) -> Result<(), KeyError> {
+        self.verify_tagged(domain.tag(), bytes, sig)
+    }
+
+    /// Checks `sig` over `bytes` under a domain tag given as bytes (a record kind's, which may
+    /// be one a newer node added).
+    pub fn verify_tagged(&self, tag: &[u8], bytes: &[u8], sig: &Signature) -> Result<(), KeyError> {
         let key = verifying_key(&self.0)?;
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
-        key.verify_strict(&domain.message(bytes), &sig)
+        key.verify_strict(&tagged_message(tag, bytes), &sig)
             .map_err(|_| KeyError::BadSignature {
                 signer: *self,
-                domain,
+                domain: String::from_utf8_lossy(tag).into_owned(),
             })
     }
 
@@ -244,6 +254,11 @@ impl SecretKey {
     /// Signs `bytes` under `domain`.
     pub fn sign(&self, domain: Domain, bytes: &[u8]) -> Signature {
         Signature(self.0.sign(&domain.message(bytes)).to_bytes())
+    }
+
+    /// Signs `bytes` under a domain tag given as bytes (see [`NodeId::verify_tagged`]).
+    pub fn sign_tagged(&self, tag: &[u8], bytes: &[u8]) -> Signature {
+        Signature(self.0.sign(&tagged_message(tag, bytes)).to_bytes())
     }
 
     /// The text of a key file: one line, prefix and hex.

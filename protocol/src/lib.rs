@@ -6,7 +6,10 @@
 //! - [`time`]: timestamps as they travel.
 //! - [`docs`]: maintainer-signed documents — genesis, admission, revocation.
 //! - [`builders`]: the builder configuration, its TOML form and its checks.
-//! - [`claims`]: claiming jobs without a master (sans-IO state machine).
+//! - [`entitle`]: whether a signed record counts — role per record kind, due time, unknown
+//!   kinds kept but not counted.
+//! - [`claims`]: claiming jobs without a master (sans-IO state machine), with the job-level
+//!   entitlement of claims and results.
 //! - [`election`]: electing the one notifier by majority-voted leases (sans-IO).
 //! - [`transitions`]: which results are red transitions that need a mail (pure).
 //! - [`record`]: the signed, hash-chained records of each node's log and their bodies.
@@ -19,6 +22,7 @@ pub mod claims;
 pub mod codec;
 pub mod docs;
 pub mod election;
+pub mod entitle;
 pub mod keys;
 pub mod record;
 pub mod time;

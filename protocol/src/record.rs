@@ -14,8 +14,30 @@ use crate::docs::SignedDoc;
 use crate::keys::{Domain, Hash, KeyError, NodeId, SecretKey, Signature};
 use crate::time::Timestamp;
 
-/// The largest record accepted, in bytes (a builder configuration rides in one).
+/// The largest record accepted, in bytes (a builder configuration rides in one). A node never
+/// authors a larger one ([`Record::author`] refuses it), so its peers never refuse its chain.
 pub const MAX_RECORD_BYTES: usize = 640 * 1024;
+
+/// Caps on free text that comes from outside (forges, test output), applied when a record is
+/// made so that it always fits: a commit's subject is its first line, at most this many
+/// characters.
+pub const MAX_SUBJECT_CHARS: usize = 200;
+/// At most this many failing-test lines are kept per step ...
+pub const MAX_FAILING_LINES: usize = 50;
+/// ... each of at most this many characters.
+pub const MAX_FAILING_LINE_CHARS: usize = 300;
+/// Repository URLs and branch names longer than this are not announced.
+pub const MAX_REF_CHARS: usize = 1024;
+
+/// `text` cut to at most `max` characters, with `…` marking a cut.
+pub fn cap_text(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
 
 /// A record that cannot be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -23,12 +45,25 @@ pub enum RecordError {
     /// Not a record, or a body that does not decode.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// A kind this node does not know: the record is kept, its body is not read.
+    #[error("record kind `{0}` is not known to this node")]
+    UnknownKind(String),
     /// The signature does not match the author and bytes.
     #[error("forged or corrupted record: {0}")]
     BadSignature(#[from] KeyError),
     /// Sequence numbers start at 1.
     #[error("record with sequence number 0")]
     ZeroSeq,
+    /// The record would be larger than peers accept; it is not written.
+    #[error("a {kind} record of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Its kind.
+        kind: RecordKind,
+        /// Its size.
+        len: usize,
+        /// [`MAX_RECORD_BYTES`].
+        limit: usize,
+    },
     /// The first record of a log must point at the zero hash.
     #[error("record 1 of {author} has a non-zero prev hash")]
     BadGenesisLink {
@@ -38,8 +73,11 @@ pub enum RecordError {
 }
 
 /// What a record says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+///
+/// A kind this node does not know (a newer node's) is kept as [`RecordKind::Unknown`]: such a
+/// record verifies, is stored and forwarded, and counts for nothing here, so that a mesh of
+/// volunteer hosts can upgrade one host at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RecordKind {
     /// See [`CommitSeen`].
     CommitSeen,
@@ -51,30 +89,117 @@ pub enum RecordKind {
     NotificationSent,
     /// See [`Publish`].
     Publish,
+    /// A kind named by a newer version of the protocol.
+    Unknown(KindName),
+}
+
+/// The name of a record kind this node does not know: up to [`KindName::MAX`] characters of
+/// `a-z`, `0-9` and `-`, the form every kind's name has.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KindName {
+    len: u8,
+    bytes: [u8; KindName::MAX],
+}
+
+impl KindName {
+    /// The longest kind name.
+    pub const MAX: usize = 48;
+
+    /// The name, if `s` has the form of one.
+    pub fn new(s: &str) -> Option<Self> {
+        let valid = !s.is_empty()
+            && s.len() <= Self::MAX
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            return None;
+        }
+        let mut bytes = [0u8; Self::MAX];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Some(KindName {
+            len: s.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("?")
+    }
+}
+
+impl fmt::Debug for KindName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KindName({})", self.as_str())
+    }
 }
 
 impl RecordKind {
-    /// The domain its signatures are made under.
-    pub fn domain(self) -> Domain {
+    const KNOWN: [RecordKind; 5] = [
+        RecordKind::CommitSeen,
+        RecordKind::Claim,
+        RecordKind::BuildResult,
+        RecordKind::NotificationSent,
+        RecordKind::Publish,
+    ];
+
+    /// The kind's name, as it travels.
+    pub fn name(&self) -> &str {
         match self {
-            RecordKind::CommitSeen => Domain::CommitSeen,
-            RecordKind::Claim => Domain::Claim,
-            RecordKind::BuildResult => Domain::BuildResult,
-            RecordKind::NotificationSent => Domain::NotificationSent,
-            RecordKind::Publish => Domain::Publish,
+            RecordKind::CommitSeen => "commit-seen",
+            RecordKind::Claim => "claim",
+            RecordKind::BuildResult => "build-result",
+            RecordKind::NotificationSent => "notification-sent",
+            RecordKind::Publish => "publish",
+            RecordKind::Unknown(n) => n.as_str(),
+        }
+    }
+
+    /// The kind named `name`: a known one, or an unknown one of a valid name.
+    pub fn from_name(name: &str) -> Option<RecordKind> {
+        Self::KNOWN
+            .into_iter()
+            .find(|k| k.name() == name)
+            .or_else(|| KindName::new(name).map(RecordKind::Unknown))
+    }
+
+    /// Whether this node knows the kind.
+    pub fn is_known(&self) -> bool {
+        !matches!(self, RecordKind::Unknown(_))
+    }
+
+    /// The domain tag its signatures are made under: `buildmesh/v1/record/<name>`, for the
+    /// kinds known here (their [`Domain`]) and for any kind a newer node adds.
+    pub fn tag(&self) -> Vec<u8> {
+        match self {
+            RecordKind::CommitSeen => Domain::CommitSeen.tag().to_vec(),
+            RecordKind::Claim => Domain::Claim.tag().to_vec(),
+            RecordKind::BuildResult => Domain::BuildResult.tag().to_vec(),
+            RecordKind::NotificationSent => Domain::NotificationSent.tag().to_vec(),
+            RecordKind::Publish => Domain::Publish.tag().to_vec(),
+            RecordKind::Unknown(n) => format!("buildmesh/v1/record/{}", n.as_str()).into_bytes(),
         }
     }
 }
 
 impl fmt::Display for RecordKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RecordKind::CommitSeen => "commit-seen",
-            RecordKind::Claim => "claim",
-            RecordKind::BuildResult => "build-result",
-            RecordKind::NotificationSent => "notification-sent",
-            RecordKind::Publish => "publish",
-        })
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for RecordKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // The same bytes as the unit variants of a kebab-case enum: a text string.
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        RecordKind::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{name}` is not a record kind name")))
     }
 }
 
@@ -135,7 +260,7 @@ impl Record {
             body: body.encode()?,
         };
         let env_bytes = codec::encode("record envelope", &envelope)?;
-        let sig = key.sign(envelope.kind.domain(), &env_bytes);
+        let sig = key.sign_tagged(&envelope.kind.tag(), &env_bytes);
         let hash = Hash::of(&env_bytes);
         let bytes = codec::encode(
             "record",
@@ -144,6 +269,13 @@ impl Record {
                 sig,
             },
         )?;
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(RecordError::TooLarge {
+                kind: envelope.kind,
+                len: bytes.len(),
+                limit: MAX_RECORD_BYTES,
+            });
+        }
         Ok(Record {
             envelope,
             hash,
@@ -158,7 +290,7 @@ impl Record {
         let envelope: Envelope = codec::decode("record envelope", &signed.envelope)?;
         envelope
             .author
-            .verify(envelope.kind.domain(), &signed.envelope, &signed.sig)?;
+            .verify_tagged(&envelope.kind.tag(), &signed.envelope, &signed.sig)?;
         if envelope.seq == 0 {
             return Err(RecordError::ZeroSeq);
         }
@@ -252,6 +384,7 @@ impl Body {
                 Body::NotificationSent(codec::decode("notification-sent body", bytes)?)
             }
             RecordKind::Publish => Body::Publish(codec::decode("publish body", bytes)?),
+            RecordKind::Unknown(n) => return Err(RecordError::UnknownKind(n.as_str().into())),
         })
     }
 }
@@ -281,8 +414,22 @@ pub struct CommitSeen {
     pub source: ChangeSource,
     /// The key that asked for it (a developer's `submit`), when not the record's author.
     pub requested_by: Option<NodeId>,
-    /// The commit's first line, when known.
+    /// The commit's first line, when known (at most [`MAX_SUBJECT_CHARS`]).
     pub subject: Option<String>,
+    /// The caller's signed request, when the record's author announces on someone's behalf:
+    /// every node checks the caller's role from it (see [`crate::entitle`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<crate::wire::SignedRequest>,
+}
+
+impl CommitSeen {
+    /// The subject as a record carries it: the first line of `message`, capped.
+    pub fn subject_of(message: &str) -> String {
+        cap_text(
+            message.lines().next().unwrap_or("").trim(),
+            MAX_SUBJECT_CHARS,
+        )
+    }
 }
 
 /// What a job is: one builder on one commit.
@@ -337,6 +484,17 @@ pub enum ResultCode {
     Cancelled,
 }
 
+impl ResultCode {
+    /// Whether it is a verdict on the code (green, orange or red): an exception or a
+    /// cancellation says nothing about the commit.
+    pub fn is_verdict(self) -> bool {
+        matches!(
+            self,
+            ResultCode::Success | ResultCode::Warnings | ResultCode::Failure | ResultCode::Flaky
+        )
+    }
+}
+
 impl fmt::Display for ResultCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -388,6 +546,37 @@ pub struct BuildResult {
     pub finished: Timestamp,
     /// The builder configuration version it ran under.
     pub config_version: u64,
+}
+
+impl BuildResult {
+    /// Caps what came from the build's output (failing-test lines) so that the record fits:
+    /// [`MAX_FAILING_LINES`] of [`MAX_FAILING_LINE_CHARS`] per step, then, while the encoded
+    /// result is still too large for a record, failing lines are dropped from the last step
+    /// back (the step results themselves always stay).
+    pub fn fit(&mut self) {
+        for s in &mut self.steps {
+            s.failing_lines.truncate(MAX_FAILING_LINES);
+            for l in &mut s.failing_lines {
+                if l.chars().count() > MAX_FAILING_LINE_CHARS {
+                    *l = cap_text(l, MAX_FAILING_LINE_CHARS);
+                }
+            }
+        }
+        // Room for the envelope and signature around the body.
+        let budget = MAX_RECORD_BYTES - 4096;
+        while codec::encode("build-result body", self).map_or(0, |b| b.len()) > budget {
+            let Some(step) = self
+                .steps
+                .iter_mut()
+                .rev()
+                .find(|s| !s.failing_lines.is_empty())
+            else {
+                break;
+            };
+            let keep = step.failing_lines.len() / 2;
+            step.failing_lines.truncate(keep);
+        }
+    }
 }
 
 /// The notifier sent the mail for one transition.

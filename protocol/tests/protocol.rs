@@ -83,6 +83,7 @@ fn every_body() -> Vec<Body> {
             source: ChangeSource::Poller,
             requested_by: Some(key(4).id()),
             subject: Some("Fix the frobnicator".into()),
+            request: None,
         }),
         Body::Claim(Claim {
             job: k.id(),

@@ -18,6 +18,7 @@ fn body(i: u64) -> Body {
         source: ChangeSource::Poller,
         requested_by: None,
         subject: Some("gh-12345: Fix a crash in the frobnicator".into()),
+        request: None,
     })
 }
 

@@ -19,6 +19,7 @@ fn commit(i: u64) -> Body {
         source: ChangeSource::Submit,
         requested_by: None,
         subject: None,
+        request: None,
     })
 }
 

@@ -459,6 +459,7 @@ impl Mesh {
                 source: ChangeSource::Poller,
                 requested_by: None,
                 subject: None,
+                request: None,
             }))
             .await
             .expect("announced");

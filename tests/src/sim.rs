@@ -520,6 +520,7 @@ impl World {
                     requires,
                     priority: 0,
                     order: self.now,
+                    max_attempts: 4,
                 };
                 self.durations.insert(spec.id, self.rng.range(200, 6_000));
                 let v = match self.rng.range(0, 99) {

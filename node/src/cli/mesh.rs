@@ -34,6 +34,10 @@ pub struct TestnetArgs {
     /// Node i (from 1) uses API port P+10i and libp2p port P+10i+1.
     #[arg(long, default_value_t = 17700)]
     base_port: u16,
+    /// Give each node its own loopback address (127.0.0.2, 127.0.0.3, …), as separate hosts
+    /// have, instead of all on 127.0.0.1. Linux only.
+    #[arg(long)]
+    spread_ips: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,7 +103,12 @@ pub fn init_node(args: InitNode) -> anyhow::Result<ExitCode> {
 }
 
 pub fn testnet(args: TestnetArgs) -> anyhow::Result<ExitCode> {
-    let t = buildmesh_node::testnet::generate(&args.dir, args.nodes, args.base_port)?;
+    let t = buildmesh_node::testnet::generate_with(
+        &args.dir,
+        args.nodes,
+        args.base_port,
+        args.spread_ips,
+    )?;
     println!("{}", args.dir.join("testnet.json").display());
     for n in &t.nodes {
         eprintln!(

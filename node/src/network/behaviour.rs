@@ -29,11 +29,51 @@ pub fn topic(mesh: &Hash) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("buildmesh/{mesh}"))
 }
 
+/// Gossipsub's peer scoring as a mesh of admitted peers needs it.
+///
+/// - **No IP-colocation penalty.** rust-libp2p's default (weight -5 past 10 peers on one IP,
+///   squared) graylists a peer once 17 nodes share an address: on one loopback address, or a
+///   dozen workers behind one NAT or in one lab, gossip then stops. Admission by key is this
+///   mesh's Sybil defence, so an address says nothing about a peer here.
+/// - **Invalid messages cost score.** Every payload is checked before it is forwarded, so an
+///   honest peer forwards nothing we reject (but for a race with a revocation it has not heard
+///   yet). Four rejected messages in quick succession take a peer below the graylist threshold;
+///   the count decays by a tenth a second, so an honest race is forgotten within a minute.
+/// - **No delivery-rate penalties.** A CI mesh is quiet most of the time: penalising peers for
+///   delivering few messages (gossipsub's P3) would prune honest peers at every lull.
+/// - Time in the mesh and first deliveries earn a little, so that a well-behaved peer is kept.
+pub(crate) fn peer_score(
+    topic: &gossipsub::TopicHash,
+) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let topic_params = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 300.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 50.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -5.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    };
+    let mut params = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
+    params.topics.insert(topic.clone(), topic_params);
+    (params, gossipsub::PeerScoreThresholds::default())
+}
+
 impl Behaviour {
     pub(crate) fn new(
         key: &identity::Keypair,
+        mesh: &Hash,
         request_timeout: Duration,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let topic_hash = topic(mesh).hash();
         let config = gossipsub::ConfigBuilder::default()
             .heartbeat_interval(Duration::from_millis(700))
             // Nothing is forwarded until the node has checked it.
@@ -54,10 +94,8 @@ impl Behaviour {
             gossipsub::MessageAuthenticity::Author(key.public().to_peer_id()),
             config,
         )?;
-        gossipsub.with_peer_score(
-            gossipsub::PeerScoreParams::default(),
-            gossipsub::PeerScoreThresholds::default(),
-        )?;
+        let (params, thresholds) = peer_score(&topic_hash);
+        gossipsub.with_peer_score(params, thresholds)?;
         let sync = request_response::Behaviour::with_codec(
             Codec,
             [(PROTOCOL, request_response::ProtocolSupport::Full)],

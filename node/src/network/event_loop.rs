@@ -54,7 +54,7 @@ impl EventLoop {
             .with_quic()
             .with_dns()
             .map_err(|e| build(&e))?
-            .with_behaviour(|key| Behaviour::new(key, timeout))
+            .with_behaviour(|key| Behaviour::new(key, &config.mesh, timeout))
             .map_err(|e| build(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
             .build();

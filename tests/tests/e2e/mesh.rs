@@ -17,6 +17,7 @@ pub fn commit(i: u64) -> Body {
         source: ChangeSource::Submit,
         requested_by: None,
         subject: None,
+        request: None,
     })
 }
 

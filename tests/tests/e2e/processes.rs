@@ -324,3 +324,81 @@ async fn killing_the_worker_mid_step_moves_the_job_and_leaves_no_process() {
     assert_ne!(b["worker"], worker.as_str());
     drop(procs);
 }
+
+// Gossipsub's default peer scoring graylists peers that share an IP past a dozen or so: on one
+// address a mesh of 17 stopped gossiping. Admitted peers on one address must all be heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_five_node_processes_on_one_address_all_hear_each_other() {
+    buildmesh_tests::logs();
+    const N: usize = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_base(N);
+    let t = buildmesh_node::testnet::generate(&dir.path().join("mesh"), N, base).unwrap();
+    let _procs: Vec<Proc> = t.nodes.iter().map(|n| run(&n.config)).collect();
+    let apis: Vec<String> = t.nodes.iter().map(|n| n.api.clone()).collect();
+    // Liveness comes from heartbeats, which only travel by gossip.
+    for api in &apis {
+        wait_for(
+            "every node to hear all 25 as live",
+            Duration::from_secs(120),
+            || async {
+                json(format!("http://{api}/api/v1/nodes"))
+                    .await
+                    .and_then(|v| {
+                        v.as_array()
+                            .map(|a| a.len() == N && a.iter().all(|n| n["live"] == true))
+                    })
+                    .unwrap_or(false)
+            },
+        )
+        .await;
+    }
+    // And records move by gossip too, not only by the periodic sync: one published through
+    // node 1 now reaches the others by gossip.
+    let maintainer = buildmesh_protocol::SecretKey::from_file_text(
+        &std::fs::read_to_string(&t.maintainer_key).unwrap(),
+    )
+    .unwrap();
+    let genesis = buildmesh_protocol::docs::Genesis::verify(
+        &buildmesh_protocol::docs::SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let spare = buildmesh_protocol::SecretKey::from_seed([7; 32]);
+    let mut doc = buildmesh_protocol::docs::SignedDoc::new(&buildmesh_protocol::docs::Admission {
+        mesh: genesis.mesh,
+        node: spare.id(),
+        name: "spare".into(),
+        roles: [buildmesh_protocol::docs::Role::Worker].into(),
+        labels: Default::default(),
+        owner: None,
+        issued: buildmesh_protocol::Timestamp::now(),
+        expires: None,
+    })
+    .unwrap();
+    doc.sign(&maintainer);
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/publish", apis[0]))
+        .body(doc.to_bytes())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    for api in &apis[1..] {
+        wait_for(
+            "records accepted from gossip on every node",
+            Duration::from_secs(60),
+            || async {
+                let Ok(r) = reqwest::get(format!("http://{api}/metrics")).await else {
+                    return false;
+                };
+                let text = r.text().await.unwrap_or_default();
+                text.lines()
+                    .find_map(|l| l.strip_prefix("buildmesh_records_gossiped_total "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            },
+        )
+        .await;
+    }
+}
