@@ -478,7 +478,21 @@ async fn announce(
     subject: Option<String>,
     request: Option<buildmesh_protocol::wire::SignedRequest>,
 ) -> Response {
-    use buildmesh_protocol::record::Body;
+    use buildmesh_protocol::record::{Body, MAX_REF_CHARS};
+    // Names from outside are bounded before anything is signed: a record its peers would refuse
+    // would stall every later record of this node.
+    if repo.chars().count() > MAX_REF_CHARS
+        || branch.chars().count() > MAX_REF_CHARS
+        || sha.len() > 64
+        || !sha.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "refusing to announce: repository and branch names are limited to {MAX_REF_CHARS} characters, a commit id to 64 hex digits"
+            ),
+        );
+    }
     if let Ok(Some(seen)) = s.store.commit_seen(&repo, &branch, &sha) {
         return Json(
             json!({"announced": false, "already": {"author": seen.author, "seq": seen.seq}}),
@@ -527,6 +541,20 @@ async fn webhook(
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    // The node authors the announcement itself: one without the announcer role would count
+    // nowhere, so the forge hears it now instead of the commit vanishing.
+    match s.replica.may_announce(s.me).await {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this node may not announce commits ({why}); point the webhook at an announcer node"
+                ),
+            );
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
     let config = match s.replica.config().await {
         Ok(Some(c)) => c,
         Ok(None) => {

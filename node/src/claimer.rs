@@ -697,7 +697,7 @@ async fn run_and_report(
         };
         steps.push(s.to_result(log));
     }
-    let result = BuildResult {
+    let mut result = BuildResult {
         job: spec.job,
         key: spec.key.clone(),
         attempt: spec.attempt,
@@ -707,6 +707,8 @@ async fn run_and_report(
         finished: outcome.finished,
         config_version,
     };
+    // Whatever the build printed, the result fits in a record its peers take.
+    result.fit();
     let code = result.result;
     match replica.author(Body::BuildResult(result)).await {
         Ok(r) => {

@@ -8,15 +8,16 @@ use regex::bytes::{Regex, RegexSet};
 /// The most log kept per step; the tail is kept because that is where failures show.
 pub(crate) const LOG_CAP: usize = 16 * 1024 * 1024;
 
-/// How many failure lines a flaky step keeps.
-pub(crate) const MAX_FAILING_LINES: usize = 50;
+/// How many failure lines a flaky step keeps (results travel in records: see the caps in
+/// `buildmesh_protocol::record`).
+pub(crate) const MAX_FAILING_LINES: usize = buildmesh_protocol::record::MAX_FAILING_LINES;
 
 /// A line longer than this is analysed in pieces: a program writing megabytes without a newline
 /// must not grow the pending buffer without bound.
 const MAX_LINE: usize = 64 * 1024;
 
 /// A failure line longer than this is shortened in `failing_lines` (results travel in records).
-const MAX_FAILING_LINE_CHARS: usize = 1000;
+const MAX_FAILING_LINE_CHARS: usize = buildmesh_protocol::record::MAX_FAILING_LINE_CHARS;
 
 /// The log bytes of one step (all of its runs), keeping at most `cap` bytes: the newest.
 #[derive(Debug)]
@@ -183,7 +184,7 @@ impl Capture {
             && (contains(line, b"FAIL") || contains(line, b"ERROR"))
         {
             let text = String::from_utf8_lossy(line);
-            let text: String = text.chars().take(MAX_FAILING_LINE_CHARS).collect();
+            let text = buildmesh_protocol::record::cap_text(&text, MAX_FAILING_LINE_CHARS);
             self.run_failing.push(text);
         }
     }
