@@ -1,19 +1,35 @@
 //! The replica: the one task that decides what enters this node's store and what the node knows
-//! of the mesh. It owns the trust fold, the peers' door state, the live set and the counters of
-//! refusals; it answers the network's gossip and requests, runs anti-entropy with peers, and
-//! authors this node's records.
+//! of the mesh. It owns the trust fold, the door, the live set and the counters of refusals;
+//! it answers the network's gossip and requests, runs anti-entropy with peers, and authors this
+//! node's records. The decisions are in its parts; this module routes to them and carries out
+//! what they decide.
+//!
+//! - `gate`: whether a verified record may enter the store and counts (sans-IO).
+//! - `door`: what a connected peer must show, and the table of connected peers.
+//! - [`crate::liveness`]: heartbeats, the live set, dropping silent connections and redialling.
+//! - `sync`: anti-entropy with one peer.
+//! - `blobs`: fetching blobs from peers, and copying the logs of red builds.
+//! - `views`: the node list and the counters as the API shows them.
 //!
 //! Every record, whether it came by gossip or by sync, passes the same gate: signature (on every
 //! core for large batches), author admitted and not revoked at the record's time, then the
 //! store's chain checks. Nothing is forwarded or stored before it passed.
+
+mod blobs;
+mod door;
+mod gate;
+mod sync;
+#[cfg(test)]
+mod testkit;
+mod views;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use buildmesh_protocol::builders::BuilderConfig;
-use buildmesh_protocol::docs::{Admission, DocKind, Role, SignedDoc};
-use buildmesh_protocol::record::{Body, Publish, Record, RecordError, ResultCode};
+use buildmesh_protocol::docs::{DocKind, Role, SignedDoc};
+use buildmesh_protocol::record::{Body, Publish, Record, RecordError};
 use buildmesh_protocol::trust::{Applied, Trust, TrustError};
 use buildmesh_protocol::vv::VersionVector;
 use buildmesh_protocol::wire::{
@@ -23,13 +39,18 @@ use buildmesh_protocol::wire::{
 use buildmesh_protocol::{Hash, NodeId, SecretKey, Timestamp};
 use buildmesh_store::{Ingest, Store, StoreError};
 use libp2p::{Multiaddr, PeerId};
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+pub use views::{Metrics, NodeView};
+
+use self::door::{Door, Refusal};
+use self::gate::{GateInput, GateVerdict};
 use crate::NodeError;
 use crate::config::MeshSettings;
+use crate::liveness::{self, Liveness, Membership};
 use crate::network::{self, Verdict};
 
 /// How far a signal's clock may be from ours before it is refused as stale.
@@ -173,91 +194,10 @@ impl ReplicaClient {
     }
 }
 
-/// One admitted node, as the API lists it.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
-pub struct NodeView {
-    /// Node id.
-    pub id: NodeId,
-    /// Its name.
-    pub name: String,
-    /// Its labels.
-    pub labels: BTreeMap<String, String>,
-    /// Its roles.
-    pub roles: Vec<Role>,
-    /// Heard from within the liveness window.
-    pub live: bool,
-    /// When it was last heard from (this node's clock).
-    pub last_heard: Option<Timestamp>,
-    /// Revoked (at any effective time).
-    pub revoked: bool,
-    /// Why, when revoked.
-    pub revocation_reason: Option<String>,
-    /// Builds it runs now (from its last heartbeat).
-    pub running: u32,
-    /// Builds it may run at once.
-    pub capacity: u32,
-    /// Records of its log held here.
-    pub records: u64,
-    /// Connected to this node now.
-    pub connected: bool,
-    /// Flagged for signing two records with one seq.
-    pub flagged: bool,
-    /// Who to mail when it goes missing (from its admission).
-    #[serde(default)]
-    pub owner: Option<String>,
-}
-
-/// Counters and state.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
-pub struct Metrics {
-    /// This node.
-    pub id: Option<NodeId>,
-    /// Records held in logs.
-    pub records: u64,
-    /// Records held back for a gap.
-    pub pending: u64,
-    /// Peers connected.
-    pub peers_connected: u64,
-    /// Peers that showed a valid admission.
-    pub peers_admitted: u64,
-    /// Whether the node caught up with the mesh and may author records.
-    pub caught_up: bool,
-    /// Refused messages by reason.
-    pub refused: BTreeMap<String, u64>,
-    /// Records accepted from gossip.
-    pub gossip_records: u64,
-    /// Records accepted from sync.
-    pub synced_records: u64,
-    /// Syncs finished.
-    pub syncs: u64,
-    /// Records authored here.
-    pub authored: u64,
-}
-
-#[derive(Debug)]
-struct Peer {
-    node: Option<NodeId>,
-    admitted: bool,
-    door_deadline: Instant,
-    syncing: bool,
-    since: Instant,
-}
-
-#[derive(Debug)]
-struct Live {
-    heard: Instant,
-    heard_at: Timestamp,
-    last_time: Timestamp,
-    running: u32,
-    capacity: u32,
-    addrs: Vec<Multiaddr>,
-}
-
-enum AuthorCheck {
-    Ok,
-    Unknown,
-    Refuse(&'static str, String),
-}
+/// This node's worker load for its heartbeats: (builds running, builds it may run at once).
+/// Read through a function so that the replica does not name the claimer's types: the claimer
+/// talks to the replica, not the other way round.
+pub(crate) type LoadGauge = Box<dyn Fn() -> (u32, u32) + Send + Sync>;
 
 /// The replica task. Built by `node::start`, run with [`Replica::run`].
 pub(crate) struct Replica {
@@ -272,31 +212,24 @@ pub(crate) struct Replica {
     events: mpsc::Receiver<network::Event>,
     commands: mpsc::Receiver<Command>,
     self_tx: mpsc::Sender<Command>,
-    peers: HashMap<PeerId, Peer>,
-    live: HashMap<NodeId, Live>,
+    door: Door,
+    liveness: Liveness,
     cut: HashSet<PeerId>,
     listen: Vec<Multiaddr>,
     caught_up: bool,
     revoked: bool,
     refused: BTreeMap<&'static str, u64>,
     logged: HashSet<(Option<PeerId>, &'static str)>,
+    // Authors whose records this node refuses from some seq on (revoked keys): sync does not
+    // pull them, and a heartbeat ahead of what is held does not start a round for them.
     refused_from: HashMap<NodeId, u64>,
     metrics: Metrics,
     last_redial: Instant,
     feed: tokio::sync::broadcast::Sender<Arc<Record>>,
     signals: tokio::sync::broadcast::Sender<Signal>,
-    load: tokio::sync::watch::Receiver<Load>,
-    ballots: mpsc::Sender<crate::notifier::BallotIn>,
+    load: LoadGauge,
+    membership: watch::Sender<Membership>,
     cancel: CancellationToken,
-}
-
-/// What this node's worker is doing, for its heartbeats.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Load {
-    /// Builds running.
-    pub running: u32,
-    /// Builds it may run at once.
-    pub capacity: u32,
 }
 
 impl std::fmt::Debug for Replica {
@@ -317,13 +250,13 @@ pub(crate) struct ReplicaParts {
     pub events: mpsc::Receiver<network::Event>,
     pub feed: tokio::sync::broadcast::Sender<Arc<Record>>,
     pub signals: tokio::sync::broadcast::Sender<Signal>,
-    pub load: tokio::sync::watch::Receiver<Load>,
-    pub ballots: mpsc::Sender<crate::notifier::BallotIn>,
+    pub load: LoadGauge,
     pub cancel: CancellationToken,
 }
 
 impl Replica {
-    pub(crate) fn new(parts: ReplicaParts) -> (Self, ReplicaClient) {
+    /// The replica, its handle, and the membership it publishes.
+    pub(crate) fn new(parts: ReplicaParts) -> (Self, ReplicaClient, watch::Receiver<Membership>) {
         let (tx, commands) = mpsc::channel(1024);
         let me = parts.key.id();
         let own_log_empty = parts
@@ -334,20 +267,24 @@ impl Replica {
         // A node whose store holds nothing of its own log may have lost its disk: it authors
         // nothing until a peer told it what it had (unless it is alone, with no one to ask).
         let caught_up = !own_log_empty || parts.bootstrap.is_empty();
+        let (membership, membership_rx) = watch::channel(Membership {
+            trust: parts.trust.clone(),
+            live: Default::default(),
+        });
         let replica = Replica {
             key: parts.key,
             me,
             store: parts.store,
             trust: parts.trust,
             admission: parts.admission,
+            door: Door::new(parts.settings.door_timeout),
+            liveness: Liveness::new(parts.settings.liveness_window),
             settings: parts.settings,
             bootstrap: parts.bootstrap,
             net: parts.net,
             events: parts.events,
             commands,
             self_tx: tx.clone(),
-            peers: HashMap::new(),
-            live: HashMap::new(),
             cut: HashSet::new(),
             listen: Vec::new(),
             caught_up,
@@ -360,14 +297,14 @@ impl Replica {
             feed: parts.feed,
             signals: parts.signals,
             load: parts.load,
-            ballots: parts.ballots,
+            membership,
             cancel: parts.cancel,
         };
-        (replica, ReplicaClient { tx })
+        (replica, ReplicaClient { tx }, membership_rx)
     }
 
     /// Runs until the node shuts down.
-    pub(crate) async fn run(mut self) {
+    pub(crate) async fn run(mut self) -> Result<(), NodeError> {
         if self.caught_up {
             self.on_caught_up().await;
         } else {
@@ -389,10 +326,9 @@ impl Replica {
                 _ = anti_entropy.tick() => self.anti_entropy(),
             }
         }
-        if let Err(e) = self.store.flush() {
-            tracing::error!(error = %e, "store flush at shutdown failed");
-        }
+        let flushed = self.store.flush();
         tracing::debug!("replica stopped");
+        flushed.map_err(NodeError::from)
     }
 
     fn refuse(
@@ -409,8 +345,25 @@ impl Replica {
         }
     }
 
-    fn is_admitted(&self, peer: &PeerId) -> bool {
-        self.peers.get(peer).is_some_and(|p| p.admitted)
+    // Tells the services that read membership. Called when trust changes, before the record
+    // that changed it goes out on the feed, so that a reader woken by the record sees it.
+    fn publish_membership(&mut self) {
+        let live = self.liveness.live_at(Instant::now());
+        self.membership.send_replace(Membership {
+            trust: self.trust.clone(),
+            live,
+        });
+    }
+
+    fn apply_trusted(&mut self, doc: &SignedDoc) -> Result<Applied, TrustError> {
+        let applied = self.trust.apply(doc);
+        if matches!(
+            applied,
+            Ok(Applied::Admitted(_) | Applied::Revoked(..) | Applied::Config(_))
+        ) {
+            self.publish_membership();
+        }
+        applied
     }
 
     // ---- network events -------------------------------------------------------------------
@@ -423,34 +376,6 @@ impl Replica {
             }
             network::Event::Request {
                 peer,
-                request: Request::Ballot(ballot),
-                channel,
-            } => {
-                // The election answers on its own task; the answer goes back when it comes.
-                let from = self
-                    .peers
-                    .get(&peer)
-                    .filter(|p| p.admitted)
-                    .and_then(|p| p.node);
-                let net = self.net.clone();
-                let ballots = self.ballots.clone();
-                tokio::spawn(async move {
-                    let answers = match from {
-                        Some(node) => {
-                            let (reply, rx) = oneshot::channel();
-                            if ballots.send((node, ballot, reply)).await.is_ok() {
-                                rx.await.unwrap_or_default()
-                            } else {
-                                Vec::new()
-                            }
-                        }
-                        None => Vec::new(),
-                    };
-                    let _ = net.respond(channel, Response::Ballots(answers)).await;
-                });
-            }
-            network::Event::Request {
-                peer,
                 request,
                 channel,
             } => {
@@ -459,7 +384,7 @@ impl Replica {
             }
             network::Event::Connected { peer, addr } => self.on_connected(peer, addr).await,
             network::Event::Disconnected { peer } => {
-                if let Some(p) = self.peers.remove(&peer)
+                if let Some(p) = self.door.remove(&peer)
                     && p.admitted
                 {
                     tracing::info!(%peer, "peer disconnected");
@@ -482,106 +407,70 @@ impl Replica {
             return;
         }
         tracing::debug!(%peer, %addr, "connected; waiting for its admission");
-        self.peers.insert(
-            peer,
-            Peer {
-                node: None,
-                admitted: false,
-                door_deadline: Instant::now() + self.settings.door_timeout,
-                syncing: false,
-                since: Instant::now(),
-            },
-        );
-        let hello = Request::Hello(Hello {
-            mesh: self.trust.mesh(),
-            admission: self.admission.clone(),
-        });
+        self.door.connected(peer, Instant::now());
+        let hello = Request::Hello(self.hello());
         let net = self.net.clone();
         let tx = self.self_tx.clone();
-        tokio::spawn(async move {
-            let answer = net.request(peer, hello).await.map_err(|e| e.to_string());
-            let _ = tx.send(Command::HelloAnswer { peer, answer }).await;
-        });
+        tokio::spawn(
+            async move {
+                let answer = net.request(peer, hello).await.map_err(|e| e.to_string());
+                let _ = tx.send(Command::HelloAnswer { peer, answer }).await;
+            }
+            .in_current_span(),
+        );
     }
 
-    // Checks a peer's hello; on success the peer is admitted and synced with.
-    fn check_hello(
-        &mut self,
-        peer: PeerId,
-        hello: &Hello,
-    ) -> Result<NodeId, (&'static str, String)> {
-        if hello.mesh != self.trust.mesh() {
-            return Err(("wrong-mesh", format!("peer is in mesh {}", hello.mesh)));
+    fn hello(&self) -> Hello {
+        Hello {
+            mesh: self.trust.mesh(),
+            admission: self.admission.clone(),
         }
-        let admission = self
-            .trust
-            .check_admission(&hello.admission)
-            .map_err(|e| ("bad-admission", e.to_string()))?;
-        if admission.node.to_peer_id() != peer {
-            return Err((
-                "bad-admission",
-                format!(
-                    "admission is for {}, not for the connected key",
-                    admission.node
-                ),
-            ));
-        }
-        let _ = self.trust.apply(&hello.admission);
-        self.trust
-            .check_member(&admission.node, Timestamp::now())
-            .map_err(|e| match e {
-                TrustError::Revoked { .. } => ("revoked", e.to_string()),
-                TrustError::Expired { .. } => ("expired", e.to_string()),
-                _ => ("bad-admission", e.to_string()),
-            })?;
-        Ok(admission.node)
     }
 
-    fn admit_peer(&mut self, peer: PeerId, node: NodeId) {
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        if p.admitted {
-            return;
+    // Checks a peer's hello; on success the peer is admitted and synced with, otherwise it is
+    // refused and disconnected.
+    async fn at_door(&mut self, peer: PeerId, hello: &Hello) -> Result<(), Refusal> {
+        let checked = door::check_hello(&mut self.trust, peer, hello, Timestamp::now());
+        if checked.learnt {
+            self.publish_membership();
         }
-        p.admitted = true;
-        p.node = Some(node);
-        let name = self
-            .trust
-            .admission(&node)
-            .map(|a| a.name.clone())
-            .unwrap_or_default();
-        tracing::info!(peer = %node, name, "peer admitted");
-        self.start_sync(peer);
-    }
-
-    async fn refuse_at_door(&mut self, peer: PeerId, reason: &'static str, detail: String) {
-        self.refuse(Some(peer), reason, &detail);
-        // Let the refusal reach the peer before the connection closes.
-        let net = self.net.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let _ = net.disconnect(peer).await;
-        });
+        match checked.verdict {
+            Ok(node) => {
+                if self.door.admit(peer, node) {
+                    let name = self
+                        .trust
+                        .admission(&node)
+                        .map(|a| a.name.clone())
+                        .unwrap_or_default();
+                    tracing::info!(peer = %node, name, "peer admitted");
+                    self.start_sync(peer);
+                }
+                Ok(())
+            }
+            Err(refusal) => {
+                self.refuse(Some(peer), refusal.reason, &refusal.detail);
+                // Let the refusal reach the peer before the connection closes.
+                let net = self.net.clone();
+                tokio::spawn(
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let _ = net.disconnect(peer).await;
+                    }
+                    .in_current_span(),
+                );
+                Err(refusal)
+            }
+        }
     }
 
     async fn on_request(&mut self, peer: PeerId, request: Request) -> Response {
         if let Request::Hello(hello) = &request {
-            return match self.check_hello(peer, hello) {
-                Ok(node) => {
-                    self.admit_peer(peer, node);
-                    Response::Hello(Hello {
-                        mesh: self.trust.mesh(),
-                        admission: self.admission.clone(),
-                    })
-                }
-                Err((reason, detail)) => {
-                    self.refuse_at_door(peer, reason, detail.clone()).await;
-                    Response::Refused(detail)
-                }
+            return match self.at_door(peer, hello).await {
+                Ok(()) => Response::Hello(self.hello()),
+                Err(refusal) => Response::Refused(refusal.detail),
             };
         }
-        if !self.is_admitted(&peer) {
+        if !self.door.is_admitted(&peer) {
             self.refuse(
                 Some(peer),
                 "unadmitted-peer",
@@ -591,16 +480,15 @@ impl Replica {
         }
         let result = match request {
             Request::Hello(_) => unreachable!("answered above"),
-            Request::VersionVector(theirs) => {
-                self.note_peer_vv(&theirs);
-                self.store.version_vector().map(Response::VersionVector)
-            }
+            Request::VersionVector(_) => self.store.version_vector().map(Response::VersionVector),
             Request::Pull { author, from, max } => self.pull_answer(&author, from, max),
             Request::Blob(hash) => self
                 .store
                 .blob(&hash)
                 .map(|b| Response::Blob(b.map(serde_bytes::ByteBuf::from))),
-            Request::Ballot(_) => unreachable!("answered on its own task"),
+            // Ballots go from the network straight to the notifier; one that strays here has
+            // no election to answer it.
+            Request::Ballot(_) => Ok(Response::Ballots(Vec::new())),
         };
         result.unwrap_or_else(|e| {
             tracing::error!(error = %e, "store failed while answering a peer");
@@ -625,16 +513,11 @@ impl Replica {
         Ok(Response::Records(out))
     }
 
-    fn note_peer_vv(&mut self, _theirs: &VersionVector) {
-        // Peers' version vectors tell which of this node's records another node holds; the
-        // executor uses that to know a result is safe.
-    }
-
     async fn on_gossip(&mut self, source: PeerId, data: &[u8]) -> Verdict {
-        if !self.is_admitted(&source) {
+        if !self.door.is_admitted(&source) {
             // A peer still at the door may gossip before its hello is through: that is the
             // order libp2p delivers things in, not misbehaviour. Anti-entropy brings it later.
-            if !self.peers.contains_key(&source) {
+            if !self.door.contains(&source) {
                 self.refuse(
                     Some(source),
                     "unadmitted-peer",
@@ -693,10 +576,7 @@ impl Replica {
         }
         // Heartbeats are ordered per sender; other signals are told apart by content (gossip
         // drops exact copies) and bounded by the clock-skew window above.
-        if matches!(signal, Signal::Heartbeat(_))
-            && let Some(l) = self.live.get(&sender)
-            && l.last_time >= time
-        {
+        if matches!(signal, Signal::Heartbeat(_)) && self.liveness.is_replay(&sender, time) {
             self.refuse(
                 Some(source),
                 "replayed-signal",
@@ -705,61 +585,27 @@ impl Replica {
             return Verdict::Ignore;
         }
         match &signal {
-            Signal::Heartbeat(h) => self.heard(h.clone()),
+            Signal::Heartbeat(h) => self.heard(h),
             Signal::Progress(_) | Signal::Holder(_) => {}
         }
         let _ = self.signals.send(signal);
         Verdict::Accept
     }
 
-    fn heard(&mut self, h: Heartbeat) {
-        let addrs = h.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-        self.live.insert(
-            h.node,
-            Live {
-                heard: Instant::now(),
-                heard_at: Timestamp::now(),
-                last_time: h.time,
-                running: h.running,
-                capacity: h.capacity,
-                addrs,
-            },
-        );
+    fn heard(&mut self, h: &Heartbeat) {
+        if self.liveness.heard(h, Instant::now(), Timestamp::now()) {
+            self.publish_membership();
+        }
         let held = self.store.head_of(&h.node).map(|(s, _)| s).unwrap_or(0);
         if h.head > held && !self.refused_from.contains_key(&h.node) {
             // Its log is ahead of what reached us by gossip: ask someone.
-            if let Some(peer) = self
-                .peers
-                .iter()
-                .find(|(_, p)| p.node == Some(h.node) && p.admitted)
-                .map(|(id, _)| *id)
-            {
+            if let Some(peer) = self.door.peer_of(&h.node) {
                 self.start_sync(peer);
             }
         }
     }
 
-    // ---- the gate ---------------------------------------------------------------------------
-
-    fn check_author(&mut self, record: &Record) -> AuthorCheck {
-        let author = record.author_id();
-        if let Ok(Body::Publish(Publish { doc })) = record.body()
-            && doc.kind == DocKind::Admission
-            && let Ok(a) = self.trust.check_admission(&doc)
-            && a.node == author
-        {
-            // A node's own admission, in its own log: it speaks for itself.
-            let _ = self.trust.apply(&doc);
-            return AuthorCheck::Ok;
-        }
-        match self.trust.may_author(&author, record.envelope.time) {
-            Ok(()) => AuthorCheck::Ok,
-            Err(TrustError::NotAdmitted { .. }) => AuthorCheck::Unknown,
-            Err(e @ TrustError::Revoked { .. }) => AuthorCheck::Refuse("revoked", e.to_string()),
-            Err(e @ TrustError::Expired { .. }) => AuthorCheck::Refuse("expired", e.to_string()),
-            Err(e) => AuthorCheck::Refuse("not-admitted", e.to_string()),
-        }
-    }
+    // ---- records in -------------------------------------------------------------------------
 
     /// Checks and stores records, in order; one verdict per record.
     fn ingest(&mut self, items: Vec<Vec<u8>>, source: Option<PeerId>) -> Vec<Verdict> {
@@ -769,32 +615,49 @@ impl Replica {
         let mut slots = Vec::with_capacity(items.len());
         let mut unknown_authors = HashSet::new();
         for (i, v) in verified.into_iter().enumerate() {
-            match v {
+            let record = match v {
+                Ok(record) => record,
                 Err(RecordError::Codec(e)) => {
                     let reason = match &e {
                         buildmesh_protocol::codec::CodecError::TooLarge { .. } => "oversized",
                         _ => "malformed",
                     };
                     self.refuse(source, reason, e);
+                    continue;
                 }
-                Err(e @ RecordError::BadSignature(_)) => self.refuse(source, "bad-signature", e),
-                Err(e) => self.refuse(source, "malformed", e),
-                Ok(record) => match self.check_author(&record) {
-                    AuthorCheck::Ok => {
-                        slots.push(i);
-                        to_store.push(Ok(record));
-                    }
-                    AuthorCheck::Unknown => {
-                        verdicts[i] = Verdict::Ignore;
-                        unknown_authors.insert(record.author_id());
-                    }
-                    AuthorCheck::Refuse(reason, detail) => {
-                        let author = record.author_id();
-                        let e = self.refused_from.entry(author).or_insert(record.seq());
-                        *e = (*e).min(record.seq());
-                        self.refuse(source, reason, detail);
-                    }
-                },
+                Err(e @ RecordError::BadSignature(_)) => {
+                    self.refuse(source, "bad-signature", e);
+                    continue;
+                }
+                Err(e) => {
+                    self.refuse(source, "malformed", e);
+                    continue;
+                }
+            };
+            let input = GateInput {
+                trust: &self.trust,
+                now: Timestamp::now(),
+            };
+            match gate::judge(&input, &record) {
+                GateVerdict::Count => {
+                    slots.push(i);
+                    to_store.push(Ok(record));
+                }
+                GateVerdict::CountAndAdmit(doc) => {
+                    let _ = self.apply_trusted(&doc);
+                    slots.push(i);
+                    to_store.push(Ok(record));
+                }
+                GateVerdict::UnknownAuthor => {
+                    verdicts[i] = Verdict::Ignore;
+                    unknown_authors.insert(record.author_id());
+                }
+                GateVerdict::Refuse { reason, detail } => {
+                    let author = record.author_id();
+                    let e = self.refused_from.entry(author).or_insert(record.seq());
+                    *e = (*e).min(record.seq());
+                    self.refuse(source, reason, detail);
+                }
             }
         }
         let mut gap = false;
@@ -848,27 +711,10 @@ impl Replica {
         match record.body() {
             Ok(Body::Publish(Publish { doc })) => self.apply_doc(&doc, record.author_id()),
             Ok(Body::BuildResult(r)) if record.author_id() != self.me => {
-                // Logs of red builds are copied here at once, so that they stay readable when
-                // the worker that ran them is gone.
-                if matches!(r.result, ResultCode::Failure | ResultCode::Flaky) {
-                    let missing: Vec<Hash> = r
-                        .steps
-                        .iter()
-                        .filter_map(|s| s.log)
-                        .filter(|h| !self.store.has_blob(h).unwrap_or(true))
-                        .collect();
-                    if !missing.is_empty() {
-                        let peers = self.blob_sources(Some(record.author_id()));
-                        let net = self.net.clone();
-                        let store = self.store.clone();
-                        tokio::spawn(async move {
-                            for h in missing {
-                                if fetch_blob(&net, &store, h, peers.clone()).await.is_none() {
-                                    tracing::warn!(log = %h.short(), "log of a red build not found on any peer");
-                                }
-                            }
-                        });
-                    }
+                let missing = blobs::missing_red_logs(&self.store, &r);
+                if !missing.is_empty() {
+                    let peers = blobs::sources(&self.door, Some(record.author_id()));
+                    blobs::copy(&self.net, &self.store, missing, peers);
                 }
             }
             _ => {}
@@ -878,17 +724,22 @@ impl Replica {
     }
 
     fn apply_doc(&mut self, doc: &SignedDoc, publisher: NodeId) {
-        match self.trust.apply(doc) {
+        match self.apply_trusted(doc) {
             Ok(Applied::Revoked(subject, reason)) => {
                 tracing::warn!(subject = %subject, %reason, by = %publisher, "key revoked");
                 let peer = subject.to_peer_id();
-                self.peers.remove(&peer);
-                self.live.remove(&subject);
+                self.door.remove(&peer);
+                if self.liveness.forget(&subject, Instant::now()) {
+                    self.publish_membership();
+                }
                 let net = self.net.clone();
-                tokio::spawn(async move {
-                    let _ = net.block(peer).await;
-                    let _ = net.disconnect(peer).await;
-                });
+                tokio::spawn(
+                    async move {
+                        let _ = net.block(peer).await;
+                        let _ = net.disconnect(peer).await;
+                    }
+                    .in_current_span(),
+                );
                 if subject == self.me {
                     tracing::error!(%reason, "this node's own key was revoked: it authors nothing more");
                     self.revoked = true;
@@ -937,10 +788,9 @@ impl Replica {
                 let _ = reply.send(());
             }
             Command::HelloAnswer { peer, answer } => match answer {
-                Ok(Response::Hello(hello)) => match self.check_hello(peer, &hello) {
-                    Ok(node) => self.admit_peer(peer, node),
-                    Err((reason, detail)) => self.refuse_at_door(peer, reason, detail).await,
-                },
+                Ok(Response::Hello(hello)) => {
+                    let _ = self.at_door(peer, &hello).await;
+                }
                 Ok(Response::Refused(why)) => {
                     tracing::warn!(%peer, %why, "peer refused this node's admission");
                 }
@@ -948,9 +798,7 @@ impl Replica {
                 Err(e) => tracing::debug!(%peer, error = %e, "hello not answered"),
             },
             Command::SyncDone { peer, theirs } => {
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.syncing = false;
-                }
+                self.door.end_sync(&peer);
                 if theirs.is_some() {
                     self.metrics.syncs += 1;
                     if !self.caught_up {
@@ -962,7 +810,12 @@ impl Replica {
                 }
             }
             Command::Nodes { reply } => {
-                let _ = reply.send(self.nodes());
+                let _ = reply.send(views::nodes(
+                    &self.trust,
+                    &self.liveness,
+                    &self.door,
+                    &self.store,
+                ));
             }
             Command::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
@@ -983,12 +836,14 @@ impl Replica {
                     let _ = reply.send(local);
                     return;
                 }
-                let peers = self.blob_sources(from);
-                let net = self.net.clone();
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    let _ = reply.send(fetch_blob(&net, &store, hash, peers).await);
-                });
+                let peers = blobs::sources(&self.door, from);
+                let (net, store) = (self.net.clone(), self.store.clone());
+                tokio::spawn(
+                    async move {
+                        let _ = reply.send(blobs::fetch(&net, &store, hash, peers).await);
+                    }
+                    .in_current_span(),
+                );
             }
             Command::MayAnnounce { key, reply } => {
                 let now = Timestamp::now();
@@ -1003,28 +858,26 @@ impl Replica {
                 let _ = reply.send(answer);
             }
             Command::SyncAll { reply } => {
-                let peers: Vec<PeerId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.admitted)
-                    .map(|(id, _)| *id)
-                    .collect();
+                let peers: Vec<PeerId> = self.door.admitted().map(|(id, _)| *id).collect();
                 let (net, store, tx) = (self.net.clone(), self.store.clone(), self.self_tx.clone());
                 let skip = self.refused_from.clone();
-                tokio::spawn(async move {
-                    let rounds = peers
-                        .into_iter()
-                        .map(|peer| crate::sync::with_peer(peer, &net, &store, &tx, &skip));
-                    futures::future::join_all(rounds).await;
-                    let _ = reply.send(());
-                });
+                tokio::spawn(
+                    async move {
+                        let rounds = peers
+                            .into_iter()
+                            .map(|peer| sync::with_peer(peer, &net, &store, &tx, &skip));
+                        futures::future::join_all(rounds).await;
+                        let _ = reply.send(());
+                    }
+                    .in_current_span(),
+                );
             }
             Command::Isolate { from, cut, reply } => {
                 for node in from {
                     let peer = node.to_peer_id();
                     if cut {
                         self.cut.insert(peer);
-                        self.peers.remove(&peer);
+                        self.door.remove(&peer);
                         let _ = self.net.block(peer).await;
                         let _ = self.net.disconnect(peer).await;
                     } else {
@@ -1036,6 +889,8 @@ impl Replica {
             }
         }
     }
+
+    // ---- authoring --------------------------------------------------------------------------
 
     async fn author(&mut self, body: Body) -> Result<Record, NodeError> {
         if self.revoked {
@@ -1070,31 +925,26 @@ impl Replica {
         }
     }
 
-    // ---- periodic work ----------------------------------------------------------------------
-
     async fn heartbeat(&mut self) {
         let now = Timestamp::now();
         let head = self.store.head_of(&self.me).map(|(s, _)| s).unwrap_or(0);
-        let load = *self.load.borrow();
+        let (running, capacity) = (self.load)();
         let h = Heartbeat {
             node: self.me,
             time: now,
-            running: load.running,
-            capacity: load.capacity,
+            running,
+            capacity,
             head,
             addrs: self.listen.iter().map(|a| a.to_string()).collect(),
         };
-        self.live.insert(
-            self.me,
-            Live {
-                heard: Instant::now(),
-                heard_at: now,
-                last_time: now,
-                running: h.running,
-                capacity: h.capacity,
-                addrs: Vec::new(),
-            },
-        );
+        // This node is live to itself; the addresses it gossips are for others to dial.
+        let own = Heartbeat {
+            addrs: Vec::new(),
+            ..h.clone()
+        };
+        if self.liveness.heard(&own, Instant::now(), now) {
+            self.publish_membership();
+        }
         if self.revoked {
             return;
         }
@@ -1102,89 +952,52 @@ impl Replica {
         let _ = self.net.publish(Gossip::Signal(signed).to_bytes()).await;
     }
 
+    // ---- periodic work ----------------------------------------------------------------------
+
     async fn housekeeping(&mut self) {
         let now = Instant::now();
-        let late: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.admitted && p.door_deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for peer in late {
+        for peer in self.door.late(now) {
             self.refuse(Some(peer), "no-admission", "no valid admission in time");
-            self.peers.remove(&peer);
             let _ = self.net.disconnect(peer).await;
+        }
+        if self.liveness.live_at(now) != self.membership.borrow().live {
+            self.publish_membership();
         }
         if now.duration_since(self.last_redial) < Duration::from_secs(2) {
             return;
         }
         self.last_redial = now;
-        // A connection over which nothing was heard for two liveness windows is dead (a cut
-        // cable does not close it); drop it so that redialling can replace it.
+        let connections = self.door.admitted().map(|(peer, p)| liveness::Connection {
+            peer: *peer,
+            node: p.node,
+            since: p.since,
+        });
         let silent_for = self.settings.liveness_window * 2;
-        let dead: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.admitted && now.duration_since(p.since) > silent_for)
-            .filter(|(_, p)| {
-                p.node
-                    .and_then(|n| self.live.get(&n))
-                    .is_none_or(|l| now.duration_since(l.heard) > silent_for)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for peer in dead {
+        for peer in liveness::silent(connections, &self.liveness, now, silent_for) {
             tracing::info!(%peer, "dropping a connection that has been silent");
-            self.peers.remove(&peer);
+            self.door.remove(&peer);
             let _ = self.net.disconnect(peer).await;
         }
-        // Bootstrap peers, whenever their connection is gone.
-        for addr in self.bootstrap.clone() {
-            let peer = addr.iter().find_map(|p| match p {
-                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                _ => None,
-            });
-            let wanted = match peer {
-                Some(p) => !self.peers.contains_key(&p) && !self.cut.contains(&p),
-                None => self.peers.is_empty(),
-            };
-            if wanted {
-                let _ = self.net.dial(addr).await;
-            }
-        }
-        // Other live nodes, learnt from heartbeats, up to `max_peers`.
-        let connected = self.peers.values().filter(|p| p.admitted).count();
-        if connected < self.settings.max_peers {
-            let candidates: Vec<(NodeId, Vec<Multiaddr>)> = self
-                .live
-                .iter()
-                .filter(|(n, l)| {
-                    **n != self.me
-                        && !l.addrs.is_empty()
-                        && now.duration_since(l.heard) <= self.settings.liveness_window
-                })
-                .map(|(n, l)| (*n, l.addrs.clone()))
-                .filter(|(n, _)| {
-                    let p = n.to_peer_id();
-                    !self.peers.contains_key(&p) && !self.cut.contains(&p)
-                })
-                .take(self.settings.max_peers - connected)
-                .collect();
-            for (node, addrs) in candidates {
-                for addr in addrs {
-                    let addr = network::with_peer(&addr, node.to_peer_id());
-                    let _ = self.net.dial(addr).await;
-                }
-            }
+        let connected: HashSet<PeerId> = self.door.all().map(|(id, _)| *id).collect();
+        let dialling = liveness::Dialling {
+            me: self.me,
+            bootstrap: &self.bootstrap,
+            connected: &connected,
+            admitted: self.door.admitted().count(),
+            cut: &self.cut,
+            max_peers: self.settings.max_peers,
+        };
+        for addr in liveness::to_dial(&dialling, &self.liveness, now) {
+            let _ = self.net.dial(addr).await;
         }
     }
 
     fn anti_entropy(&mut self) {
         // A couple of random admitted peers per round: every pair meets often enough.
         let mut candidates: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.admitted && !p.syncing)
+            .door
+            .admitted()
+            .filter(|(_, p)| !p.syncing)
             .map(|(id, _)| *id)
             .collect();
         let n = candidates.len();
@@ -1199,85 +1012,20 @@ impl Replica {
     }
 
     fn start_sync(&mut self, peer: PeerId) {
-        let Some(p) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        if p.syncing || !p.admitted {
+        if !self.door.begin_sync(&peer) {
             return;
         }
-        p.syncing = true;
         let net = self.net.clone();
         let store = self.store.clone();
         let tx = self.self_tx.clone();
         let skip = self.refused_from.clone();
-        tokio::spawn(async move {
-            let theirs = crate::sync::with_peer(peer, &net, &store, &tx, &skip).await;
-            let _ = tx.send(Command::SyncDone { peer, theirs }).await;
-        });
-    }
-
-    // Peers to ask for a blob: `first` (its author) if connected, then every admitted peer.
-    fn blob_sources(&self, first: Option<NodeId>) -> Vec<PeerId> {
-        let mut peers: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.admitted)
-            .map(|(id, _)| *id)
-            .collect();
-        if let Some(f) = first {
-            let f = f.to_peer_id();
-            if let Some(i) = peers.iter().position(|p| *p == f) {
-                peers.swap(0, i);
+        tokio::spawn(
+            async move {
+                let theirs = sync::with_peer(peer, &net, &store, &tx, &skip).await;
+                let _ = tx.send(Command::SyncDone { peer, theirs }).await;
             }
-        }
-        peers
-    }
-
-    // ---- views ------------------------------------------------------------------------------
-
-    fn nodes(&self) -> Vec<NodeView> {
-        let now = Instant::now();
-        let at = Timestamp::now();
-        let flagged: HashSet<NodeId> = self
-            .store
-            .flagged()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        let connected: HashSet<NodeId> = self
-            .peers
-            .values()
-            .filter(|p| p.admitted)
-            .filter_map(|p| p.node)
-            .collect();
-        self.trust
-            .admissions()
-            .map(|a: &Admission| {
-                let live = self.live.get(&a.node);
-                let revocation = self.trust.revocation(&a.node);
-                let revoked_now = self.trust.revoked_at(&a.node, at).is_some();
-                NodeView {
-                    id: a.node,
-                    name: a.name.clone(),
-                    labels: a.labels.clone(),
-                    roles: a.roles.iter().copied().collect(),
-                    live: !revoked_now
-                        && live.is_some_and(|l| {
-                            now.duration_since(l.heard) <= self.settings.liveness_window
-                        }),
-                    last_heard: live.map(|l| l.heard_at),
-                    revoked: revocation.is_some(),
-                    revocation_reason: revocation.map(|r| r.reason.to_string()),
-                    running: live.map_or(0, |l| l.running),
-                    capacity: live.map_or(0, |l| l.capacity),
-                    records: self.store.head_of(&a.node).map(|(s, _)| s).unwrap_or(0),
-                    connected: connected.contains(&a.node),
-                    flagged: flagged.contains(&a.node),
-                    owner: a.owner.clone(),
-                }
-            })
-            .collect()
+            .in_current_span(),
+        );
     }
 
     fn metrics(&self) -> Metrics {
@@ -1285,8 +1033,8 @@ impl Replica {
             id: Some(self.me),
             records: self.store.record_count() as u64,
             pending: self.store.pending_count() as u64,
-            peers_connected: self.peers.len() as u64,
-            peers_admitted: self.peers.values().filter(|p| p.admitted).count() as u64,
+            peers_connected: self.door.all().count() as u64,
+            peers_admitted: self.door.admitted().count() as u64,
             caught_up: self.caught_up,
             refused: self
                 .refused
@@ -1296,30 +1044,4 @@ impl Replica {
             ..self.metrics.clone()
         }
     }
-}
-
-/// Asks `peers` in turn for a blob; keeps and returns the first copy that matches its hash.
-async fn fetch_blob(
-    net: &network::Client,
-    store: &Store,
-    hash: Hash,
-    peers: Vec<PeerId>,
-) -> Option<Vec<u8>> {
-    for peer in peers {
-        match net.request(peer, Request::Blob(hash)).await {
-            Ok(Response::Blob(Some(bytes))) => {
-                let bytes = bytes.into_vec();
-                match store.put_blob_checked(&hash, &bytes) {
-                    Ok(true) => return Some(bytes),
-                    Ok(false) => {
-                        tracing::warn!(%peer, blob = %hash.short(), "peer sent a blob that does not match its hash")
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot keep a fetched blob"),
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(%peer, error = %e, "blob fetch failed"),
-        }
-    }
-    None
 }
