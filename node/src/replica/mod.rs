@@ -5,8 +5,11 @@
 //! what they decide.
 //!
 //! - `gate`: whether a verified record may enter the store and counts (sans-IO).
-//! - `door`: what a connected peer must show, and the table of connected peers.
-//! - [`crate::liveness`]: heartbeats, the live set, dropping silent connections and redialling.
+//! - `ingest`: records in, through the gate into the store, and what a stored record changes.
+//! - `door`: what a connected peer must show, and the table of connected peers (sans-IO).
+//! - `peers`: hellos, peers' requests, gossip and signals.
+//! - [`crate::liveness`]: heartbeats, the live set, dropping silent connections and redialling
+//!   (sans-IO); `upkeep` carries them out, with this node's heartbeat and anti-entropy rounds.
 //! - `sync`: anti-entropy with one peer.
 //! - `blobs`: fetching blobs from peers, and copying the logs of red builds.
 //! - `views`: the node list and the counters as the API shows them.
@@ -18,9 +21,12 @@
 mod blobs;
 mod door;
 mod gate;
+mod ingest;
+mod peers;
 mod sync;
 #[cfg(test)]
 mod testkit;
+mod upkeep;
 mod views;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -29,15 +35,12 @@ use std::time::Duration;
 
 use buildmesh_protocol::builders::BuilderConfig;
 use buildmesh_protocol::docs::{DocKind, Role, SignedDoc};
-use buildmesh_protocol::record::{Body, Publish, Record, RecordError};
-use buildmesh_protocol::trust::{Applied, Trust, TrustError};
+use buildmesh_protocol::record::{Body, Publish, Record};
+use buildmesh_protocol::trust::{Trust, TrustError};
 use buildmesh_protocol::vv::VersionVector;
-use buildmesh_protocol::wire::{
-    Gossip, Heartbeat, Hello, MAX_PULL_BYTES, MAX_PULL_RECORDS, Request, Response, Signal,
-    SignedSignal,
-};
+use buildmesh_protocol::wire::{Gossip, Response, Signal, SignedSignal};
 use buildmesh_protocol::{Hash, NodeId, SecretKey, Timestamp};
-use buildmesh_store::{Ingest, Store, StoreError};
+use buildmesh_store::Store;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -46,11 +49,10 @@ use tracing::Instrument;
 
 pub use views::{Metrics, NodeView};
 
-use self::door::{Door, Refusal};
-use self::gate::{GateInput, GateVerdict};
+use self::door::Door;
 use crate::NodeError;
 use crate::config::MeshSettings;
-use crate::liveness::{self, Liveness, Membership};
+use crate::liveness::{Liveness, Membership};
 use crate::network::{self, Verdict};
 
 /// How far a signal's clock may be from ours before it is refused as stale.
@@ -355,17 +357,6 @@ impl Replica {
         });
     }
 
-    fn apply_trusted(&mut self, doc: &SignedDoc) -> Result<Applied, TrustError> {
-        let applied = self.trust.apply(doc);
-        if matches!(
-            applied,
-            Ok(Applied::Admitted(_) | Applied::Revoked(..) | Applied::Config(_))
-        ) {
-            self.publish_membership();
-        }
-        applied
-    }
-
     // ---- network events -------------------------------------------------------------------
 
     async fn on_network(&mut self, event: network::Event) {
@@ -394,366 +385,6 @@ impl Replica {
                 tracing::info!(%addr, "listening");
                 self.listen.push(addr);
             }
-        }
-    }
-
-    async fn on_connected(&mut self, peer: PeerId, addr: Multiaddr) {
-        let revoked = NodeId::from_peer_id(&peer)
-            .ok()
-            .and_then(|n| self.trust.revoked_at(&n, Timestamp::now()).map(|_| ()))
-            .is_some();
-        if self.cut.contains(&peer) || revoked {
-            let _ = self.net.disconnect(peer).await;
-            return;
-        }
-        tracing::debug!(%peer, %addr, "connected; waiting for its admission");
-        self.door.connected(peer, Instant::now());
-        let hello = Request::Hello(self.hello());
-        let net = self.net.clone();
-        let tx = self.self_tx.clone();
-        tokio::spawn(
-            async move {
-                let answer = net.request(peer, hello).await.map_err(|e| e.to_string());
-                let _ = tx.send(Command::HelloAnswer { peer, answer }).await;
-            }
-            .in_current_span(),
-        );
-    }
-
-    fn hello(&self) -> Hello {
-        Hello {
-            mesh: self.trust.mesh(),
-            admission: self.admission.clone(),
-        }
-    }
-
-    // Checks a peer's hello; on success the peer is admitted and synced with, otherwise it is
-    // refused and disconnected.
-    async fn at_door(&mut self, peer: PeerId, hello: &Hello) -> Result<(), Refusal> {
-        let checked = door::check_hello(&mut self.trust, peer, hello, Timestamp::now());
-        if checked.learnt {
-            self.publish_membership();
-        }
-        match checked.verdict {
-            Ok(node) => {
-                if self.door.admit(peer, node) {
-                    let name = self
-                        .trust
-                        .admission(&node)
-                        .map(|a| a.name.clone())
-                        .unwrap_or_default();
-                    tracing::info!(peer = %node, name, "peer admitted");
-                    self.start_sync(peer);
-                }
-                Ok(())
-            }
-            Err(refusal) => {
-                self.refuse(Some(peer), refusal.reason, &refusal.detail);
-                // Let the refusal reach the peer before the connection closes.
-                let net = self.net.clone();
-                tokio::spawn(
-                    async move {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        let _ = net.disconnect(peer).await;
-                    }
-                    .in_current_span(),
-                );
-                Err(refusal)
-            }
-        }
-    }
-
-    async fn on_request(&mut self, peer: PeerId, request: Request) -> Response {
-        if let Request::Hello(hello) = &request {
-            return match self.at_door(peer, hello).await {
-                Ok(()) => Response::Hello(self.hello()),
-                Err(refusal) => Response::Refused(refusal.detail),
-            };
-        }
-        if !self.door.is_admitted(&peer) {
-            self.refuse(
-                Some(peer),
-                "unadmitted-peer",
-                "request before a valid hello",
-            );
-            return Response::Refused("show your admission first".into());
-        }
-        let result = match request {
-            Request::Hello(_) => unreachable!("answered above"),
-            Request::VersionVector(_) => self.store.version_vector().map(Response::VersionVector),
-            Request::Pull { author, from, max } => self.pull_answer(&author, from, max),
-            Request::Blob(hash) => self
-                .store
-                .blob(&hash)
-                .map(|b| Response::Blob(b.map(serde_bytes::ByteBuf::from))),
-            // Ballots go from the network straight to the notifier; one that strays here has
-            // no election to answer it.
-            Request::Ballot(_) => Ok(Response::Ballots(Vec::new())),
-        };
-        result.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "store failed while answering a peer");
-            Response::Refused(format!("store error: {e}"))
-        })
-    }
-
-    fn pull_answer(&self, author: &NodeId, from: u64, max: u32) -> Result<Response, StoreError> {
-        let max = max.min(MAX_PULL_RECORDS) as usize;
-        let records = self
-            .store
-            .records_after(author, from.saturating_sub(1), max)?;
-        let mut total = 0;
-        let mut out = Vec::new();
-        for r in records {
-            total += r.len();
-            if total > MAX_PULL_BYTES && !out.is_empty() {
-                break;
-            }
-            out.push(serde_bytes::ByteBuf::from(r));
-        }
-        Ok(Response::Records(out))
-    }
-
-    async fn on_gossip(&mut self, source: PeerId, data: &[u8]) -> Verdict {
-        if !self.door.is_admitted(&source) {
-            // A peer still at the door may gossip before its hello is through: that is the
-            // order libp2p delivers things in, not misbehaviour. Anti-entropy brings it later.
-            if !self.door.contains(&source) {
-                self.refuse(
-                    Some(source),
-                    "unadmitted-peer",
-                    "gossip before a valid hello",
-                );
-            }
-            return Verdict::Ignore;
-        }
-        match Gossip::from_bytes(data) {
-            Err(e) => {
-                let reason = match e {
-                    buildmesh_protocol::codec::CodecError::TooLarge { .. } => "oversized",
-                    _ => "malformed",
-                };
-                self.refuse(Some(source), reason, e);
-                Verdict::Reject
-            }
-            Ok(Gossip::Record(bytes)) => {
-                let verdict = self.ingest(vec![bytes.into_vec()], Some(source))[0];
-                if verdict == Verdict::Accept {
-                    self.metrics.gossip_records += 1;
-                }
-                verdict
-            }
-            Ok(Gossip::Signal(signal)) => self.on_signal(source, &signal),
-        }
-    }
-
-    fn on_signal(&mut self, source: PeerId, signed: &SignedSignal) -> Verdict {
-        let signal = match signed.verify() {
-            Ok(s) => s,
-            Err(e) => {
-                self.refuse(Some(source), "bad-signature", e);
-                return Verdict::Reject;
-            }
-        };
-        let sender = signal.sender();
-        let now = Timestamp::now();
-        if let Err(e) = self.trust.check_member(&sender, now) {
-            return match e {
-                TrustError::NotAdmitted { .. } => Verdict::Ignore,
-                other => {
-                    self.refuse(Some(source), "revoked", other);
-                    Verdict::Reject
-                }
-            };
-        }
-        let time = signal.time();
-        if time.since(now) > MAX_SIGNAL_SKEW || now.since(time) > MAX_SIGNAL_SKEW {
-            self.refuse(
-                Some(source),
-                "stale-signal",
-                format!("signal from {sender} dated {time}"),
-            );
-            return Verdict::Ignore;
-        }
-        // Heartbeats are ordered per sender; other signals are told apart by content (gossip
-        // drops exact copies) and bounded by the clock-skew window above.
-        if matches!(signal, Signal::Heartbeat(_)) && self.liveness.is_replay(&sender, time) {
-            self.refuse(
-                Some(source),
-                "replayed-signal",
-                format!("signal from {sender} dated {time}"),
-            );
-            return Verdict::Ignore;
-        }
-        match &signal {
-            Signal::Heartbeat(h) => self.heard(h),
-            Signal::Progress(_) | Signal::Holder(_) => {}
-        }
-        let _ = self.signals.send(signal);
-        Verdict::Accept
-    }
-
-    fn heard(&mut self, h: &Heartbeat) {
-        if self.liveness.heard(h, Instant::now(), Timestamp::now()) {
-            self.publish_membership();
-        }
-        let held = self.store.head_of(&h.node).map(|(s, _)| s).unwrap_or(0);
-        if h.head > held && !self.refused_from.contains_key(&h.node) {
-            // Its log is ahead of what reached us by gossip: ask someone.
-            if let Some(peer) = self.door.peer_of(&h.node) {
-                self.start_sync(peer);
-            }
-        }
-    }
-
-    // ---- records in -------------------------------------------------------------------------
-
-    /// Checks and stores records, in order; one verdict per record.
-    fn ingest(&mut self, items: Vec<Vec<u8>>, source: Option<PeerId>) -> Vec<Verdict> {
-        let verified = buildmesh_store::verify_all(&items);
-        let mut verdicts = vec![Verdict::Reject; items.len()];
-        let mut to_store = Vec::with_capacity(items.len());
-        let mut slots = Vec::with_capacity(items.len());
-        let mut unknown_authors = HashSet::new();
-        for (i, v) in verified.into_iter().enumerate() {
-            let record = match v {
-                Ok(record) => record,
-                Err(RecordError::Codec(e)) => {
-                    let reason = match &e {
-                        buildmesh_protocol::codec::CodecError::TooLarge { .. } => "oversized",
-                        _ => "malformed",
-                    };
-                    self.refuse(source, reason, e);
-                    continue;
-                }
-                Err(e @ RecordError::BadSignature(_)) => {
-                    self.refuse(source, "bad-signature", e);
-                    continue;
-                }
-                Err(e) => {
-                    self.refuse(source, "malformed", e);
-                    continue;
-                }
-            };
-            let input = GateInput {
-                trust: &self.trust,
-                now: Timestamp::now(),
-            };
-            match gate::judge(&input, &record) {
-                GateVerdict::Count => {
-                    slots.push(i);
-                    to_store.push(Ok(record));
-                }
-                GateVerdict::CountAndAdmit(doc) => {
-                    let _ = self.apply_trusted(&doc);
-                    slots.push(i);
-                    to_store.push(Ok(record));
-                }
-                GateVerdict::UnknownAuthor => {
-                    verdicts[i] = Verdict::Ignore;
-                    unknown_authors.insert(record.author_id());
-                }
-                GateVerdict::Refuse { reason, detail } => {
-                    let author = record.author_id();
-                    let e = self.refused_from.entry(author).or_insert(record.seq());
-                    *e = (*e).min(record.seq());
-                    self.refuse(source, reason, detail);
-                }
-            }
-        }
-        let mut gap = false;
-        if !to_store.is_empty() {
-            let outcomes = tokio::task::block_in_place(|| self.store.ingest_verified(to_store));
-            for (slot, outcome) in slots.into_iter().zip(outcomes) {
-                verdicts[slot] = match outcome {
-                    Ok(Ingest::Appended(records)) => {
-                        for r in &records {
-                            self.after_append(r);
-                        }
-                        Verdict::Accept
-                    }
-                    Ok(Ingest::Duplicate) => {
-                        *self.refused.entry("duplicate").or_insert(0) += 1;
-                        Verdict::Ignore
-                    }
-                    Ok(Ingest::Held { .. }) => {
-                        gap = true;
-                        Verdict::Accept
-                    }
-                    Ok(Ingest::Fork { author, seq }) => {
-                        self.refuse(source, "fork", format!("{author} signed two records {seq}"));
-                        Verdict::Accept
-                    }
-                    Err(e @ StoreError::ChainBreak { .. }) => {
-                        self.refuse(source, "chain-break", e);
-                        Verdict::Reject
-                    }
-                    Err(e @ StoreError::TooFarAhead { .. }) => {
-                        self.refuse(source, "too-far-ahead", e);
-                        Verdict::Ignore
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "store failed to take a record");
-                        Verdict::Ignore
-                    }
-                };
-            }
-        }
-        if (gap || !unknown_authors.is_empty())
-            && let Some(peer) = source
-        {
-            self.start_sync(peer);
-        }
-        verdicts
-    }
-
-    // What a newly stored record changes here.
-    fn after_append(&mut self, record: &Record) {
-        match record.body() {
-            Ok(Body::Publish(Publish { doc })) => self.apply_doc(&doc, record.author_id()),
-            Ok(Body::BuildResult(r)) if record.author_id() != self.me => {
-                let missing = blobs::missing_red_logs(&self.store, &r);
-                if !missing.is_empty() {
-                    let peers = blobs::sources(&self.door, Some(record.author_id()));
-                    blobs::copy(&self.net, &self.store, missing, peers);
-                }
-            }
-            _ => {}
-        }
-        // Nobody listening is fine.
-        let _ = self.feed.send(Arc::new(record.clone()));
-    }
-
-    fn apply_doc(&mut self, doc: &SignedDoc, publisher: NodeId) {
-        match self.apply_trusted(doc) {
-            Ok(Applied::Revoked(subject, reason)) => {
-                tracing::warn!(subject = %subject, %reason, by = %publisher, "key revoked");
-                let peer = subject.to_peer_id();
-                self.door.remove(&peer);
-                if self.liveness.forget(&subject, Instant::now()) {
-                    self.publish_membership();
-                }
-                let net = self.net.clone();
-                tokio::spawn(
-                    async move {
-                        let _ = net.block(peer).await;
-                        let _ = net.disconnect(peer).await;
-                    }
-                    .in_current_span(),
-                );
-                if subject == self.me {
-                    tracing::error!(%reason, "this node's own key was revoked: it authors nothing more");
-                    self.revoked = true;
-                }
-            }
-            Ok(Applied::Admitted(node)) => tracing::debug!(%node, "admission applied"),
-            Ok(Applied::Config(v)) => tracing::info!(version = v, "builder configuration applied"),
-            Ok(_) => {}
-            Err(TrustError::StaleConfig { .. }) => {}
-            Err(e) => self.refuse(
-                None,
-                "bad-document",
-                format!("published by {publisher}: {e}"),
-            ),
         }
     }
 
@@ -923,109 +554,6 @@ impl Replica {
             }
             Err(e) => tracing::error!(error = %e, "store failed"),
         }
-    }
-
-    async fn heartbeat(&mut self) {
-        let now = Timestamp::now();
-        let head = self.store.head_of(&self.me).map(|(s, _)| s).unwrap_or(0);
-        let (running, capacity) = (self.load)();
-        let h = Heartbeat {
-            node: self.me,
-            time: now,
-            running,
-            capacity,
-            head,
-            addrs: self.listen.iter().map(|a| a.to_string()).collect(),
-        };
-        // This node is live to itself; the addresses it gossips are for others to dial.
-        let own = Heartbeat {
-            addrs: Vec::new(),
-            ..h.clone()
-        };
-        if self.liveness.heard(&own, Instant::now(), now) {
-            self.publish_membership();
-        }
-        if self.revoked {
-            return;
-        }
-        let signed = SignedSignal::sign(&self.key, &Signal::Heartbeat(h));
-        let _ = self.net.publish(Gossip::Signal(signed).to_bytes()).await;
-    }
-
-    // ---- periodic work ----------------------------------------------------------------------
-
-    async fn housekeeping(&mut self) {
-        let now = Instant::now();
-        for peer in self.door.late(now) {
-            self.refuse(Some(peer), "no-admission", "no valid admission in time");
-            let _ = self.net.disconnect(peer).await;
-        }
-        if self.liveness.live_at(now) != self.membership.borrow().live {
-            self.publish_membership();
-        }
-        if now.duration_since(self.last_redial) < Duration::from_secs(2) {
-            return;
-        }
-        self.last_redial = now;
-        let connections = self.door.admitted().map(|(peer, p)| liveness::Connection {
-            peer: *peer,
-            node: p.node,
-            since: p.since,
-        });
-        let silent_for = self.settings.liveness_window * 2;
-        for peer in liveness::silent(connections, &self.liveness, now, silent_for) {
-            tracing::info!(%peer, "dropping a connection that has been silent");
-            self.door.remove(&peer);
-            let _ = self.net.disconnect(peer).await;
-        }
-        let connected: HashSet<PeerId> = self.door.all().map(|(id, _)| *id).collect();
-        let dialling = liveness::Dialling {
-            me: self.me,
-            bootstrap: &self.bootstrap,
-            connected: &connected,
-            admitted: self.door.admitted().count(),
-            cut: &self.cut,
-            max_peers: self.settings.max_peers,
-        };
-        for addr in liveness::to_dial(&dialling, &self.liveness, now) {
-            let _ = self.net.dial(addr).await;
-        }
-    }
-
-    fn anti_entropy(&mut self) {
-        // A couple of random admitted peers per round: every pair meets often enough.
-        let mut candidates: Vec<PeerId> = self
-            .door
-            .admitted()
-            .filter(|(_, p)| !p.syncing)
-            .map(|(id, _)| *id)
-            .collect();
-        let n = candidates.len();
-        if n == 0 {
-            return;
-        }
-        let start = (Timestamp::now().millis() as usize) % n;
-        candidates.rotate_left(start);
-        for peer in candidates.into_iter().take(2) {
-            self.start_sync(peer);
-        }
-    }
-
-    fn start_sync(&mut self, peer: PeerId) {
-        if !self.door.begin_sync(&peer) {
-            return;
-        }
-        let net = self.net.clone();
-        let store = self.store.clone();
-        let tx = self.self_tx.clone();
-        let skip = self.refused_from.clone();
-        tokio::spawn(
-            async move {
-                let theirs = sync::with_peer(peer, &net, &store, &tx, &skip).await;
-                let _ = tx.send(Command::SyncDone { peer, theirs }).await;
-            }
-            .in_current_span(),
-        );
     }
 
     fn metrics(&self) -> Metrics {
