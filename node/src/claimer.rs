@@ -4,6 +4,10 @@
 //!
 //! Jobs come from commits: every `CommitSeen` record, crossed with the builder configuration in
 //! force, gives one job per builder whose repository and branch patterns match.
+//!
+//! Longer than the node's other modules (about 700 lines) because job derivation and the wait
+//! for old announcements still live here; they are decisions, and move to `protocol` next to
+//! the claim machine, which leaves this module the driver it is meant to be.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

@@ -494,3 +494,56 @@ impl NodeHandle {
         self.cancel.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure() -> Failure {
+        Failure {
+            first: Arc::new(OnceLock::new()),
+            claims: CancellationToken::new(),
+            node: CancellationToken::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_service_stops_the_node_and_says_why() {
+        let f = failure();
+        f.watch("replica", async {
+            if f.first.get().is_none() {
+                panic!("store gone");
+            }
+            Ok::<(), NodeError>(())
+        })
+        .await;
+        assert!(f.node.is_cancelled() && f.claims.is_cancelled());
+        let fatal = f.first.get().expect("recorded");
+        assert_eq!(fatal.service, "replica");
+        assert_eq!(
+            fatal.to_string(),
+            "the replica service panicked: store gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_service_stops_the_node_and_the_first_failure_is_kept() {
+        let f = failure();
+        f.watch("api", async { Err::<(), _>(NodeError::Stopped) })
+            .await;
+        f.watch("claimer", async { Err::<(), _>(NodeError::Revoked) })
+            .await;
+        assert!(f.node.is_cancelled());
+        assert_eq!(
+            f.first.get().map(|e| e.to_string()).as_deref(),
+            Some("the api service failed: the node is shutting down")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_that_ends_cleanly_stops_nothing() {
+        let f = failure();
+        f.watch("notifier", infallible(async {})).await;
+        assert!(!f.node.is_cancelled() && f.first.get().is_none());
+    }
+}
