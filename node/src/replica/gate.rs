@@ -76,7 +76,7 @@ mod tests {
 
     use super::*;
     use crate::replica::testkit::{
-        T0, admission, commit_record, key, publish_record, revocation, trust,
+        T0, admission, key, publish_record, revocation, some_record, trust,
     };
 
     fn judged(trust: &Trust, record: &Record) -> GateVerdict {
@@ -88,23 +88,20 @@ mod tests {
         let (mut t, m) = trust();
         let worker = key(2);
         t.apply(&admission(&t, &m, &worker, None)).unwrap();
-        assert_eq!(
-            judged(&t, &commit_record(&worker, 2, T0)),
-            GateVerdict::Count
-        );
+        assert_eq!(judged(&t, &some_record(&worker, 2, T0)), GateVerdict::Count);
     }
 
     #[test]
     fn a_maintainer_counts_without_an_admission() {
         let (t, m) = trust();
-        assert_eq!(judged(&t, &commit_record(&m, 2, T0)), GateVerdict::Count);
+        assert_eq!(judged(&t, &some_record(&m, 2, T0)), GateVerdict::Count);
     }
 
     #[test]
     fn an_unknown_author_is_not_refused_for_good() {
         let (t, _) = trust();
         assert_eq!(
-            judged(&t, &commit_record(&key(3), 2, T0)),
+            judged(&t, &some_record(&key(3), 2, T0)),
             GateVerdict::UnknownAuthor
         );
     }
@@ -117,11 +114,8 @@ mod tests {
         let effective = T0.plus(Duration::from_secs(60));
         t.apply(&revocation(&t, &m, &worker, effective)).unwrap();
         // Before the revocation took effect the record stands; from then on it is refused.
-        assert_eq!(
-            judged(&t, &commit_record(&worker, 2, T0)),
-            GateVerdict::Count
-        );
-        match judged(&t, &commit_record(&worker, 3, effective)) {
+        assert_eq!(judged(&t, &some_record(&worker, 2, T0)), GateVerdict::Count);
+        match judged(&t, &some_record(&worker, 3, effective)) {
             GateVerdict::Refuse { reason, .. } => assert_eq!(reason, "revoked"),
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -133,11 +127,8 @@ mod tests {
         let worker = key(2);
         let expires = T0.plus(Duration::from_secs(60));
         t.apply(&admission(&t, &m, &worker, Some(expires))).unwrap();
-        assert_eq!(
-            judged(&t, &commit_record(&worker, 2, T0)),
-            GateVerdict::Count
-        );
-        match judged(&t, &commit_record(&worker, 3, expires)) {
+        assert_eq!(judged(&t, &some_record(&worker, 2, T0)), GateVerdict::Count);
+        match judged(&t, &some_record(&worker, 3, expires)) {
             GateVerdict::Refuse { reason, .. } => assert_eq!(reason, "expired"),
             other => panic!("expected a refusal, got {other:?}"),
         }
