@@ -4,6 +4,10 @@
 //!
 //! Jobs come from commits: every `CommitSeen` record, crossed with the builder configuration in
 //! force, gives one job per builder whose repository and branch patterns match.
+//!
+//! Longer than the node's other modules (about 700 lines) because job derivation and the wait
+//! for old announcements still live here; they are decisions, and move to `protocol` next to
+//! the claim machine, which leaves this module the driver it is meant to be.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -11,7 +15,7 @@ use std::time::Duration;
 
 use buildmesh_protocol::builders::BuilderConfig;
 use buildmesh_protocol::claims::{Action, ClaimSettings, Claims, JobSpec, JobState};
-use buildmesh_protocol::docs::{DocKind, Role};
+use buildmesh_protocol::docs::{DocKind, RevocationReason, Role};
 use buildmesh_protocol::record::{
     Body, BuildResult, Claim, CommitSeen, JobKey, Record, StepResult,
 };
@@ -24,7 +28,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::NodeError;
 use crate::executor::{self, BuildSpec, ExecutorConfig};
-use crate::replica::{Load, ReplicaClient};
+use crate::liveness::Membership;
+use crate::replica::ReplicaClient;
+
+/// What this node's worker is doing, for its heartbeats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Builds running.
+    pub running: u32,
+    /// Builds it may run at once.
+    pub capacity: u32,
+}
 
 /// One build (a job, in its current attempt) as the API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -137,6 +151,7 @@ pub(crate) struct ClaimerParts {
     pub records: broadcast::Receiver<Arc<Record>>,
     pub signals: broadcast::Receiver<Signal>,
     pub load: watch::Sender<Load>,
+    pub membership: watch::Receiver<Membership>,
     pub cancel: CancellationToken,
 }
 
@@ -152,6 +167,7 @@ pub(crate) struct Claimer {
     signals: broadcast::Receiver<Signal>,
     queries: mpsc::Receiver<Query>,
     load: watch::Sender<Load>,
+    membership: watch::Receiver<Membership>,
     config: Option<BuilderConfig>,
     // Commits seen, with the time of their first announcement, for deriving jobs when the
     // configuration changes.
@@ -180,6 +196,7 @@ impl Claimer {
             signals: parts.signals,
             queries,
             load: parts.load,
+            membership: parts.membership,
             config: None,
             commits: BTreeMap::new(),
             running: HashMap::new(),
@@ -192,14 +209,12 @@ impl Claimer {
     }
 
     pub(crate) async fn run(mut self) {
-        self.refresh_workers().await;
+        self.refresh_workers();
         self.config = self.replica.config().await.ok().flatten();
         self.rebuild();
         self.publish_load();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let mut workers = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        workers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
@@ -219,7 +234,7 @@ impl Claimer {
                         && !self.machine.has_worker(&h.node)
                     {
                         // A worker admitted since the last refresh: learn its labels now.
-                        self.refresh_workers().await;
+                        self.refresh_workers();
                     }
                     self.on_signal(signal);
                 },
@@ -234,7 +249,7 @@ impl Claimer {
                     }
                 }
                 _ = tick.tick() => self.tick().await,
-                _ = workers.tick() => self.refresh_workers().await,
+                Ok(()) = self.membership.changed() => self.refresh_workers(),
             }
         }
         // Hand running builds back: cancel them and wait for their Cancelled results, which
@@ -261,20 +276,22 @@ impl Claimer {
         });
     }
 
-    async fn refresh_workers(&mut self) {
-        let Ok(nodes) = self.replica.nodes().await else {
-            return;
-        };
-        for n in nodes {
-            if n.revocation_reason.as_deref() == Some("compromised") && self.distrusted.insert(n.id)
+    // Workers and their labels, and keys revoked as compromised, from the published trust.
+    fn refresh_workers(&mut self) {
+        let membership = self.membership.borrow_and_update();
+        let trust = &membership.trust;
+        for a in trust.admissions() {
+            let revocation = trust.revocation(&a.node);
+            if revocation.is_some_and(|r| r.reason == RevocationReason::Compromised)
+                && self.distrusted.insert(a.node)
             {
-                tracing::warn!(node = %n.id, name = %n.name, "revoked as compromised: its claims and results no longer count; jobs it built open again");
-                self.machine.forget(&n.id, Timestamp::now());
+                tracing::warn!(node = %a.node, name = %a.name, "revoked as compromised: its claims and results no longer count; jobs it built open again");
+                self.machine.forget(&a.node, Timestamp::now());
             }
-            if n.revoked || !n.roles.contains(&Role::Worker) {
-                self.machine.remove_worker(&n.id);
+            if revocation.is_some() || !a.roles.contains(&Role::Worker) {
+                self.machine.remove_worker(&a.node);
             } else {
-                self.machine.worker(n.id, n.labels.clone());
+                self.machine.worker(a.node, a.labels.clone());
             }
         }
     }
@@ -669,7 +686,7 @@ async fn run_and_report(
         let (job, attempt) = (spec.job, spec.attempt);
         let builder = spec.builder.name.clone();
         let stop = cancel.clone();
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
@@ -682,7 +699,7 @@ async fn run_and_report(
                     }
                 }
             }
-        })
+        }))
     };
     let outcome = executor::run_build(exec, spec, cancel.clone()).await;
     progress.abort();

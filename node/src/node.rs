@@ -1,8 +1,16 @@
 //! Wiring: loads a node's files, opens its store, folds its trust, starts the network, the
 //! replica and the API, and shuts them down in order.
+//!
+//! Every long-lived service runs in the node's `TaskTracker` under the node's span. One that
+//! returns an error or panics stops the whole node, and [`NodeHandle::stopped`] says which and
+//! why: a node with a dead replica would otherwise go on answering its API with nothing behind
+//! it, and no supervisor would restart it.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use futures::FutureExt;
 
 use buildmesh_protocol::claims::ClaimSettings;
 use buildmesh_protocol::docs::{Admission, DocKind, Genesis, Role, SignedDoc};
@@ -14,7 +22,7 @@ use buildmesh_store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::claimer::{BuildView, Claimer, ClaimerClient, ClaimerParts};
+use crate::claimer::{BuildView, Claimer, ClaimerClient, ClaimerParts, Load};
 use crate::config::NodeConfig;
 use crate::executor::ExecutorConfig;
 use crate::network::{self, NetworkConfig, NetworkError};
@@ -64,6 +72,57 @@ pub enum NodeError {
     Stopped,
 }
 
+/// Why a node stopped without being asked to: a long-lived service failed.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("the {service} service {what}")]
+pub struct Fatal {
+    /// Which service.
+    pub service: &'static str,
+    /// What happened to it.
+    pub what: String,
+}
+
+// The first service failure, and the tokens that stop the rest of the node.
+#[derive(Clone, Debug)]
+struct Failure {
+    first: Arc<OnceLock<Fatal>>,
+    claims: CancellationToken,
+    node: CancellationToken,
+}
+
+impl Failure {
+    // Runs a long-lived service; if it fails (an error or a panic), records why and stops the
+    // node, claiming first, as a shutdown does.
+    async fn watch<E: std::fmt::Display>(
+        &self,
+        service: &'static str,
+        run: impl Future<Output = Result<(), E>>,
+    ) {
+        let what = match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("failed: {e}"),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                format!("panicked: {message}")
+            }
+        };
+        tracing::error!(service, %what, "service failed; stopping the node");
+        let _ = self.first.set(Fatal { service, what });
+        self.claims.cancel();
+        self.node.cancel();
+    }
+}
+
+// Services that end only when told to: they have no failure of their own to report.
+async fn infallible(run: impl Future<Output = ()>) -> Result<(), std::convert::Infallible> {
+    run.await;
+    Ok(())
+}
+
 /// A running node.
 #[derive(Debug)]
 pub struct NodeHandle {
@@ -83,6 +142,7 @@ pub struct NodeHandle {
     claims_cancel: CancellationToken,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    failure: Failure,
 }
 
 fn file_err(what: &'static str, path: &std::path::Path, reason: impl ToString) -> NodeError {
@@ -160,11 +220,16 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             0
         });
     let (ballots_tx, ballots_rx) = tokio::sync::mpsc::channel(256);
-    let (load_tx, load_rx) = tokio::sync::watch::channel(crate::replica::Load {
+    let event_loop = event_loop.route_ballots(ballots_tx);
+    let (load_tx, load_rx) = tokio::sync::watch::channel(Load {
         running: 0,
         capacity,
     });
-    let (replica, replica_client) = Replica::new(ReplicaParts {
+    let load = Box::new(move || {
+        let l = *load_rx.borrow();
+        (l.running, l.capacity)
+    });
+    let (replica, replica_client, membership) = Replica::new(ReplicaParts {
         key: key.clone(),
         store: store.clone(),
         trust,
@@ -175,8 +240,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         events,
         feed: feed.clone(),
         signals: signals.clone(),
-        load: load_rx,
-        ballots: ballots_tx,
+        load,
         cancel: cancel.child_token(),
     });
     let claims_cancel = CancellationToken::new();
@@ -200,6 +264,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         records: feed.subscribe(),
         signals: signals.subscribe(),
         load: load_tx,
+        membership: membership.clone(),
         cancel: claims_cancel.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.api)
@@ -222,39 +287,62 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         claimer: claimer_client.clone(),
         net: net.clone(),
         ballots: ballots_rx,
+        membership,
         records: feed.subscribe(),
         signals: signals.subscribe(),
         api_hint: api.to_string(),
         cancel: cancel.child_token(),
     });
     let net_cancel = CancellationToken::new();
+    let failure = Failure {
+        first: Arc::new(OnceLock::new()),
+        claims: claims_cancel.clone(),
+        node: cancel.clone(),
+    };
     {
         use tracing::Instrument;
-        tasks.spawn(event_loop.run(net_cancel.clone()).instrument(span.clone()));
+        let f = failure.clone();
+        let run_network = event_loop.run(net_cancel.clone());
+        tasks.spawn(
+            async move { f.watch("network", infallible(run_network)).await }
+                .instrument(span.clone()),
+        );
         let replica_cancel = cancel.clone();
         let net_cancel = net_cancel.clone();
+        let f = failure.clone();
         tasks.spawn(
             async move {
-                replica.run().await;
-                // The network goes after the replica: peers hear of this node's last records.
+                f.watch("replica", replica.run()).await;
+                // The network goes after the replica, however it ended: peers hear of this
+                // node's last records, and a failed replica takes the node down with it.
                 replica_cancel.cancel();
                 net_cancel.cancel();
             }
             .instrument(span.clone()),
         );
-        tasks.spawn(claimer.run().instrument(span.clone()));
-        tasks.spawn(notifier.run().instrument(span.clone()));
+        let f = failure.clone();
+        tasks.spawn(
+            async move { f.watch("claimer", infallible(claimer.run())).await }
+                .instrument(span.clone()),
+        );
+        let f = failure.clone();
+        tasks.spawn(
+            async move { f.watch("notifier", infallible(notifier.run())).await }
+                .instrument(span.clone()),
+        );
         if a.roles.contains(&Role::Announcer)
             && let Some(interval) = config.announcer.poll_interval
         {
+            let poll = crate::announcer::poll(
+                interval,
+                replica_client.clone(),
+                store.clone(),
+                cancel.child_token(),
+            );
+            let f = failure.clone();
             tasks.spawn(
-                crate::announcer::poll(
-                    interval,
-                    replica_client.clone(),
-                    store.clone(),
-                    cancel.child_token(),
-                )
-                .instrument(span.clone()),
+                async move { f.watch("announcer", infallible(poll)).await }
+                    .instrument(span.clone()),
             );
         }
         let webhook_secret = match &config.announcer.webhook_secret_file {
@@ -278,15 +366,13 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             webhook_secret: webhook_secret.map(Arc::new),
         };
         let api_cancel = cancel.child_token();
+        let f = failure.clone();
         tasks.spawn(
             async move {
                 let app = crate::api::router(state);
                 let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { api_cancel.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "API server failed");
-                }
+                    .with_graceful_shutdown(async move { api_cancel.cancelled().await });
+                f.watch("api", served.into_future()).await
             }
             .instrument(span.clone()),
         );
@@ -309,6 +395,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         claims_cancel,
         cancel,
         tasks,
+        failure,
     })
 }
 
@@ -353,10 +440,12 @@ impl NodeHandle {
         Ok(self.net.listeners().await?)
     }
 
-    /// Waits until the node stops (after [`NodeHandle::stop`] or a fatal error).
-    pub async fn stopped(&self) {
+    /// Waits until the node stops (after [`NodeHandle::stop`] or a fatal error); says why
+    /// when a service failed.
+    pub async fn stopped(&self) -> Option<Fatal> {
         self.cancel.cancelled().await;
         self.tasks.wait().await;
+        self.failure.first.get().cloned()
     }
 
     /// Asks the node to stop, without waiting.
@@ -403,5 +492,58 @@ impl NodeHandle {
     pub fn abort(self) {
         self.claims_cancel.cancel();
         self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure() -> Failure {
+        Failure {
+            first: Arc::new(OnceLock::new()),
+            claims: CancellationToken::new(),
+            node: CancellationToken::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_service_stops_the_node_and_says_why() {
+        let f = failure();
+        f.watch("replica", async {
+            if f.first.get().is_none() {
+                panic!("store gone");
+            }
+            Ok::<(), NodeError>(())
+        })
+        .await;
+        assert!(f.node.is_cancelled() && f.claims.is_cancelled());
+        let fatal = f.first.get().expect("recorded");
+        assert_eq!(fatal.service, "replica");
+        assert_eq!(
+            fatal.to_string(),
+            "the replica service panicked: store gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_service_stops_the_node_and_the_first_failure_is_kept() {
+        let f = failure();
+        f.watch("api", async { Err::<(), _>(NodeError::Stopped) })
+            .await;
+        f.watch("claimer", async { Err::<(), _>(NodeError::Revoked) })
+            .await;
+        assert!(f.node.is_cancelled());
+        assert_eq!(
+            f.first.get().map(|e| e.to_string()).as_deref(),
+            Some("the api service failed: the node is shutting down")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_that_ends_cleanly_stops_nothing() {
+        let f = failure();
+        f.watch("notifier", infallible(async {})).await;
+        assert!(!f.node.is_cancelled() && f.first.get().is_none());
     }
 }

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent, topic};
 use super::client::Command;
-use super::{Event, NetworkConfig, NetworkError, Verdict};
-use buildmesh_protocol::wire::Response;
+use super::{BallotRequest, Event, NetworkConfig, NetworkError, Verdict};
+use buildmesh_protocol::wire::{Request, Response};
 
 /// Owns the swarm. Run it with [`EventLoop::run`].
 pub struct EventLoop {
@@ -20,6 +20,7 @@ pub struct EventLoop {
     topic: gossipsub::IdentTopic,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
+    ballots: Option<mpsc::Sender<BallotRequest>>,
     pending: HashMap<
         request_response::OutboundRequestId,
         oneshot::Sender<Result<Response, NetworkError>>,
@@ -77,8 +78,17 @@ impl EventLoop {
             topic,
             commands,
             events,
+            ballots: None,
             pending: HashMap::new(),
         })
+    }
+
+    /// Sends notifier ballots to `ballots` instead of with the other requests. When that
+    /// channel is full a ballot is answered with no ballots at once (as a node outside the
+    /// election answers): the event loop never waits on the notifier, which waits on it.
+    pub fn route_ballots(mut self, ballots: mpsc::Sender<BallotRequest>) -> Self {
+        self.ballots = Some(ballots);
+        self
     }
 
     /// Runs until `cancel` fires or every [`super::Client`] is dropped.
@@ -181,6 +191,29 @@ impl EventLoop {
                 message,
                 ..
             })) => match message {
+                request_response::Message::Request {
+                    request: Request::Ballot(ballot),
+                    channel,
+                    ..
+                } if self.ballots.is_some() => {
+                    let ballots = self.ballots.as_ref().expect("checked above");
+                    if let Err(e) = ballots.try_send(BallotRequest {
+                        peer,
+                        ballot,
+                        channel,
+                    }) {
+                        tracing::debug!(%peer, "ballot not taken: the notifier is busy or gone");
+                        let refused = match e {
+                            mpsc::error::TrySendError::Full(b)
+                            | mpsc::error::TrySendError::Closed(b) => b,
+                        };
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_response(refused.channel, Response::Ballots(Vec::new()));
+                    }
+                }
                 request_response::Message::Request {
                     request, channel, ..
                 } => {

@@ -100,6 +100,20 @@ pub enum Event {
     },
 }
 
+/// A notifier ballot from a peer, with where its answer goes. Ballots are the election's
+/// traffic and only the notifier reads them, so when a route is set with
+/// [`EventLoop::route_ballots`] they go there on a channel of their own instead of through the
+/// replica's [`Event`]s.
+#[derive(Debug)]
+pub struct BallotRequest {
+    /// Who asks (the connection proves the key; whether it is admitted is the reader's check).
+    pub peer: PeerId,
+    /// The ballot.
+    pub ballot: buildmesh_protocol::election::Ballot,
+    /// Where the answer goes, through [`Client::respond`].
+    pub channel: request_response::ResponseChannel<Response>,
+}
+
 /// How the network is set up.
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {

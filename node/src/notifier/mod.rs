@@ -24,21 +24,20 @@ use buildmesh_protocol::wire::{HolderSignal, Request, Response, Signal};
 use buildmesh_protocol::{Hash, NodeId, Timestamp};
 use buildmesh_store::Store;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::NodeError;
 use crate::claimer::{BuildView, ClaimerClient};
 use crate::config::NotifierSettings;
-use crate::network;
+use crate::liveness::Membership;
+use crate::network::{self, BallotRequest};
 use crate::replica::ReplicaClient;
 
 /// The longest a new holder waits for its sync round before its first mail.
 const SETTLE: Duration = Duration::from_secs(1);
-
-/// A ballot from a peer, with where its answers go.
-pub type BallotIn = (NodeId, Ballot, oneshot::Sender<Vec<Ballot>>);
 
 /// The notifier as a node sees it (`GET /api/v1/notifier`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -104,7 +103,8 @@ pub(crate) struct NotifierParts {
     pub replica: ReplicaClient,
     pub claimer: ClaimerClient,
     pub net: network::Client,
-    pub ballots: mpsc::Receiver<BallotIn>,
+    pub ballots: mpsc::Receiver<BallotRequest>,
+    pub membership: watch::Receiver<Membership>,
     pub records: broadcast::Receiver<Arc<Record>>,
     pub signals: broadcast::Receiver<Signal>,
     pub api_hint: String,
@@ -122,7 +122,8 @@ pub(crate) struct Notifier {
     replica: ReplicaClient,
     claimer: ClaimerClient,
     net: network::Client,
-    ballots: mpsc::Receiver<BallotIn>,
+    ballots: mpsc::Receiver<BallotRequest>,
+    membership: watch::Receiver<Membership>,
     records: broadcast::Receiver<Arc<Record>>,
     signals: broadcast::Receiver<Signal>,
     queries: mpsc::Receiver<Query>,
@@ -162,6 +163,7 @@ impl Notifier {
             claimer: parts.claimer,
             net: parts.net,
             ballots: parts.ballots,
+            membership: parts.membership,
             records: parts.records,
             signals: parts.signals,
             queries,
@@ -188,19 +190,27 @@ impl Notifier {
         for r in store.all_records().flatten() {
             self.learn(&r);
         }
-        self.refresh_voters().await;
+        self.refresh_voters();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let mut voters = tokio::time::interval(Duration::from_secs(2));
         let mut scan = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        voters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
-                Some((from, ballot, reply)) = self.ballots.recv() => {
-                    let out = if self.voter { self.election.receive(from, ballot, Timestamp::now()) } else { Vec::new() };
-                    let _ = reply.send(out.into_iter().map(|(_, b)| b).collect());
+                Some(BallotRequest { peer, ballot, channel }) = self.ballots.recv() => {
+                    let now = Timestamp::now();
+                    // Only admitted nodes vote; the connection proves the key, trust says
+                    // whether it is admitted now.
+                    let from = NodeId::from_peer_id(&peer)
+                        .ok()
+                        .filter(|n| self.membership.borrow().trust.check_member(n, now).is_ok());
+                    let out = match from {
+                        Some(from) if self.voter => self.election.receive(from, ballot, now),
+                        _ => Vec::new(),
+                    };
+                    let answers = out.into_iter().map(|(_, b)| b).collect();
+                    let _ = self.net.respond(channel, Response::Ballots(answers)).await;
                     self.after_election().await;
                 }
                 Some((from, answers)) = self.answers_rx.recv() => {
@@ -249,7 +259,7 @@ impl Notifier {
                     self.send_due();
                 }
                 _ = scan.tick() => self.dirty = true,
-                _ = voters.tick() => self.refresh_voters().await,
+                Ok(()) = self.membership.changed() => self.refresh_voters(),
             }
         }
         tracing::debug!("notifier stopped");
@@ -268,15 +278,19 @@ impl Notifier {
         }
     }
 
-    async fn refresh_voters(&mut self) {
-        let Ok(nodes) = self.replica.nodes().await else {
-            return;
+    // The notifier-role nodes never revoked, from the published trust.
+    fn refresh_voters(&mut self) {
+        let voters: BTreeSet<NodeId> = {
+            let membership = self.membership.borrow_and_update();
+            let trust = &membership.trust;
+            trust
+                .admissions()
+                .filter(|a| {
+                    a.roles.contains(&Role::Notifier) && trust.revocation(&a.node).is_none()
+                })
+                .map(|a| a.node)
+                .collect()
         };
-        let voters: BTreeSet<NodeId> = nodes
-            .iter()
-            .filter(|n| n.roles.contains(&Role::Notifier) && !n.revoked)
-            .map(|n| n.id)
-            .collect();
         if !voters.is_empty() && &voters != self.election.voters() {
             self.election.set_voters(voters);
         }
@@ -286,17 +300,20 @@ impl Notifier {
         for (to, ballot) in out {
             let net = self.net.clone();
             let tx = self.answers_tx.clone();
-            tokio::spawn(async move {
-                match net.request(to.to_peer_id(), Request::Ballot(ballot)).await {
-                    Ok(Response::Ballots(answers)) => {
-                        let _ = tx.send((to, answers)).await;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::trace!(voter = %to.short(), error = %e, "ballot not delivered")
+            tokio::spawn(
+                async move {
+                    match net.request(to.to_peer_id(), Request::Ballot(ballot)).await {
+                        Ok(Response::Ballots(answers)) => {
+                            let _ = tx.send((to, answers)).await;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::trace!(voter = %to.short(), error = %e, "ballot not delivered")
+                        }
                     }
                 }
-            });
+                .in_current_span(),
+            );
         }
     }
 
@@ -503,7 +520,8 @@ impl Notifier {
             let tx = self.sent_tx.clone();
             let me = self.me;
             let hint = self.api_hint.clone();
-            tokio::spawn(async move {
+            tokio::spawn(
+                async move {
                 let outcome =
                     mail::send(&settings, &host, port, &t, &claimer, &replica, &hint).await;
                 if outcome.is_ok() {
@@ -526,7 +544,9 @@ impl Notifier {
                     tracing::info!(builder = %t.builder, sha = %t.sha, by = %me.short(), "red transition mailed");
                 }
                 let _ = tx.send((t.key(), outcome)).await;
-            });
+                }
+                .in_current_span(),
+            );
         }
     }
 

@@ -10,8 +10,10 @@ use buildmesh_store::Store;
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
+use tracing::Instrument;
+
+use super::Command;
 use crate::network::Client;
-use crate::replica::Command;
 
 /// Syncs with `peer`; returns the peer's version vector if the exchange worked. `skip` names
 /// authors whose records from some seq on this node refuses (revoked keys): they are not pulled.
@@ -49,14 +51,17 @@ pub(crate) async fn with_peer(
         let refused = |from: u64| skip.get(&author).is_some_and(|&r| r <= from);
         let pull = |from: u64| {
             let net = net.clone();
-            tokio::spawn(async move {
-                let request = Request::Pull {
-                    author,
-                    from,
-                    max: MAX_PULL_RECORDS,
-                };
-                net.request(peer, request).await
-            })
+            tokio::spawn(
+                async move {
+                    let request = Request::Pull {
+                        author,
+                        from,
+                        max: MAX_PULL_RECORDS,
+                    };
+                    net.request(peer, request).await
+                }
+                .in_current_span(),
+            )
         };
         let mut from = *range.start();
         if refused(from) {

@@ -1,0 +1,325 @@
+//! Liveness: who was heard from lately, and what that means for connections.
+//!
+//! Every node gossips a signed heartbeat each `heartbeat_interval`; a node heard from within
+//! `liveness_window` (by this node's clock) is live. Heartbeats are ordered per sender by the
+//! sender's clock, so an older one replayed is refused. The same heartbeats say where a node
+//! listens, which is how a node finds peers beyond its bootstrap list.
+//!
+//! Everything here is decisions over explicit times; the replica owns the [`Liveness`] table,
+//! feeds it heartbeats and carries out the drops and dials. [`Membership`] is what the replica
+//! publishes of trust and liveness to the services that only read them.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use buildmesh_protocol::trust::Trust;
+use buildmesh_protocol::wire::Heartbeat;
+use buildmesh_protocol::{NodeId, Timestamp};
+use libp2p::{Multiaddr, PeerId};
+use tokio::time::Instant;
+
+/// Trust and the live set, as the replica last published them: when trust changes or a node
+/// goes live or missing, not on every heartbeat.
+#[derive(Clone, Debug)]
+pub(crate) struct Membership {
+    /// The fold of genesis, admissions, revocations and the builder configuration.
+    pub trust: Trust,
+    /// Nodes heard from within the liveness window (revoked ones included until their
+    /// revocation reaches this node; read `trust` for that).
+    pub live: BTreeSet<NodeId>,
+}
+
+/// What was last heard from one node.
+#[derive(Clone, Debug)]
+pub(crate) struct Live {
+    /// When, by this node's monotonic clock.
+    pub heard: Instant,
+    /// When, by this node's wall clock (what the API shows).
+    pub heard_at: Timestamp,
+    /// The sender's clock in its newest heartbeat: an older one is a replay.
+    pub last_time: Timestamp,
+    pub running: u32,
+    pub capacity: u32,
+    /// Where it listens, as it says.
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// The newest heartbeat of every node heard from.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    nodes: HashMap<NodeId, Live>,
+    window: Duration,
+}
+
+impl Liveness {
+    pub(crate) fn new(window: Duration) -> Self {
+        Liveness {
+            nodes: HashMap::new(),
+            window,
+        }
+    }
+
+    /// What was last heard from `node`.
+    pub(crate) fn get(&self, node: &NodeId) -> Option<&Live> {
+        self.nodes.get(node)
+    }
+
+    /// Whether `node` was heard from within the window before `now`.
+    pub(crate) fn is_live(&self, node: &NodeId, now: Instant) -> bool {
+        self.nodes
+            .get(node)
+            .is_some_and(|l| now.duration_since(l.heard) <= self.window)
+    }
+
+    /// Every node heard from within the window before `now`.
+    pub(crate) fn live_at(&self, now: Instant) -> BTreeSet<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, l)| now.duration_since(l.heard) <= self.window)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// Whether a heartbeat of `sender` dated `time` is older than (or as old as) the newest
+    /// one heard.
+    pub(crate) fn is_replay(&self, sender: &NodeId, time: Timestamp) -> bool {
+        self.nodes.get(sender).is_some_and(|l| l.last_time >= time)
+    }
+
+    /// Takes in a heartbeat heard at `heard` (`heard_at` by the wall clock). Returns whether
+    /// its sender just went live.
+    pub(crate) fn heard(&mut self, h: &Heartbeat, heard: Instant, heard_at: Timestamp) -> bool {
+        let was_live = self.is_live(&h.node, heard);
+        let addrs = h.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        self.nodes.insert(
+            h.node,
+            Live {
+                heard,
+                heard_at,
+                last_time: h.time,
+                running: h.running,
+                capacity: h.capacity,
+                addrs,
+            },
+        );
+        !was_live
+    }
+
+    /// Forgets a node (revoked). Returns whether it was live.
+    pub(crate) fn forget(&mut self, node: &NodeId, now: Instant) -> bool {
+        let was_live = self.is_live(node, now);
+        self.nodes.remove(node);
+        was_live
+    }
+
+    /// Nodes that are live and say where they listen, with those addresses.
+    pub(crate) fn reachable(&self, now: Instant) -> impl Iterator<Item = (NodeId, &[Multiaddr])> {
+        self.nodes
+            .iter()
+            .filter(move |(_, l)| !l.addrs.is_empty() && now.duration_since(l.heard) <= self.window)
+            .map(|(n, l)| (*n, l.addrs.as_slice()))
+    }
+}
+
+/// An admitted connection, as the silence check sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Connection {
+    pub peer: PeerId,
+    pub node: Option<NodeId>,
+    /// When it was made.
+    pub since: Instant,
+}
+
+/// Admitted connections over which nothing was heard for `silent_for`: a cut cable does not
+/// close a connection, so these are dropped and redialling replaces them.
+pub(crate) fn silent(
+    connections: impl IntoIterator<Item = Connection>,
+    liveness: &Liveness,
+    now: Instant,
+    silent_for: Duration,
+) -> Vec<PeerId> {
+    connections
+        .into_iter()
+        .filter(|c| now.duration_since(c.since) > silent_for)
+        .filter(|c| {
+            c.node
+                .and_then(|n| liveness.get(&n))
+                .is_none_or(|l| now.duration_since(l.heard) > silent_for)
+        })
+        .map(|c| c.peer)
+        .collect()
+}
+
+/// What the dialler knows of the connections this node has.
+#[derive(Debug)]
+pub(crate) struct Dialling<'a> {
+    /// This node.
+    pub me: NodeId,
+    /// Addresses to keep a connection to whenever it is gone.
+    pub bootstrap: &'a [Multiaddr],
+    /// Every connected peer, at the door or admitted.
+    pub connected: &'a HashSet<PeerId>,
+    /// How many of them are admitted.
+    pub admitted: usize,
+    /// Peers cut off on purpose: never dialled.
+    pub cut: &'a HashSet<PeerId>,
+    /// Up to how many admitted peers the node dials on its own.
+    pub max_peers: usize,
+}
+
+/// Addresses to dial: bootstrap peers whose connection is gone, then live nodes learnt from
+/// heartbeats, up to `max_peers` admitted connections.
+pub(crate) fn to_dial(d: &Dialling<'_>, liveness: &Liveness, now: Instant) -> Vec<Multiaddr> {
+    let mut out = Vec::new();
+    for addr in d.bootstrap {
+        let peer = addr.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+            _ => None,
+        });
+        let wanted = match peer {
+            Some(p) => !d.connected.contains(&p) && !d.cut.contains(&p),
+            None => d.connected.is_empty(),
+        };
+        if wanted {
+            out.push(addr.clone());
+        }
+    }
+    if d.admitted < d.max_peers {
+        let candidates = liveness
+            .reachable(now)
+            .filter(|(n, _)| *n != d.me)
+            .filter(|(n, _)| {
+                let p = n.to_peer_id();
+                !d.connected.contains(&p) && !d.cut.contains(&p)
+            })
+            .take(d.max_peers - d.admitted);
+        for (node, addrs) in candidates {
+            for addr in addrs {
+                out.push(crate::network::with_peer(addr, node.to_peer_id()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use buildmesh_protocol::SecretKey;
+
+    fn node(n: u8) -> NodeId {
+        SecretKey::from_seed([n; 32]).id()
+    }
+
+    fn beat(node: NodeId, time: u64, addrs: &[&str]) -> Heartbeat {
+        Heartbeat {
+            node,
+            time: Timestamp(time),
+            running: 0,
+            capacity: 1,
+            head: 0,
+            addrs: addrs.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    const WINDOW: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn a_node_is_live_within_the_window_and_missing_after() {
+        let mut l = Liveness::new(WINDOW);
+        let t0 = Instant::now();
+        let a = node(2);
+        assert!(l.heard(&beat(a, 1, &[]), t0, Timestamp(1)));
+        assert!(!l.heard(&beat(a, 2, &[]), t0 + Duration::from_secs(1), Timestamp(2)));
+        assert!(l.is_live(&a, t0 + Duration::from_secs(4)));
+        assert_eq!(l.live_at(t0 + Duration::from_secs(4)), BTreeSet::from([a]));
+        assert!(!l.is_live(&a, t0 + Duration::from_secs(5)));
+        assert!(l.live_at(t0 + Duration::from_secs(5)).is_empty());
+        // Heard again after going missing: it goes live again.
+        assert!(l.heard(&beat(a, 9, &[]), t0 + Duration::from_secs(9), Timestamp(9)));
+    }
+
+    #[test]
+    fn an_older_heartbeat_is_a_replay() {
+        let mut l = Liveness::new(WINDOW);
+        let a = node(2);
+        assert!(!l.is_replay(&a, Timestamp(10)));
+        l.heard(&beat(a, 10, &[]), Instant::now(), Timestamp(10));
+        assert!(l.is_replay(&a, Timestamp(10)));
+        assert!(l.is_replay(&a, Timestamp(9)));
+        assert!(!l.is_replay(&a, Timestamp(11)));
+    }
+
+    #[test]
+    fn a_forgotten_node_is_not_live() {
+        let mut l = Liveness::new(WINDOW);
+        let t0 = Instant::now();
+        let a = node(2);
+        l.heard(&beat(a, 1, &[]), t0, Timestamp(1));
+        assert!(l.forget(&a, t0));
+        assert!(!l.is_live(&a, t0));
+        assert!(!l.forget(&a, t0));
+    }
+
+    #[test]
+    fn a_connection_is_dropped_once_silent_for_long_enough() {
+        let mut l = Liveness::new(WINDOW);
+        let t0 = Instant::now();
+        let (a, b) = (node(2), node(3));
+        l.heard(&beat(a, 1, &[]), t0 + Duration::from_secs(5), Timestamp(1));
+        let conns = [
+            Connection {
+                peer: a.to_peer_id(),
+                node: Some(a),
+                since: t0,
+            },
+            Connection {
+                peer: b.to_peer_id(),
+                node: Some(b),
+                since: t0,
+            },
+            Connection {
+                peer: node(4).to_peer_id(),
+                node: Some(node(4)),
+                since: t0 + Duration::from_secs(5),
+            },
+        ];
+        let silent_for = WINDOW * 2;
+        let now = t0 + Duration::from_secs(7);
+        // `a` was heard lately, `b` never, the third connected too recently to judge.
+        assert_eq!(silent(conns, &l, now, silent_for), vec![b.to_peer_id()]);
+    }
+
+    #[test]
+    fn dials_lost_bootstrap_peers_and_live_nodes_up_to_the_limit() {
+        let mut l = Liveness::new(WINDOW);
+        let now = Instant::now();
+        let (me, boot, c, d, cut) = (node(1), node(2), node(3), node(4), node(5));
+        for n in [me, c, d, cut] {
+            l.heard(&beat(n, 1, &["/ip4/127.0.0.1/tcp/4000"]), now, Timestamp(1));
+        }
+        let boot_addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/1/p2p/{}", boot.to_peer_id())
+            .parse()
+            .unwrap();
+        let bootstrap = [boot_addr.clone()];
+        let connected = HashSet::from([d.to_peer_id()]);
+        let cut_set = HashSet::from([cut.to_peer_id()]);
+        let dialling = Dialling {
+            me,
+            bootstrap: &bootstrap,
+            connected: &connected,
+            admitted: 1,
+            cut: &cut_set,
+            max_peers: 2,
+        };
+        let want_c =
+            crate::network::with_peer(&"/ip4/127.0.0.1/tcp/4000".parse().unwrap(), c.to_peer_id());
+        assert_eq!(to_dial(&dialling, &l, now), vec![boot_addr, want_c]);
+        let full = Dialling {
+            admitted: 2,
+            connected: &HashSet::from([boot.to_peer_id(), d.to_peer_id()]),
+            ..dialling
+        };
+        assert!(to_dial(&full, &l, now).is_empty());
+    }
+}
