@@ -456,35 +456,28 @@ async fn submit(State(s): State<ApiState>, body: Bytes) -> Response {
     }
     announce(
         &s,
-        repo,
-        branch,
-        sha,
-        buildmesh_protocol::record::ChangeSource::Submit,
-        Some(req.key),
-        None,
-        // The request travels inside the record: every node checks the caller's role.
-        Some(signed),
+        CommitSeen {
+            repo,
+            branch,
+            sha,
+            source: buildmesh_protocol::record::ChangeSource::Submit,
+            requested_by: Some(req.key),
+            subject: None,
+            // The request travels inside the record: every node checks the caller's role.
+            request: Some(signed),
+        },
     )
     .await
 }
 
-async fn announce(
-    s: &ApiState,
-    repo: String,
-    branch: String,
-    sha: String,
-    source: buildmesh_protocol::record::ChangeSource,
-    requested_by: Option<NodeId>,
-    subject: Option<String>,
-    request: Option<buildmesh_protocol::wire::SignedRequest>,
-) -> Response {
+async fn announce(s: &ApiState, c: CommitSeen) -> Response {
     use buildmesh_protocol::record::{Body, MAX_REF_CHARS};
     // Names from outside are bounded before anything is signed: a record its peers would refuse
     // would stall every later record of this node.
-    if repo.chars().count() > MAX_REF_CHARS
-        || branch.chars().count() > MAX_REF_CHARS
-        || sha.len() > 64
-        || !sha.bytes().all(|b| b.is_ascii_hexdigit())
+    if c.repo.chars().count() > MAX_REF_CHARS
+        || c.branch.chars().count() > MAX_REF_CHARS
+        || c.sha.len() > 64
+        || !c.sha.bytes().all(|b| b.is_ascii_hexdigit())
     {
         return error(
             StatusCode::BAD_REQUEST,
@@ -493,21 +486,13 @@ async fn announce(
             ),
         );
     }
-    if let Ok(Some(seen)) = s.store.commit_seen(&repo, &branch, &sha) {
+    if let Ok(Some(seen)) = s.store.commit_seen(&c.repo, &c.branch, &c.sha) {
         return Json(
             json!({"announced": false, "already": {"author": seen.author, "seq": seen.seq}}),
         )
         .into_response();
     }
-    let body = Body::CommitSeen(CommitSeen {
-        repo,
-        branch,
-        sha,
-        source,
-        requested_by,
-        subject,
-        request,
-    });
+    let body = Body::CommitSeen(c);
     match s.replica.author(body).await {
         Ok(r) => Json(json!({"announced": true, "record": {"author": r.envelope.author, "seq": r.envelope.seq}})).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
@@ -575,13 +560,15 @@ async fn webhook(
     for repo in repos {
         let r = announce(
             &s,
-            repo.clone(),
-            push.branch.clone(),
-            push.sha.clone(),
-            buildmesh_protocol::record::ChangeSource::Webhook,
-            None,
-            push.subject.as_deref().map(CommitSeen::subject_of),
-            None,
+            CommitSeen {
+                repo: repo.clone(),
+                branch: push.branch.clone(),
+                sha: push.sha.clone(),
+                source: buildmesh_protocol::record::ChangeSource::Webhook,
+                requested_by: None,
+                subject: push.subject.as_deref().map(CommitSeen::subject_of),
+                request: None,
+            },
         )
         .await;
         if !r.status().is_success() {
@@ -601,13 +588,24 @@ async fn notifier(State(s): State<ApiState>) -> Response {
 
 async fn notifications(State(s): State<ApiState>) -> Response {
     use buildmesh_protocol::record::Body;
+    // Only a notifier's notice counts (anyone else's is kept in its chain, not counted).
+    let notifiers: std::collections::BTreeSet<NodeId> = match s.replica.nodes().await {
+        Ok(nodes) => nodes
+            .into_iter()
+            .filter(|n| n.roles.contains(&buildmesh_protocol::docs::Role::Notifier))
+            .map(|n| n.id)
+            .collect(),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
     let mut out = Vec::new();
     for r in s.store.all_records() {
         let r = match r {
             Ok(r) => r,
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
         };
-        if let Ok(Body::NotificationSent(n)) = r.body() {
+        if let Ok(Body::NotificationSent(n)) = r.body()
+            && notifiers.contains(&r.author_id())
+        {
             out.push(json!({
                 "transition": n.transition, "builder": n.builder, "branch": n.branch, "sha": n.sha,
                 "message_id": n.message_id, "to": n.to, "term": n.term,

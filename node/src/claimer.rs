@@ -16,6 +16,7 @@ use std::time::Duration;
 use buildmesh_protocol::builders::BuilderConfig;
 use buildmesh_protocol::claims::{Action, ClaimSettings, Claims, JobSpec, JobState};
 use buildmesh_protocol::docs::{DocKind, RevocationReason, Role};
+use buildmesh_protocol::entitle::{self, Refusal};
 use buildmesh_protocol::record::{
     Body, BuildResult, Claim, CommitSeen, JobKey, Record, StepResult,
 };
@@ -348,19 +349,40 @@ impl Claimer {
         let now = Timestamp::now();
         let author = record.author_id();
         match record.body() {
-            Ok(Body::CommitSeen(CommitSeen {
-                repo, branch, sha, ..
-            })) => {
+            Ok(Body::CommitSeen(c)) => {
+                if self.distrusted.contains(&author) {
+                    return;
+                }
+                // Only an announcer's announcements, or ones made on an entitled caller's
+                // request, make jobs.
+                let entitled = entitle::commit_seen(
+                    &self.membership.borrow().trust,
+                    &author,
+                    record.envelope.time,
+                    &c,
+                );
+                if let Err(refusal) = entitled {
+                    self.replica
+                        .misbehaved(author, refusal.reason(), record.hash);
+                    return;
+                }
+                let CommitSeen {
+                    repo, branch, sha, ..
+                } = c;
                 let key = (repo.clone(), branch.clone(), sha.clone());
                 let t = record.envelope.time;
                 let first = *self.commits.entry(key).or_insert(t);
                 self.derive_jobs(&repo, &branch, &sha, first);
             }
             Ok(Body::Claim(Claim { job, attempt, .. })) if !self.distrusted.contains(&author) => {
+                self.note_non_worker(record);
                 self.machine.claim(author, job, attempt, now);
+                self.report_misbehaviour();
             }
             Ok(Body::BuildResult(r)) if !self.distrusted.contains(&author) => {
+                self.note_non_worker(record);
                 self.machine.result(author, r.job, r.attempt, r.result, now);
+                self.report_misbehaviour();
             }
             Ok(Body::Publish(p)) if p.doc.kind == DocKind::BuilderConfig => {
                 if let Ok(c) = p.doc.body::<BuilderConfig>()
@@ -376,6 +398,30 @@ impl Claimer {
                 }
             }
             _ => {}
+        }
+    }
+
+    // A claim or result from a key without the worker role never counts (the machine knows
+    // only workers); its author is told about.
+    fn note_non_worker(&self, record: &Record) {
+        let trust = &self.membership.borrow().trust;
+        if trust
+            .may_act(&record.author_id(), Role::Worker, record.envelope.time)
+            .is_err()
+        {
+            self.replica
+                .misbehaved(record.author_id(), Refusal::NotWorker.reason(), record.hash);
+        }
+    }
+
+    // Claims and results the machine found can never count: their authors are told about.
+    fn report_misbehaviour(&mut self) {
+        for (author, job, attempt, refusal) in self.machine.misbehaviour() {
+            let mut what = job.0.to_vec();
+            what.extend_from_slice(&attempt.to_be_bytes());
+            what.extend_from_slice(refusal.reason().as_bytes());
+            self.replica
+                .misbehaved(author, refusal.reason(), Hash::of(&what));
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use buildmesh_protocol::trust::Trust;
 use buildmesh_protocol::wire::Heartbeat;
-use buildmesh_protocol::{NodeId, Timestamp};
+use buildmesh_protocol::{Hash, NodeId, Timestamp};
 use libp2p::{Multiaddr, PeerId};
 use tokio::time::Instant;
 
@@ -202,6 +202,39 @@ pub(crate) fn to_dial(d: &Dialling<'_>, liveness: &Liveness, now: Instant) -> Ve
     out
 }
 
+/// Signals other than heartbeats (build progress, the notifier holder's word), each kept in
+/// order per sender and subject: one no newer than the newest taken is a replay, and has no
+/// effect beyond its first delivery. Gossip drops exact copies from the same publisher, but
+/// another peer can publish the same signed bytes again; without this a replayed progress
+/// signal would keep a dead worker's lease alive for as long as the clock-skew window.
+#[derive(Debug, Default)]
+pub(crate) struct SignalOrder {
+    newest: HashMap<(NodeId, Hash, u32), Timestamp>,
+}
+
+impl SignalOrder {
+    /// The most subjects remembered; past it the oldest half is forgotten (their signals are
+    /// older than the skew window by then in any real mesh, and refused as stale anyway).
+    const MAX: usize = 65_536;
+
+    /// Takes a signal of `sender` about `subject` dated `time` if it is newer than the newest
+    /// taken; returns whether it was taken.
+    pub(crate) fn take(&mut self, sender: NodeId, subject: (Hash, u32), time: Timestamp) -> bool {
+        let key = (sender, subject.0, subject.1);
+        if self.newest.get(&key).is_some_and(|t| *t >= time) {
+            return false;
+        }
+        if self.newest.len() >= Self::MAX {
+            let mut times: Vec<Timestamp> = self.newest.values().copied().collect();
+            times.sort_unstable();
+            let cut = times[times.len() / 2];
+            self.newest.retain(|_, t| *t > cut);
+        }
+        self.newest.insert(key, time);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +354,18 @@ mod tests {
             ..dialling
         };
         assert!(to_dial(&full, &l, now).is_empty());
+    }
+
+    #[test]
+    fn a_replayed_progress_signal_is_taken_once() {
+        let mut order = SignalOrder::default();
+        let w = buildmesh_protocol::SecretKey::from_seed([9; 32]).id();
+        let job = (Hash::of(b"job"), 1);
+        assert!(order.take(w, job, Timestamp(10)));
+        assert!(!order.take(w, job, Timestamp(10)), "the same signal again");
+        assert!(!order.take(w, job, Timestamp(5)), "an older one");
+        assert!(order.take(w, job, Timestamp(11)));
+        // Another subject of the same sender is ordered on its own.
+        assert!(order.take(w, (Hash::of(b"job"), 2), Timestamp(3)));
     }
 }

@@ -252,7 +252,6 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             lease: config.worker.lease,
             step: config.worker.claim_step,
             liveness_window: config.mesh.liveness_window,
-            ..ClaimSettings::default()
         },
         executor: ExecutorConfig {
             work_dir: config.worker.work_dir.clone(),

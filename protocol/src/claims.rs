@@ -203,7 +203,7 @@ pub struct Claims {
     early: BTreeMap<Hash, Vec<Early>>,
     // Claims and results that can never count, once each, until `misbehaviour` takes them.
     misbehaved: BTreeSet<(NodeId, Hash, u32, Refusal)>,
-    misbehaviour: Vec<(NodeId, Refusal)>,
+    misbehaviour: Vec<(NodeId, Hash, u32, Refusal)>,
 }
 
 #[derive(Clone, Debug)]
@@ -229,15 +229,15 @@ impl Claims {
         }
     }
 
-    /// Claims and results seen since the last call that can never count, by author: each
-    /// once. The node counts them and shows their authors as misbehaving.
-    pub fn misbehaviour(&mut self) -> Vec<(NodeId, Refusal)> {
+    /// Claims and results seen since the last call that can never count — (author, job,
+    /// attempt, why) — each once. The node counts them and shows their authors as misbehaving.
+    pub fn misbehaviour(&mut self) -> Vec<(NodeId, Hash, u32, Refusal)> {
         std::mem::take(&mut self.misbehaviour)
     }
 
     fn misbehaved(&mut self, who: NodeId, job: Hash, attempt: u32, why: Refusal) {
         if self.misbehaved.insert((who, job, attempt, why)) {
-            self.misbehaviour.push((who, why));
+            self.misbehaviour.push((who, job, attempt, why));
         }
     }
 
@@ -1200,13 +1200,19 @@ mod tests {
         // A red at the last attempt there is, for a job nobody claimed.
         c.result(w[2], j.id, u32::MAX, ResultCode::Failure, T);
         assert_eq!(c.state(&j.id), Some(JobState::Pending { attempt: 1 }));
-        assert_eq!(c.misbehaviour(), vec![(w[2], Refusal::Unclaimed)]);
+        assert_eq!(
+            c.misbehaviour(),
+            vec![(w[2], j.id, u32::MAX, Refusal::Unclaimed)]
+        );
         // An honest worker builds it green; the rogue's red from a claim it had no right to
         // (its labels do not match) changes nothing either.
         c.claim(w[1], j.id, 1, T);
         c.claim(w[2], j.id, 1, T);
         c.result(w[2], j.id, 1, ResultCode::Failure, at(10));
-        assert_eq!(c.misbehaviour(), vec![(w[2], Refusal::WrongLabels)]);
+        assert_eq!(
+            c.misbehaviour(),
+            vec![(w[2], j.id, 1, Refusal::WrongLabels)]
+        );
         assert_eq!(
             c.state(&j.id),
             Some(JobState::Running {
@@ -1233,7 +1239,7 @@ mod tests {
         // the job is still open at attempt 1 and this node claims it.
         c.claim(w[2], j.id, 4, T);
         c.claim(w[2], j.id, 5, T);
-        assert_eq!(c.misbehaviour(), vec![(w[2], Refusal::BadAttempt)]);
+        assert_eq!(c.misbehaviour(), vec![(w[2], j.id, 5, Refusal::BadAttempt)]);
         assert_eq!(c.state(&j.id), Some(JobState::Pending { attempt: 1 }));
         let acts = c.tick(at(5_000));
         assert!(

@@ -262,7 +262,7 @@ impl Election {
 
     fn ask_all(&mut self, now: Timestamp) -> Vec<(NodeId, Ballot)> {
         let id = self.next_round;
-        self.next_round += 1;
+        self.next_round = self.next_round.wrapping_add(1);
         let mut grants = BTreeSet::new();
         // The node votes for itself when it may.
         if self.grant_free(&self.me, now) {
@@ -354,14 +354,14 @@ impl Election {
                 // so that the next round does not meet voters still bound to a loser.
                 self.next_election = now.plus(self.s.lease + self.jitter());
                 let id = self.next_round;
-                self.next_round += 1;
+                self.next_round = self.next_round.wrapping_add(1);
                 let mut would = BTreeSet::new();
                 if self.grant_free(&self.me, now) {
                     would.insert(self.me);
                 }
-                self.pre = Some((id, self.term + 1, would));
+                self.pre = Some((id, self.term.saturating_add(1), would));
                 let ask = Ballot::PreAsk {
-                    term: self.term + 1,
+                    term: self.term.saturating_add(1),
                     candidate: self.me,
                     round: id,
                 };
@@ -383,11 +383,11 @@ impl Election {
         let Some((_, term, would)) = &self.pre else {
             return Vec::new();
         };
-        if would.len() < majority || *term != self.term + 1 {
+        if would.len() < majority || *term != self.term.saturating_add(1) {
             return Vec::new();
         }
         self.pre = None;
-        self.term += 1;
+        self.term = self.term.saturating_add(1);
         self.standing = Standing::Candidate { term: self.term };
         self.last_renew = now;
         let out = self.ask_all(now);

@@ -8,7 +8,7 @@
 //! came in.
 //!
 //! The rules per kind:
-//! - `CommitSeen`: authored by an announcer, or carrying the signed request of a caller with the
+//! - `CommitSeen`: authored by an announcer (or a maintainer), or carrying the signed request of a caller with the
 //!   announcer or maintainer role that asks for exactly this commit;
 //! - `NotificationSent`: notifier role;
 //! - `Claim` and `BuildResult`: worker role here; which attempt a claim may take and which
@@ -156,7 +156,7 @@ pub fn commit_seen(
     time: Timestamp,
     c: &CommitSeen,
 ) -> Result<(), Refusal> {
-    if has_role(trust, author, Role::Announcer, time) {
+    if may_request_announce(trust, author, time) {
         return Ok(());
     }
     let Some(signed) = &c.request else {

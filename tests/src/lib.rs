@@ -451,15 +451,27 @@ impl Mesh {
     /// Announces a commit through node `via`, as its poller would.
     pub async fn announce(&self, via: usize, repo: &str, branch: &str, sha: &str) {
         use buildmesh_protocol::record::{Body, ChangeSource, CommitSeen};
+        use buildmesh_protocol::wire::{ApiAction, SignedRequest};
+        // Any node may announce on a maintainer's signed request (as `buildmesh submit` does);
+        // only an announcer may announce on its own.
+        let request = SignedRequest::sign(
+            &self.maintainer(),
+            ApiAction::Submit {
+                repo: repo.to_string(),
+                branch: branch.to_string(),
+                sha: sha.to_string(),
+            },
+            buildmesh_protocol::Timestamp::now(),
+        );
         self.node(via)
             .author(Body::CommitSeen(CommitSeen {
                 repo: repo.to_string(),
                 branch: branch.to_string(),
                 sha: sha.to_string(),
-                source: ChangeSource::Poller,
-                requested_by: None,
+                source: ChangeSource::Submit,
+                requested_by: Some(self.maintainer().id()),
                 subject: None,
-                request: None,
+                request: Some(request),
             }))
             .await
             .expect("announced");

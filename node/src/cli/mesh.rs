@@ -84,7 +84,10 @@ pub fn run(args: Run) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
-            _ = node.stopped() => bail!("the node stopped on its own"),
+            fatal = node.stopped() => match fatal {
+                Some(f) => bail!("the node stopped: its {} service failed: {}", f.service, f.what),
+                None => bail!("the node stopped on its own"),
+            },
         }
         eprintln!("shutting down");
         node.shutdown().await;
@@ -177,6 +180,20 @@ pub fn nodes(args: Nodes) -> anyhow::Result<ExitCode> {
             n.records,
             n.id
         );
+        if n.flagged {
+            println!(
+                "{:<14} flagged: signed two records with one sequence number",
+                ""
+            );
+        }
+        if n.misbehaving > 0 {
+            println!(
+                "{:<14} misbehaving: {} record(s) it was not entitled to, last: {}",
+                "",
+                n.misbehaving,
+                n.misbehaviour.as_deref().unwrap_or("?")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

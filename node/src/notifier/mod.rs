@@ -269,6 +269,22 @@ impl Notifier {
     fn learn(&mut self, record: &Record) -> bool {
         match record.body() {
             Ok(Body::NotificationSent(n)) => {
+                // Only a notifier's notice says a mail went out: anyone else's would silence
+                // a red transition.
+                let entitled = self
+                    .membership
+                    .borrow()
+                    .trust
+                    .may_act(&record.author_id(), Role::Notifier, record.envelope.time)
+                    .is_ok();
+                if !entitled {
+                    self.replica.misbehaved(
+                        record.author_id(),
+                        buildmesh_protocol::entitle::Refusal::NotNotifier.reason(),
+                        record.hash,
+                    );
+                    return false;
+                }
                 self.recorded.insert(n.transition);
                 self.waiting.remove(&n.transition);
                 true

@@ -3,12 +3,14 @@
 //! replica carries the verdict out (stores, counts refusals, remembers refused authors); the
 //! store's chain checks (gap, fork, chain break) come after and stay in the store.
 //!
-//! The entitlement rules still to come (role per record kind, future-dated records, unknown
-//! record kinds) read more of the replica's state: each becomes a field of [`GateInput`] and a
-//! check in [`judge`], so the callers do not change shape.
+//! Once the author is known to be admitted, [`buildmesh_protocol::entitle::record`] says
+//! whether the record counts: a record its author was not entitled to (a commit announced
+//! without the role, a notice from a non-notifier, a kind this node does not know) is stored
+//! but counts for nothing, and one dated too far ahead waits until it is due.
 
 use buildmesh_protocol::Timestamp;
 use buildmesh_protocol::docs::{DocKind, SignedDoc};
+use buildmesh_protocol::entitle::{self, Entitled, Refusal};
 use buildmesh_protocol::record::{Body, Publish, Record};
 use buildmesh_protocol::trust::{Trust, TrustError};
 
@@ -17,12 +19,7 @@ use buildmesh_protocol::trust::{Trust, TrustError};
 pub(crate) struct GateInput<'a> {
     /// The fold of genesis, admissions and revocations as this node holds it.
     pub trust: &'a Trust,
-    /// This node's clock. Today's rules judge a record by its own time; the check for
-    /// future-dated records will compare against this.
-    #[expect(
-        dead_code,
-        reason = "read by the future-dated check; callers pass it already"
-    )]
+    /// This node's clock: records dated too far ahead of it wait.
     pub now: Timestamp,
 }
 
@@ -34,6 +31,11 @@ pub(crate) enum GateVerdict {
     /// The record is its author's own admission, in its own log: it speaks for itself. Fold the
     /// admission into trust before the next record is judged, then store it.
     CountAndAdmit(SignedDoc),
+    /// Store it (it belongs to its author's chain), but it counts for nothing: its author was
+    /// not entitled to it.
+    Kept(Refusal),
+    /// Dated too far ahead of this node's clock: not stored now; sync brings it again.
+    NotYet,
     /// Its author is not known here yet: do not store it, ask the peer for more (the
     /// admission may be on its way).
     UnknownAuthor,
@@ -57,7 +59,14 @@ pub(crate) fn judge(input: &GateInput<'_>, record: &Record) -> GateVerdict {
         return GateVerdict::CountAndAdmit(doc);
     }
     match input.trust.may_author(&author, record.envelope.time) {
-        Ok(()) => GateVerdict::Count,
+        Ok(()) => {
+            let body = record.body().ok();
+            match entitle::record(input.trust, &record.envelope, body.as_ref(), input.now) {
+                Entitled::Counts => GateVerdict::Count,
+                Entitled::Kept(r) => GateVerdict::Kept(r),
+                Entitled::NotYet => GateVerdict::NotYet,
+            }
+        }
         Err(TrustError::NotAdmitted { .. }) => GateVerdict::UnknownAuthor,
         Err(e) => GateVerdict::Refuse {
             reason: match e {
@@ -78,6 +87,7 @@ mod tests {
     use crate::replica::testkit::{
         T0, admission, key, publish_record, revocation, some_record, trust,
     };
+    use buildmesh_protocol::SecretKey;
 
     fn judged(trust: &Trust, record: &Record) -> GateVerdict {
         judge(&GateInput { trust, now: T0 }, record)
@@ -149,5 +159,48 @@ mod tests {
         let (worker, other) = (key(2), key(3));
         let record = publish_record(&worker, admission(&t, &m, &other, None), T0);
         assert_eq!(judged(&t, &record), GateVerdict::UnknownAuthor);
+    }
+
+    fn commit_record(author: &SecretKey, time: Timestamp) -> Record {
+        Record::author(
+            author,
+            2,
+            buildmesh_protocol::Hash::of(b"prev"),
+            time,
+            &Body::CommitSeen(buildmesh_protocol::record::CommitSeen {
+                repo: "r".into(),
+                branch: "main".into(),
+                sha: "ab".repeat(20),
+                source: buildmesh_protocol::record::ChangeSource::Submit,
+                requested_by: None,
+                subject: None,
+                request: None,
+            }),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_commit_announced_without_the_role_is_kept_but_does_not_count() {
+        let (mut t, m) = trust();
+        let worker = key(2);
+        t.apply(&admission(&t, &m, &worker, None)).unwrap();
+        assert_eq!(
+            judged(&t, &commit_record(&worker, T0)),
+            GateVerdict::Kept(Refusal::NotAnnouncer)
+        );
+        // A maintainer may announce.
+        assert_eq!(judged(&t, &commit_record(&m, T0)), GateVerdict::Count);
+    }
+
+    #[test]
+    fn a_record_dated_far_ahead_waits() {
+        let (t, m) = trust();
+        let far = T0.plus(buildmesh_protocol::entitle::MAX_FUTURE * 2);
+        assert_eq!(judged(&t, &commit_record(&m, far)), GateVerdict::NotYet);
+        assert_eq!(
+            judged(&t, &commit_record(&m, Timestamp(u64::MAX))),
+            GateVerdict::NotYet
+        );
     }
 }

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::gate::{self, GateInput, GateVerdict};
 use super::{Replica, blobs};
 use crate::network::Verdict;
+use buildmesh_protocol::entitle::Refusal;
 
 impl Replica {
     pub(super) fn apply_trusted(&mut self, doc: &SignedDoc) -> Result<Applied, TrustError> {
@@ -70,6 +71,37 @@ impl Replica {
                     let _ = self.apply_trusted(&doc);
                     slots.push(i);
                     to_store.push(Ok(record));
+                }
+                GateVerdict::Kept(refusal) => {
+                    // In its author's chain it stays (refusing it would stall the author's later
+                    // records); the views count it for nothing and report its author, except for
+                    // what no view reads.
+                    match refusal {
+                        Refusal::UnknownKind => {
+                            *self.refused.entry(refusal.reason()).or_insert(0) += 1;
+                        }
+                        Refusal::Malformed => self.note_misbehaviour(
+                            record.author_id(),
+                            refusal.reason(),
+                            record.hash,
+                        ),
+                        _ => {}
+                    }
+                    slots.push(i);
+                    to_store.push(Ok(record));
+                }
+                GateVerdict::NotYet => {
+                    verdicts[i] = Verdict::Ignore;
+                    self.refuse(
+                        source,
+                        "future",
+                        format!(
+                            "record {} of {} dated {}",
+                            record.seq(),
+                            record.author_id(),
+                            record.envelope.time
+                        ),
+                    );
                 }
                 GateVerdict::UnknownAuthor => {
                     verdicts[i] = Verdict::Ignore;

@@ -111,6 +111,11 @@ pub(crate) enum Command {
     SyncAll {
         reply: oneshot::Sender<()>,
     },
+    Misbehaved {
+        author: NodeId,
+        reason: &'static str,
+        what: Hash,
+    },
 }
 
 /// A cloneable handle on the replica.
@@ -189,6 +194,17 @@ impl ReplicaClient {
         Some(rx)
     }
 
+    /// A view found a record of `author`'s that it was not entitled to (`what` names the record
+    /// or the claim, so that seeing it again counts once).
+    pub(crate) fn misbehaved(&self, author: NodeId, reason: &'static str, what: Hash) {
+        // A full queue drops the note: the counter is for people, the view already ignores it.
+        let _ = self.tx.try_send(Command::Misbehaved {
+            author,
+            reason,
+            what,
+        });
+    }
+
     /// Cuts (or restores) every connection with the given nodes, as a cable cut would.
     pub async fn isolate(&self, from: Vec<NodeId>, cut: bool) -> Result<(), NodeError> {
         self.ask(|reply| Command::Isolate { from, cut, reply })
@@ -231,6 +247,12 @@ pub(crate) struct Replica {
     signals: tokio::sync::broadcast::Sender<Signal>,
     load: LoadGauge,
     membership: watch::Sender<Membership>,
+    // Authors of records they were not entitled to, as the views (claimer, notifier) and the
+    // gate found them; the views judge every stored record again at start, so this is
+    // rebuilt after a restart rather than kept.
+    misbehaving: BTreeMap<NodeId, views::Misbehaviour>,
+    misbehaviour_seen: HashSet<(NodeId, Hash)>,
+    signal_order: crate::liveness::SignalOrder,
     cancel: CancellationToken,
 }
 
@@ -299,9 +321,13 @@ impl Replica {
             feed: parts.feed,
             signals: parts.signals,
             load: parts.load,
+            misbehaving: Default::default(),
+            misbehaviour_seen: HashSet::new(),
+            signal_order: Default::default(),
             membership,
             cancel: parts.cancel,
         };
+
         (replica, ReplicaClient { tx }, membership_rx)
     }
 
@@ -344,6 +370,24 @@ impl Replica {
             tracing::warn!(peer = ?peer, reason, %detail, "refused");
         } else {
             tracing::debug!(peer = ?peer, reason, %detail, "refused");
+        }
+    }
+
+    // An author wrote a record it was not entitled to: counted by reason, and the author shown
+    // as misbehaving (each record once).
+    fn note_misbehaviour(&mut self, author: NodeId, reason: &'static str, what: Hash) {
+        if !self.misbehaviour_seen.insert((author, what)) {
+            return;
+        }
+        if self.misbehaviour_seen.len() > 100_000 {
+            self.misbehaviour_seen.clear();
+        }
+        *self.refused.entry(reason).or_insert(0) += 1;
+        let m = self.misbehaving.entry(author).or_default();
+        m.count += 1;
+        m.last = reason.to_string();
+        if self.logged.insert((None, reason)) {
+            tracing::warn!(%author, reason, "record kept but not counted: its author was not entitled to it");
         }
     }
 
@@ -446,6 +490,7 @@ impl Replica {
                     &self.liveness,
                     &self.door,
                     &self.store,
+                    &self.misbehaving,
                 ));
             }
             Command::Metrics { reply } => {
@@ -488,6 +533,11 @@ impl Replica {
                 };
                 let _ = reply.send(answer);
             }
+            Command::Misbehaved {
+                author,
+                reason,
+                what,
+            } => self.note_misbehaviour(author, reason, what),
             Command::SyncAll { reply } => {
                 let peers: Vec<PeerId> = self.door.admitted().map(|(id, _)| *id).collect();
                 let (net, store, tx) = (self.net.clone(), self.store.clone(), self.self_tx.clone());

@@ -202,9 +202,21 @@ impl Replica {
             );
             return Verdict::Ignore;
         }
-        // Heartbeats are ordered per sender; other signals are told apart by content (gossip
-        // drops exact copies) and bounded by the clock-skew window above.
-        if matches!(signal, Signal::Heartbeat(_)) && self.liveness.is_replay(&sender, time) {
+        // Every signal is ordered per sender and subject: a replay (another peer publishing the
+        // same signed bytes again) has no effect beyond the first delivery.
+        let replay = match &signal {
+            Signal::Heartbeat(_) => self.liveness.is_replay(&sender, time),
+            Signal::Progress(p) => !self.signal_order.take(sender, (p.job, p.attempt), time),
+            Signal::Holder(h) => !self.signal_order.take(
+                sender,
+                (
+                    buildmesh_protocol::Hash::ZERO,
+                    h.term.min(u32::MAX as u64) as u32,
+                ),
+                time,
+            ),
+        };
+        if replay {
             self.refuse(
                 Some(source),
                 "replayed-signal",

@@ -45,6 +45,21 @@ pub struct NodeView {
     /// Who to mail when it goes missing (from its admission).
     #[serde(default)]
     pub owner: Option<String>,
+    /// Records of its that it was not entitled to (kept in its chain, counted for nothing).
+    #[serde(default)]
+    pub misbehaving: u64,
+    /// The reason of the last of them (`unentitled-commit`, `unclaimed-result`, …).
+    #[serde(default)]
+    pub misbehaviour: Option<String>,
+}
+
+/// What an author did that it was not entitled to, as far as this node saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Misbehaviour {
+    /// How many records.
+    pub count: u64,
+    /// The last reason.
+    pub last: String,
 }
 
 /// Counters and state.
@@ -80,6 +95,7 @@ pub(super) fn nodes(
     liveness: &Liveness,
     door: &Door,
     store: &Store,
+    misbehaving: &BTreeMap<NodeId, Misbehaviour>,
 ) -> Vec<NodeView> {
     let now = Instant::now();
     let at = Timestamp::now();
@@ -111,6 +127,8 @@ pub(super) fn nodes(
                 connected: connected.contains(&a.node),
                 flagged: flagged.contains(&a.node),
                 owner: a.owner.clone(),
+                misbehaving: misbehaving.get(&a.node).map_or(0, |m| m.count),
+                misbehaviour: misbehaving.get(&a.node).map(|m| m.last.clone()),
             }
         })
         .collect()

@@ -182,3 +182,222 @@ async fn garbage_forgeries_replays_and_oversized_messages_are_refused_and_counte
     peer.stop();
     mesh.shutdown().await;
 }
+
+// One admitted worker key authors what it is not entitled to, through its own node (a real
+// node, its records signed and chained like any other): results it did not win, claims past
+// the limit, an announcement without the role, a notice that would silence a red, an
+// oversized record. The honest nodes' status, builds and mail stay as without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rogue_admitted_worker_changes_nothing_anyone_sees() {
+    use buildmesh_node::smtp_sink;
+    use buildmesh_protocol::record::{
+        Body, BuildResult, ChangeSource, Claim, CommitSeen, JobKey, NotificationSent, ResultCode,
+    };
+    use buildmesh_protocol::transitions::{Kind, Transition};
+    use buildmesh_tests::{GitRepo, is_verdict};
+
+    let (smtp, mailbox) = smtp_sink::bind(([127, 0, 0, 1], 0).into()).unwrap();
+    // Node 4 (index 3) is the rogue: a worker only, that builds nothing honestly.
+    let mesh = Mesh::start_with(4, |i, c| {
+        c.notifier.smtp = Some(("127.0.0.1".into(), smtp.port()));
+        c.notifier.to = vec!["list@localhost".into()];
+        if i == 3 {
+            c.worker.max_builds = Some(0);
+        }
+    })
+    .await;
+    const ROGUE: usize = 3;
+    let honest = [0usize, 1, 2];
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    let ci =
+        "case \"$(cat state)\" in green) echo ok ;; red) echo 'FAIL: test_x'; exit 1 ;; esac\n";
+    mesh.publish_builders(
+        0,
+        &format!(
+            "version = 1\n[[builder]]\nname = \"linux\"\nrepo = \"{}\"\nbranches = [\"main\"]\ntags = [\"stable\"]\n[[builder.step]]\nname = \"test\"\nrun = \"sh ci.sh\"\n",
+            repo.url()
+        ),
+    )
+    .await;
+    let job = |sha: &str| JobKey {
+        builder: "linux".into(),
+        repo: repo.url(),
+        branch: "main".into(),
+        sha: sha.into(),
+    };
+    let rogue = mesh.node(ROGUE);
+
+    // A green commit, built honestly; then the rogue reports it red at the last attempt there is.
+    let green = repo.commit("main", &[("ci.sh", ci), ("state", "green")], "green");
+    mesh.announce(0, &repo.url(), "main", &green).await;
+    mesh.wait_build(1, "linux", &green, LONG, is_verdict).await;
+    let k = job(&green);
+    let now = Timestamp::now();
+    rogue
+        .author(Body::BuildResult(BuildResult {
+            job: k.id(),
+            key: k.clone(),
+            attempt: u32::MAX,
+            result: ResultCode::Failure,
+            steps: vec![],
+            started: now,
+            finished: Timestamp(u64::MAX),
+            config_version: 1,
+        }))
+        .await
+        .unwrap();
+
+    // A red commit: before it is built, the rogue says its mail went out.
+    let red = repo.commit("main", &[("ci.sh", ci), ("state", "red")], "red");
+    let t = Transition {
+        builder: "linux".into(),
+        branch: "main".into(),
+        sha: red.clone(),
+        kind: Kind::Broken,
+        previous: Some(ResultCode::Success),
+        result: ResultCode::Failure,
+    };
+    rogue
+        .author(Body::NotificationSent(NotificationSent {
+            transition: t.key(),
+            builder: "linux".into(),
+            branch: "main".into(),
+            sha: red.clone(),
+            message_id: t.message_id(),
+            to: vec!["list@localhost".into()],
+            term: u64::MAX,
+        }))
+        .await
+        .unwrap();
+    // And it claims the red commit's job at the last attempt and past it, to have it given up.
+    let kr = job(&red);
+    for attempt in [4, 5] {
+        rogue
+            .author(Body::Claim(Claim {
+                job: kr.id(),
+                key: kr.clone(),
+                attempt,
+                lease_ms: 1,
+            }))
+            .await
+            .unwrap();
+    }
+    mesh.announce(0, &repo.url(), "main", &red).await;
+
+    // It announces a commit of its own, without the announcer role.
+    let own = repo.commit("main", &[("ci.sh", ci), ("state", "green")], "rogue's own");
+    rogue
+        .author(Body::CommitSeen(CommitSeen {
+            repo: repo.url(),
+            branch: "main".into(),
+            sha: own.clone(),
+            source: ChangeSource::Poller,
+            requested_by: None,
+            subject: None,
+            request: None,
+        }))
+        .await
+        .unwrap();
+    // An oversized record is never authored, so its later records are not stalled behind it.
+    let huge = rogue
+        .author(Body::CommitSeen(CommitSeen {
+            repo: repo.url(),
+            branch: "main".into(),
+            sha: own.clone(),
+            source: ChangeSource::Webhook,
+            requested_by: None,
+            subject: Some("x".repeat(1024 * 1024)),
+            request: None,
+        }))
+        .await;
+    assert!(huge.is_err(), "a record over the limit was authored");
+    let last = rogue
+        .author(Body::Claim(Claim {
+            job: kr.id(),
+            key: kr.clone(),
+            attempt: 9,
+            lease_ms: 1,
+        }))
+        .await
+        .unwrap();
+
+    // The honest result stands; the red is mailed once; the rogue's commit makes no job.
+    let b = mesh.wait_build(1, "linux", &red, LONG, is_verdict).await;
+    assert_eq!((b.result.as_str(), b.attempt), ("failure", 1), "{b:?}");
+    wait_for("the red mailed", LONG, || async { !mailbox.is_empty() }).await;
+    mesh.wait_replicated(mesh.id(ROGUE), last.seq(), LONG).await;
+    for i in honest {
+        let node = mesh.node(i);
+        let builds = node.builds().await.unwrap();
+        let of = |sha: &str| builds.iter().find(|b| b.sha == sha).cloned();
+        let g = of(&green).expect("the green build");
+        assert_eq!((g.result.as_str(), g.attempt), ("success", 1), "{g:?}");
+        assert!(of(&own).is_none(), "the rogue's announcement made a job");
+        assert_eq!(of(&red).unwrap().result, "failure");
+        let status: serde_json::Value = reqwest::get(format!("http://{}/api/v1/status", node.api))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status[0]["sha"], red.as_str(), "{status}");
+        wait_for("the rogue listed as misbehaving", LONG, || async {
+            let nodes = node.nodes().await.unwrap();
+            let r = nodes.iter().find(|n| n.id == mesh.id(ROGUE)).unwrap();
+            r.misbehaving >= 4
+        })
+        .await;
+        let m = node.metrics().await.unwrap();
+        for reason in [
+            "unclaimed-result",
+            "unentitled-notice",
+            "unentitled-attempt",
+            "unentitled-commit",
+        ] {
+            assert!(
+                m.refused.get(reason).copied().unwrap_or(0) >= 1,
+                "{reason}: {:?}",
+                m.refused
+            );
+        }
+        // The honest nodes do not count one another.
+        let nodes = node.nodes().await.unwrap();
+        assert!(
+            nodes
+                .iter()
+                .filter(|n| n.id != mesh.id(ROGUE))
+                .all(|n| n.misbehaving == 0),
+            "{nodes:?}"
+        );
+    }
+    // Exactly one mail, for the red: the honest notice of it is on every node, the rogue's is
+    // not listed.
+    for i in honest {
+        let api = mesh.node(i).api;
+        wait_for("one notice of a mail on every node", LONG, || async {
+            let v: serde_json::Value = reqwest::get(format!("http://{api}/api/v1/notifications"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v.as_array().is_some_and(|a| {
+                a.len() == 1 && a[0]["author"] != mesh.id(ROGUE).to_string().as_str()
+            })
+        })
+        .await;
+    }
+    let mails = mailbox.all();
+    assert_eq!(
+        mails.len(),
+        1,
+        "{:?}",
+        mails.iter().map(|m| &m.subject).collect::<Vec<_>>()
+    );
+    assert!(
+        mails[0].subject.contains("linux on main is red"),
+        "{}",
+        mails[0].subject
+    );
+    mesh.shutdown().await;
+}
