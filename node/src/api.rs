@@ -470,6 +470,27 @@ async fn submit(State(s): State<ApiState>, body: Bytes) -> Response {
     .await
 }
 
+// Whether an announcement already held counts: one its author was not entitled to (a rogue
+// key's, kept in its chain) must not stop the entitled one from being made.
+async fn counts(s: &ApiState, seen: &buildmesh_store::RecordRef) -> bool {
+    use buildmesh_protocol::record::Body;
+    let Ok(Some(record)) = s.store.record(&seen.author, seen.seq) else {
+        return false;
+    };
+    let Ok(Body::CommitSeen(c)) = record.body() else {
+        return false;
+    };
+    if matches!(s.replica.may_announce(seen.author).await, Ok(Ok(()))) {
+        return true;
+    }
+    let Some(req) = c.request.as_ref().and_then(|r| r.verify().ok()) else {
+        return false;
+    };
+    let asked = matches!(&req.action, buildmesh_protocol::wire::ApiAction::Submit { repo, branch, sha }
+        if *repo == c.repo && *branch == c.branch && *sha == c.sha);
+    asked && matches!(s.replica.may_announce(req.key).await, Ok(Ok(())))
+}
+
 async fn announce(s: &ApiState, c: CommitSeen) -> Response {
     use buildmesh_protocol::record::{Body, MAX_REF_CHARS};
     // Names from outside are bounded before anything is signed: a record its peers would refuse
@@ -486,7 +507,9 @@ async fn announce(s: &ApiState, c: CommitSeen) -> Response {
             ),
         );
     }
-    if let Ok(Some(seen)) = s.store.commit_seen(&c.repo, &c.branch, &c.sha) {
+    if let Ok(Some(seen)) = s.store.commit_seen(&c.repo, &c.branch, &c.sha)
+        && counts(s, &seen).await
+    {
         return Json(
             json!({"announced": false, "already": {"author": seen.author, "seq": seen.seq}}),
         )
