@@ -16,6 +16,9 @@ pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_PULL_RECORDS: u32 = 2000;
 /// The most bytes of records one pull answer carries (the answer stops before exceeding it).
 pub const MAX_PULL_BYTES: usize = 4 * 1024 * 1024;
+/// The most bytes of a packed blob one [`Request::BlobPart`] answer carries: a log of any size
+/// up to the step log cap moves in parts well under [`MAX_FRAME_BYTES`].
+pub const MAX_BLOB_PART: u32 = 4 * 1024 * 1024;
 
 /// A request from one node to another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,8 +37,18 @@ pub enum Request {
         /// At most this many.
         max: u32,
     },
-    /// "Send me this blob".
+    /// "Send me this blob" (whole: for small blobs, and peers that do not know parts).
     Blob(Hash),
+    /// "Send me `max` bytes (at most [`MAX_BLOB_PART`]) of this blob's packed form from
+    /// `offset` on".
+    BlobPart {
+        /// The blob.
+        hash: Hash,
+        /// Where in its packed form.
+        offset: u64,
+        /// How much.
+        max: u32,
+    },
     /// A notifier-election ballot.
     Ballot(crate::election::Ballot),
 }
@@ -52,10 +65,23 @@ pub enum Response {
     Records(Vec<serde_bytes::ByteBuf>),
     /// The blob, if held.
     Blob(Option<serde_bytes::ByteBuf>),
+    /// A part of a blob's packed form, if held.
+    BlobPart(Option<BlobPart>),
     /// The answers to a ballot.
     Ballots(Vec<crate::election::Ballot>),
     /// The request was refused, and why.
     Refused(String),
+}
+
+/// A part of a blob as stored: compressed, so that parts move compressed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobPart {
+    /// The packed form's whole length.
+    pub total: u64,
+    /// Where this part starts in it.
+    pub offset: u64,
+    /// The bytes.
+    pub bytes: serde_bytes::ByteBuf,
 }
 
 /// A node's pass at the door.

@@ -54,6 +54,31 @@ impl Store {
         Ok(Some(content))
     }
 
+    /// The blob as stored — compressed, with its size in front — for sending to a peer in
+    /// parts ([`Store::put_packed_blob`] takes it back).
+    pub fn packed_blob(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.blobs.get(hash.0)?.map(|v| v.to_vec()))
+    }
+
+    /// Stores a blob fetched from a peer in its packed form, refusing it (`Ok(false)`) if it
+    /// does not unpack, is larger than [`MAX_BLOB_BYTES`] or does not match `hash`.
+    pub fn put_packed_blob(&self, hash: &Hash, packed: &[u8]) -> Result<bool, StoreError> {
+        let Some(size) = packed
+            .get(..4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+        else {
+            return Ok(false);
+        };
+        // The size header comes from outside: check it before it sizes an allocation.
+        if size > MAX_BLOB_BYTES {
+            return Ok(false);
+        }
+        let Ok(content) = lz4_flex::decompress_size_prepended(packed) else {
+            return Ok(false);
+        };
+        self.put_blob_checked(hash, &content)
+    }
+
     /// Whether the blob is held.
     pub fn has_blob(&self, hash: &Hash) -> Result<bool, StoreError> {
         Ok(self.blobs.contains_key(hash.0)?)

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use buildmesh_protocol::record::{BuildResult, ResultCode};
-use buildmesh_protocol::wire::{Request, Response};
+use buildmesh_protocol::wire::{MAX_BLOB_PART, Request, Response};
 use buildmesh_protocol::{Hash, NodeId};
 use buildmesh_store::Store;
 use libp2p::PeerId;
@@ -26,7 +26,13 @@ pub(super) fn sources(door: &Door, first: Option<NodeId>) -> Vec<PeerId> {
     peers
 }
 
+/// The largest packed blob fetched: the store's blob limit, compressed (lz4's worst case adds
+/// a little over 0.4 %), with room for the size header.
+const MAX_PACKED: u64 = buildmesh_store::blobs::MAX_BLOB_BYTES as u64 * 101 / 100 + 1024;
+
 /// Asks `peers` in turn for a blob; keeps and returns the first copy that matches its hash.
+/// Blobs move in parts of their packed (compressed) form, so a log of any size up to the step
+/// log cap fits the frame limit; a peer that does not know parts is asked for the whole blob.
 pub(super) async fn fetch(
     net: &network::Client,
     store: &Store,
@@ -34,6 +40,15 @@ pub(super) async fn fetch(
     peers: Vec<PeerId>,
 ) -> Option<Vec<u8>> {
     for peer in peers {
+        match fetch_parts(net, store, hash, peer).await {
+            Some(Ok(())) => match store.blob(&hash) {
+                Ok(Some(content)) => return Some(content),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "cannot read back a fetched blob"),
+            },
+            Some(Err(())) => continue,
+            None => {}
+        }
         match net.request(peer, Request::Blob(hash)).await {
             Ok(Response::Blob(Some(bytes))) => {
                 let bytes = bytes.into_vec();
@@ -52,6 +67,57 @@ pub(super) async fn fetch(
     None
 }
 
+// The blob from one peer in parts. `None`: the peer does not answer parts (ask it the old way);
+// `Some(Err)`: it does not hold the blob, or sent a bad one; `Some(Ok)`: kept.
+async fn fetch_parts(
+    net: &network::Client,
+    store: &Store,
+    hash: Hash,
+    peer: PeerId,
+) -> Option<Result<(), ()>> {
+    let mut packed: Vec<u8> = Vec::new();
+    loop {
+        let request = Request::BlobPart {
+            hash,
+            offset: packed.len() as u64,
+            max: MAX_BLOB_PART,
+        };
+        let part = match net.request(peer, request).await {
+            Ok(Response::BlobPart(Some(part))) => part,
+            Ok(Response::BlobPart(None)) => return Some(Err(())),
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "blob part fetch failed");
+                return None;
+            }
+        };
+        let total = part.total;
+        if total > MAX_PACKED
+            || part.offset != packed.len() as u64
+            || part.bytes.is_empty() && (packed.len() as u64) < total
+        {
+            tracing::warn!(%peer, blob = %hash.short(), "peer sent a blob part out of order or too large");
+            return Some(Err(()));
+        }
+        packed.extend_from_slice(&part.bytes);
+        if packed.len() as u64 >= total {
+            packed.truncate(total as usize);
+            break;
+        }
+    }
+    match store.put_packed_blob(&hash, &packed) {
+        Ok(true) => Some(Ok(())),
+        Ok(false) => {
+            tracing::warn!(%peer, blob = %hash.short(), "peer sent a blob that does not match its hash");
+            Some(Err(()))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot keep a fetched blob");
+            Some(Err(()))
+        }
+    }
+}
+
 /// The logs of a red build that this node does not hold.
 pub(super) fn missing_red_logs(store: &Store, result: &BuildResult) -> Vec<Hash> {
     if !matches!(result.result, ResultCode::Failure | ResultCode::Flaky) {
@@ -65,7 +131,13 @@ pub(super) fn missing_red_logs(store: &Store, result: &BuildResult) -> Vec<Hash>
         .collect()
 }
 
-/// Copies `logs` here from `peers`, on a task of its own.
+/// How often, and how far apart at most, the copy of a red build's log is tried again while no
+/// peer that was asked had it (its worker may be back soon, or reachable through another peer).
+const COPY_TRIES: u32 = 8;
+const COPY_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Copies `logs` here from `peers`, on a task of its own, trying again with backoff until it
+/// holds (a red build's log stays readable when its worker is gone only once it is copied).
 pub(super) fn copy(net: &network::Client, store: &Arc<Store>, logs: Vec<Hash>, peers: Vec<PeerId>) {
     if logs.is_empty() {
         return;
@@ -74,7 +146,19 @@ pub(super) fn copy(net: &network::Client, store: &Arc<Store>, logs: Vec<Hash>, p
     tokio::spawn(
         async move {
             for h in logs {
-                if fetch(&net, &store, h, peers.clone()).await.is_none() {
+                let mut wait = std::time::Duration::from_millis(500);
+                let mut held = false;
+                for _ in 0..COPY_TRIES {
+                    if store.has_blob(&h).unwrap_or(false)
+                        || fetch(&net, &store, h, peers.clone()).await.is_some()
+                    {
+                        held = true;
+                        break;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(COPY_BACKOFF_MAX);
+                }
+                if !held {
                     tracing::warn!(log = %h.short(), "log of a red build not found on any peer");
                 }
             }

@@ -109,6 +109,20 @@ impl Replica {
                 .store
                 .blob(&hash)
                 .map(|b| Response::Blob(b.map(serde_bytes::ByteBuf::from))),
+            Request::BlobPart { hash, offset, max } => {
+                self.store.packed_blob(&hash).map(|packed| {
+                    Response::BlobPart(packed.map(|p| {
+                        let start = (offset.min(p.len() as u64)) as usize;
+                        let len = max.min(buildmesh_protocol::wire::MAX_BLOB_PART) as usize;
+                        let end = start.saturating_add(len).min(p.len());
+                        buildmesh_protocol::wire::BlobPart {
+                            total: p.len() as u64,
+                            offset: start as u64,
+                            bytes: serde_bytes::ByteBuf::from(p[start..end].to_vec()),
+                        }
+                    }))
+                })
+            }
             // Ballots go from the network straight to the notifier; one that strays here has
             // no election to answer it.
             Request::Ballot(_) => Ok(Response::Ballots(Vec::new())),

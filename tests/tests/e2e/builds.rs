@@ -314,6 +314,50 @@ async fn an_exception_is_retried_on_another_worker_and_never_shown_red() {
     mesh.shutdown().await;
 }
 
+// A red log larger than one request-response frame (8 MiB) still reaches the other nodes: blobs
+// move in parts of their compressed form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_red_log_over_the_frame_limit_is_copied_to_every_node() {
+    let mesh = Mesh::start(2).await;
+    ready(&mesh).await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    // About 13 MiB of output that lz4 cannot shrink below the frame limit.
+    let run = "head -c 10000000 /dev/urandom | base64 -w 100; echo FAIL: test_big; exit 1";
+    mesh.publish_builders(0, &one_step_builder(&repo.url(), "big", run))
+        .await;
+    let sha = repo.commit("main", &[("f", "1")], "big red log");
+    mesh.announce(0, &repo.url(), "main", &sha).await;
+    let b = mesh.wait_build(0, "big", &sha, LONG, is_verdict).await;
+    assert_eq!(b.result, "failure", "{b:?}");
+    let worker = (0..2).find(|i| Some(mesh.id(*i)) == b.worker).unwrap();
+    let other = 1 - worker;
+    let digest = b.steps[0].log.unwrap();
+    let packed = mesh
+        .node(worker)
+        .store
+        .packed_blob(&digest)
+        .unwrap()
+        .unwrap();
+    assert!(
+        packed.len() > buildmesh_protocol::wire::MAX_FRAME_BYTES,
+        "the log packs into {} bytes: the test needs more than one frame",
+        packed.len()
+    );
+    wait_for("the big red log copied", LONG, || async {
+        mesh.node(other).store.has_blob(&digest).unwrap()
+    })
+    .await;
+    let log = mesh.node(other).store.blob(&digest).unwrap().unwrap();
+    let tail = String::from_utf8_lossy(&log[log.len() - 200..]).into_owned();
+    assert!(tail.contains("FAIL: test_big"), "{tail}");
+    assert_eq!(
+        buildmesh_protocol::Hash::of(&log),
+        digest,
+        "the copy is the whole log"
+    );
+    mesh.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_red_builds_log_outlives_its_worker() {
     let mut mesh = Mesh::start(3).await;
