@@ -62,6 +62,9 @@ pub struct Scenario {
     pub partitions: usize,
     /// Whether a restarted node comes back with an empty store (a dead disk).
     pub wipe_on_restart: bool,
+    /// Forged records a rogue admitted worker key publishes during the active phase: claims
+    /// past the attempt limit, results for attempts it never claimed.
+    pub rogue_records: usize,
 }
 
 impl Scenario {
@@ -76,6 +79,11 @@ impl Scenario {
             crashes: r.range(0, 3) as usize,
             partitions: r.range(0, 2) as usize,
             wipe_on_restart: r.chance(0.3),
+            rogue_records: if r.chance(0.5) {
+                r.range(1, 30) as usize
+            } else {
+                0
+            },
         }
     }
 }
@@ -101,6 +109,7 @@ enum Ev {
     Partition(Vec<usize>),
     Heal,
     SyncPair(usize, usize),
+    Rogue(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -186,6 +195,9 @@ pub struct World {
     settings: ClaimSettings,
     /// Crashes of a running winner, waiting for a re-claim: (job, attempt, crash time).
     awaiting_reclaim: Vec<(Hash, u32, u64, usize)>,
+    // The rogue admitted worker: every machine knows it as a linux worker; it never
+    // heartbeats, and what it publishes it is not entitled to.
+    rogue: NodeId,
     out: Outcome,
     trace: bool,
 }
@@ -220,6 +232,12 @@ impl World {
                 BTreeMap::from([("os".to_string(), os.to_string())])
             })
             .collect();
+        let rogue = {
+            let mut s = [0xee; 32];
+            s[..8].copy_from_slice(&seed.to_be_bytes());
+            SecretKey::from_seed(s).id()
+        };
+        let linux = BTreeMap::from([("os".to_string(), "linux".to_string())]);
         let nodes = (0..sc.nodes)
             .map(|i| {
                 let capacity = 1 + (rng.next_u64() % 2) as u32;
@@ -227,6 +245,7 @@ impl World {
                 for (j, id) in ids.iter().enumerate() {
                     m.worker(*id, labels[j].clone());
                 }
+                m.worker(rogue, linux.clone());
                 Node {
                     id: ids[i],
                     up: true,
@@ -257,6 +276,7 @@ impl World {
             together_since: BTreeMap::new(),
             settings,
             awaiting_reclaim: Vec::new(),
+            rogue,
             out: Outcome::default(),
             trace: std::env::var_os("SIM_TRACE").is_some(),
         };
@@ -274,6 +294,10 @@ impl World {
         for k in 0..sc.jobs {
             let t = w.rng.range(500, ACTIVE_MS - 5_000);
             w.at(t, Ev::Announce(k));
+        }
+        for k in 0..sc.rogue_records {
+            let t = w.rng.range(1_000, ACTIVE_MS);
+            w.at(t, Ev::Rogue(k as u64));
         }
         for _ in 0..sc.crashes {
             let n = w.rng.range(0, sc.nodes as u64 - 1) as usize;
@@ -502,6 +526,21 @@ impl World {
                     self.pull_missing(n, p);
                 }
             }
+            Ev::Rogue(_) => {
+                if self.jobs.is_empty() {
+                    return;
+                }
+                let j = self.jobs[self.rng.range(0, self.jobs.len() as u64 - 1) as usize].id;
+                // Published through node 0's connections, like any record of an admitted key.
+                let rec = match self.rng.range(0, 4) {
+                    0 => Rec::Claim(self.rogue, j, 0),
+                    1 => Rec::Claim(self.rogue, j, 5),
+                    2 => Rec::Claim(self.rogue, j, u32::MAX),
+                    3 => Rec::Result(self.rogue, j, self.rng.range(1, 3) as u32, 1),
+                    _ => Rec::Result(self.rogue, j, u32::MAX, 0),
+                };
+                self.publish(0, rec);
+            }
             Ev::Announce(k) => {
                 let builder = format!("b{}", k % 3);
                 let key = JobKey {
@@ -581,6 +620,10 @@ impl World {
                 let mut m = Claims::new(me, self.settings.clone(), capacity);
                 for other in &self.nodes {
                     m.worker(other.id, other.labels.clone());
+                }
+                {
+                    let linux = BTreeMap::from([("os".to_string(), "linux".to_string())]);
+                    m.worker(self.rogue, linux);
                 }
                 self.nodes[n].machine = m;
                 self.nodes[n].up = true;
@@ -797,6 +840,17 @@ impl World {
                         j.id.short()
                     ));
                 }
+            }
+            // Nothing the rogue published counts: it never wins an attempt nor gives a verdict.
+            let rogue = self.rogue;
+            if let Some(i) = states.iter().position(|s| {
+                matches!(s, Some(JobState::Done { worker, .. } | JobState::Running { worker, .. }) if *worker == rogue)
+            }) {
+                return Err(format!(
+                    "entitlement: node {i} counts the rogue's record for job {}: {:?}",
+                    j.id.short(),
+                    states[i]
+                ));
             }
             if let Some((i, s)) = states.iter().enumerate().find(|(_, s)| *s != first) {
                 return Err(format!(
