@@ -13,8 +13,14 @@ use crate::index::IndexTree;
 use crate::keys::{self, Key};
 use crate::{Store, StoreError, corrupt};
 
-/// How far beyond its contiguous head a record of one author may arrive and be held.
-pub const MAX_AHEAD: u64 = 1_000_000;
+/// How far beyond its contiguous head a record of one author may arrive and be held. Honest
+/// gaps are a few gossip messages while sync catches up; a record further ahead is not held
+/// (sync brings it in order), so one author can make a node hold at most this many records.
+pub const MAX_AHEAD: u64 = 10_000;
+
+/// Fork evidence kept per author: two records for one seq prove the fork; a flood of them must
+/// not fill the disk.
+pub const MAX_FORK_EVIDENCE: usize = 16;
 
 /// Where a record lives: its author and seq.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -261,7 +267,14 @@ impl Store {
             .u64(other.seq())
             .hash(&other.hash)
             .build();
-        self.forks.insert(key, other.bytes.as_slice())?;
+        let kept = self
+            .forks
+            .scan_prefix(Key::new().node(&author).build())
+            .take(MAX_FORK_EVIDENCE)
+            .count();
+        if kept < MAX_FORK_EVIDENCE {
+            self.forks.insert(key, other.bytes.as_slice())?;
+        }
         let reason = format!("two records signed for seq {}", other.seq());
         self.flags.insert(
             author.as_bytes(),

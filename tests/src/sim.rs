@@ -749,6 +749,19 @@ impl World {
                 continue;
             }
             let spec = self.jobs.iter().find(|j| j.id == job);
+            // A worker can take the job only once it holds the job and the dead worker's claim
+            // (a claim made inside a partition reaches the others only when its worker is back;
+            // the lease runs from when a node learnt of it).
+            let k = self.jobs.iter().position(|j| j.id == job);
+            let dead_id = self.nodes[dead].id;
+            let job_rec = self
+                .records
+                .iter()
+                .position(|r| matches!(r, Rec::Job(_, x) if Some(*x) == k));
+            let claim_rec = self
+                .records
+                .iter()
+                .position(|r| *r == Rec::Claim(dead_id, job, a));
             let available = self
                 .nodes
                 .iter()
@@ -761,7 +774,13 @@ impl World {
                             j.requires.iter().all(|(k, v)| n.labels.get(k) == Some(v))
                         })
                 })
-                .map(|(_, n)| n.up_since.max(n.idle_since))
+                .filter_map(|(_, n)| {
+                    let knows_job = job_rec.and_then(|r| n.store.get(&r).copied())?;
+                    let knows_claim = claim_rec
+                        .and_then(|r| n.store.get(&r).copied())
+                        .unwrap_or(0);
+                    Some(n.up_since.max(n.idle_since).max(knows_job).max(knows_claim))
+                })
                 .min();
             if let Some(since) = available
                 && self.now > crashed.max(since) + lease + slack

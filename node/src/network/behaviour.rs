@@ -10,7 +10,17 @@ use std::time::Duration;
 
 use buildmesh_protocol::Hash;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{allow_block_list, gossipsub, identify, identity, ping, request_response};
+use libp2p::{
+    allow_block_list, connection_limits, gossipsub, identify, identity, ping, request_response,
+};
+
+/// Connections one peer may hold open at once (a TCP and a QUIC one, and one being replaced).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 3;
+/// Connections established in all: a mesh of a few hundred admitted peers, each keeping
+/// `max_peers` of them, stays well below; a flood of strangers at the door does not.
+pub const MAX_CONNECTIONS: u32 = 1024;
+/// Incoming connections still in their handshake at once.
+pub const MAX_PENDING_INCOMING: u32 = 128;
 
 use super::codec::{Codec, PROTOCOL};
 
@@ -18,6 +28,7 @@ use super::codec::{Codec, PROTOCOL};
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub(crate) limits: connection_limits::Behaviour,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) sync: request_response::Behaviour<Codec>,
     pub(crate) identify: identify::Behaviour,
@@ -108,8 +119,15 @@ impl Behaviour {
             key.public(),
         ));
         let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5)));
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                .with_max_established(Some(MAX_CONNECTIONS))
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
+        );
         Ok(Behaviour {
             blocked: Default::default(),
+            limits,
             gossipsub,
             sync,
             identify,

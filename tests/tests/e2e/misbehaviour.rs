@@ -401,3 +401,161 @@ async fn a_rogue_admitted_worker_changes_nothing_anyone_sees() {
     );
     mesh.shutdown().await;
 }
+
+// Whatever the fields of a record with a valid signature — times past the year 9999, attempts at
+// the top of the range, long or odd strings — no view of the API and no command of the CLI
+// panics or fails to render it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_signed_record_whatever_its_fields_makes_a_view_or_the_cli_fail() {
+    use buildmesh_protocol::record::{
+        Body, BuildResult, ChangeSource, Claim, CommitSeen, JobKey, NotificationSent, ResultCode,
+        StepResult,
+    };
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let mut mesh = Mesh::start_some(1, 0).await;
+    mesh.config_mut(0).worker.max_builds = Some(0);
+    mesh.start_node(0).await;
+    mesh.publish_builders(
+        0,
+        "version = 1\n[[builder]]\nname = \"b\"\nrepo = \"r\"\nbranches = [\"*\"]\ntags = [\"stable\"]\n[[builder.step]]\nname = \"s\"\nrun = \"true\"\n",
+    )
+    .await;
+    let node = mesh.node(0);
+    let code = prop_oneof![
+        Just(ResultCode::Success),
+        Just(ResultCode::Warnings),
+        Just(ResultCode::Failure),
+        Just(ResultCode::Flaky),
+        Just(ResultCode::Exception),
+        Just(ResultCode::Cancelled),
+    ];
+    let time = prop_oneof![any::<u64>().prop_map(Timestamp), Just(Timestamp(u64::MAX))];
+    let text = "\\PC{0,64}";
+    let sha = prop_oneof![Just("a".repeat(40)), Just("b".repeat(40)), "[0-9a-f]{1,64}"];
+    let branch = prop_oneof![Just("main".to_string()), text.prop_map(|s| s)];
+    let attempt = prop_oneof![1u32..4, any::<u32>()];
+    let step = (
+        text,
+        code.clone(),
+        any::<Option<i32>>(),
+        any::<u64>(),
+        any::<u32>(),
+        prop::collection::vec(text, 0..3),
+    )
+        .prop_map(
+            |(name, result, exit_code, duration_ms, warnings, failing_lines)| StepResult {
+                name,
+                result,
+                exit_code,
+                duration_ms,
+                warnings,
+                log: None,
+                failing_lines,
+            },
+        );
+    let key = (branch, sha).prop_map(|(branch, sha)| JobKey {
+        builder: "b".into(),
+        repo: "r".into(),
+        branch,
+        sha,
+    });
+    let body = prop_oneof![
+        (key.clone(), prop::option::of(text)).prop_map(|(k, subject)| Body::CommitSeen(
+            CommitSeen {
+                repo: k.repo,
+                branch: k.branch,
+                sha: k.sha,
+                source: ChangeSource::Poller,
+                requested_by: None,
+                subject,
+                request: None,
+            }
+        )),
+        (key.clone(), attempt.clone(), any::<u64>()).prop_map(
+            |(k, attempt, lease_ms)| Body::Claim(Claim {
+                job: k.id(),
+                key: k,
+                attempt,
+                lease_ms,
+            })
+        ),
+        (
+            key.clone(),
+            attempt,
+            code,
+            prop::collection::vec(step, 0..4),
+            time.clone(),
+            time,
+            any::<u64>()
+        )
+            .prop_map(
+                |(k, attempt, result, steps, started, finished, config_version)| {
+                    Body::BuildResult(BuildResult {
+                        job: k.id(),
+                        key: k,
+                        attempt,
+                        result,
+                        steps,
+                        started,
+                        finished,
+                        config_version,
+                    })
+                }
+            ),
+        (key, text, any::<u64>()).prop_map(|(k, m, term)| Body::NotificationSent(
+            NotificationSent {
+                transition: k.id(),
+                builder: k.builder,
+                branch: k.branch,
+                sha: k.sha,
+                message_id: m,
+                to: vec![],
+                term,
+            }
+        )),
+    ];
+    let mut runner = TestRunner::deterministic();
+    let mut authored = 0;
+    for _ in 0..300 {
+        let b = body.new_tree(&mut runner).unwrap().current();
+        // A record its peers would refuse is not authored; anything else is.
+        if node.author(b).await.is_ok() {
+            authored += 1;
+        }
+    }
+    assert!(authored > 250, "{authored} of 300 records authored");
+    let api = node.api;
+    for path in [
+        "/api/v1/status",
+        "/api/v1/builds",
+        "/api/v1/builds?builder=b&limit=1000",
+        "/api/v1/nodes",
+        "/api/v1/notifications",
+        "/api/v1/notifier",
+        "/api/v1/health",
+        &format!("/api/v1/records?author={}", node.id),
+    ] {
+        let r = reqwest::get(format!("http://{api}{path}")).await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        let v: serde_json::Value = r.json().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(!v.is_null(), "{path}");
+    }
+    let metrics = reqwest::get(format!("http://{api}/metrics")).await.unwrap();
+    assert!(metrics.status().is_success());
+    for args in [&["status"][..], &["builds"], &["nodes"], &["notifier"]] {
+        let out = std::process::Command::new(buildmesh_tests::binary())
+            .args(args)
+            .args(["--node", &api.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "buildmesh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    mesh.shutdown().await;
+}
