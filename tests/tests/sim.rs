@@ -1,5 +1,6 @@
 //! The claim protocol under the deterministic simulator: a thousand seeds, every invariant
-//! checked after every event. `SIM_SEED=N` replays one seed; `SIM_SEEDS=N` runs more.
+//! checked after every event. `SIM_SEED=N` replays one seed; `SIM_SEEDS=N` runs more (of the
+//! claim and election simulators), `SIM_ROGUE_SEEDS=N` more of the worlds with a rogue worker.
 
 use buildmesh_tests::sim::{World, run_rogue_seeds, run_seeds};
 
@@ -48,7 +49,7 @@ fn a_rogue_admitted_worker_changes_nothing_over_a_thousand_seeds() {
         }
         return;
     }
-    let n: u64 = std::env::var("SIM_SEEDS")
+    let n: u64 = std::env::var("SIM_ROGUE_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);

@@ -153,7 +153,24 @@ fn require_maintainer(trust: &Trust, key: &SecretKey) -> anyhow::Result<()> {
     Ok(())
 }
 
+// A document rides in a record of the node that publishes it: one larger than a record can
+// carry is refused here, when it is written, rather than by every node after it is published.
+// (The envelope and the publishing node's signature take a few hundred bytes.)
+const MAX_DOC_BYTES: usize = buildmesh_protocol::record::MAX_RECORD_BYTES - 4096;
+
+fn check_doc_size(doc: &SignedDoc) -> anyhow::Result<()> {
+    let len = doc.to_bytes().len();
+    if len > MAX_DOC_BYTES {
+        bail!(
+            "the {} document is {len} bytes; a record carries at most {MAX_DOC_BYTES} bytes of document",
+            doc.kind
+        );
+    }
+    Ok(())
+}
+
 fn write_doc(out: &Out, doc: &SignedDoc) -> anyhow::Result<()> {
+    check_doc_size(doc)?;
     files::write_atomic(&out.out, &doc.to_bytes(), out.force)
 }
 
@@ -194,6 +211,7 @@ pub fn sign(args: Sign) -> anyhow::Result<ExitCode> {
         }
     }
     doc.sign(&key);
+    check_doc_size(&doc)?;
     files::write_atomic(&args.doc, &doc.to_bytes(), true)?;
     eprintln!(
         "signed {} {} by {} ({} signature(s))",
