@@ -241,10 +241,6 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 /// How far a signed request's clock may be from this node's.
 const MAX_REQUEST_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
 
-fn is_verdict(result: &str) -> bool {
-    matches!(result, "success" | "warnings" | "failure" | "flaky")
-}
-
 async fn status(State(s): State<ApiState>) -> Response {
     let builds = match s.claimer.builds().await {
         Ok(b) => b,
@@ -259,7 +255,7 @@ async fn status(State(s): State<ApiState>) -> Response {
         if rows.contains_key(&k) {
             continue;
         }
-        if is_verdict(&b.result) {
+        if b.result.is_verdict() {
             rows.insert(
                 k.clone(),
                 json!({
@@ -268,7 +264,7 @@ async fn status(State(s): State<ApiState>) -> Response {
                     "in_progress": newer.remove(&k).unwrap_or_default(),
                 }),
             );
-        } else if b.result == "pending" || b.result == "running" {
+        } else if !b.result.is_settled() {
             newer
                 .entry(k)
                 .or_default()

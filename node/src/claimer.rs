@@ -18,7 +18,7 @@ use buildmesh_protocol::claims::{Action, ClaimSettings, Claims, JobSpec, JobStat
 use buildmesh_protocol::docs::{DocKind, RevocationReason, Role};
 use buildmesh_protocol::entitle::{self, Refusal};
 use buildmesh_protocol::record::{
-    Body, BuildResult, Claim, CommitSeen, JobKey, Record, StepResult,
+    Body, BuildResult, BuildState, Claim, CommitSeen, JobKey, Record, StepResult,
 };
 use buildmesh_protocol::wire::{Progress, Signal};
 use buildmesh_protocol::{Hash, NodeId, Timestamp};
@@ -61,7 +61,7 @@ pub struct BuildView {
     /// The attempt shown.
     pub attempt: u32,
     /// pending, running, success, warnings, failure, flaky, exception, cancelled, skipped.
-    pub result: String,
+    pub result: BuildState,
     /// When the build started (claim time for a running build).
     pub started: Option<Timestamp>,
     /// When it finished.
@@ -668,7 +668,7 @@ impl Claimer {
             sha: spec.key.sha.clone(),
             worker: None,
             attempt: 1,
-            result: String::new(),
+            result: BuildState::Pending,
             started: None,
             finished: None,
             steps: Vec::new(),
@@ -678,33 +678,35 @@ impl Claimer {
         match state {
             JobState::Pending { attempt } => {
                 v.attempt = attempt;
-                v.result = "pending".into();
+                v.result = BuildState::Pending;
             }
             JobState::Running { attempt, worker } => {
                 v.attempt = attempt;
                 v.worker = Some(worker);
-                v.result = "running".into();
+                v.result = BuildState::Running;
                 v.started = claim_time(attempt, worker);
             }
             JobState::Done {
-                attempt, worker, ..
+                attempt,
+                worker,
+                result,
             } => {
                 v.attempt = attempt;
                 v.worker = Some(worker);
+                v.result = result.into();
                 if let Some((_, b)) = results
                     .iter()
                     .find(|(r, b)| b.attempt == attempt && r.author_id() == worker)
                 {
-                    v.result = b.result.to_string();
                     v.started = Some(b.started);
                     v.finished = Some(b.finished);
                     v.steps = b.steps.clone();
                 }
             }
-            JobState::Skipped => v.result = "skipped".into(),
+            JobState::Skipped => v.result = BuildState::Skipped,
             JobState::GivenUp { attempts } => {
                 v.attempt = attempts;
-                v.result = "exception".into();
+                v.result = BuildState::Exception;
                 if let Some((r, b)) = results.last() {
                     v.worker = Some(r.author_id());
                     v.started = Some(b.started);

@@ -175,10 +175,6 @@ pub fn score(job: &Hash, worker: &NodeId) -> u64 {
     u64::from_be_bytes(out.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-fn is_verdict(code: ResultCode) -> bool {
-    code.is_verdict()
-}
-
 fn labels_meet(labels: &BTreeMap<String, String>, requires: &BTreeMap<String, String>) -> bool {
     requires.iter().all(|(k, want)| match labels.get(k) {
         Some(have) => want == "*" || have == want,
@@ -771,7 +767,7 @@ impl Job {
         self.counted.keys().rev().find_map(|&a| {
             let w = self.winner(a)?;
             let c = *self.results.get(&(a, w))?;
-            is_verdict(c).then_some((a, w, c))
+            c.is_verdict().then_some((a, w, c))
         })
     }
 

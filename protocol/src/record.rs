@@ -495,6 +495,102 @@ impl ResultCode {
     }
 }
 
+/// Where a build stands as the views show it: a result code once it has one, else pending,
+/// running or skipped. Serialised as the same words (`success`, `running`, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuildState {
+    /// Not claimed in its current attempt.
+    Pending,
+    /// Claimed, running.
+    Running,
+    /// Never built: a newer commit was built instead.
+    Skipped,
+    /// Green.
+    Success,
+    /// Orange: a warning pattern matched.
+    Warnings,
+    /// Red.
+    Failure,
+    /// Orange: a failing step passed on retry.
+    Flaky,
+    /// Purple: the infrastructure failed (or every attempt did).
+    Exception,
+    /// Stopped before it ended.
+    Cancelled,
+}
+
+impl BuildState {
+    /// The word the API and the CLI show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Pending => "pending",
+            BuildState::Running => "running",
+            BuildState::Skipped => "skipped",
+            BuildState::Success => "success",
+            BuildState::Warnings => "warnings",
+            BuildState::Failure => "failure",
+            BuildState::Flaky => "flaky",
+            BuildState::Exception => "exception",
+            BuildState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The result code, once the build has one.
+    pub fn result(self) -> Option<ResultCode> {
+        Some(match self {
+            BuildState::Success => ResultCode::Success,
+            BuildState::Warnings => ResultCode::Warnings,
+            BuildState::Failure => ResultCode::Failure,
+            BuildState::Flaky => ResultCode::Flaky,
+            BuildState::Exception => ResultCode::Exception,
+            BuildState::Cancelled => ResultCode::Cancelled,
+            BuildState::Pending | BuildState::Running | BuildState::Skipped => return None,
+        })
+    }
+
+    /// Whether it is a verdict on the code (see [`ResultCode::is_verdict`]).
+    pub fn is_verdict(self) -> bool {
+        self.result().is_some_and(ResultCode::is_verdict)
+    }
+
+    /// Whether it will change no more on its own (everything but pending and running).
+    pub fn is_settled(self) -> bool {
+        !matches!(self, BuildState::Pending | BuildState::Running)
+    }
+}
+
+impl From<ResultCode> for BuildState {
+    fn from(c: ResultCode) -> Self {
+        match c {
+            ResultCode::Success => BuildState::Success,
+            ResultCode::Warnings => BuildState::Warnings,
+            ResultCode::Failure => BuildState::Failure,
+            ResultCode::Flaky => BuildState::Flaky,
+            ResultCode::Exception => BuildState::Exception,
+            ResultCode::Cancelled => BuildState::Cancelled,
+        }
+    }
+}
+
+impl fmt::Display for BuildState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for BuildState {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for BuildState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl fmt::Display for ResultCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -122,13 +122,6 @@ fn is_red(r: ResultCode) -> bool {
     r == ResultCode::Failure
 }
 
-fn is_verdict(r: ResultCode) -> bool {
-    matches!(
-        r,
-        ResultCode::Success | ResultCode::Warnings | ResultCode::Failure | ResultCode::Flaky
-    )
-}
-
 /// The transitions among `builds` of one builder and branch (in any order), under `mode`.
 pub fn find(builder: &str, branch: &str, builds: &[Build], mode: Mode) -> Vec<Transition> {
     let mut sorted: Vec<&Build> = builds.iter().collect();
@@ -140,7 +133,7 @@ pub fn find(builder: &str, branch: &str, builds: &[Build], mode: Mode) -> Vec<Tr
             // Nothing newer can be judged before this one settles.
             break;
         }
-        let Some(v) = b.verdict.filter(|v| is_verdict(*v)) else {
+        let Some(v) = b.verdict.filter(|v| v.is_verdict()) else {
             continue;
         };
         let kind = match (mode, previous) {

@@ -492,7 +492,7 @@ impl Mesh {
             let builds = self.node(i).builds().await.unwrap_or_default();
             if let Some(b) = builds
                 .into_iter()
-                .find(|b| b.builder == builder && b.sha == sha && done(&b.result))
+                .find(|b| b.builder == builder && b.sha == sha && done(b.result.as_str()))
             {
                 return b;
             }

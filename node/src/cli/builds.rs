@@ -160,7 +160,7 @@ pub fn builds(args: Builds) -> anyhow::Result<ExitCode> {
             b.builder,
             b.branch,
             &b.sha[..b.sha.len().min(12)],
-            paint(&b.result, tty),
+            paint(b.result.as_str(), tty),
             secs,
             worker
         );

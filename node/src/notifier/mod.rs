@@ -389,8 +389,8 @@ impl Notifier {
                 .map(|b| transitions::Build {
                     sha: b.sha.clone(),
                     order: b.announced.millis(),
-                    verdict: verdict(&b.result),
-                    settled: !matches!(b.result.as_str(), "pending" | "running"),
+                    verdict: b.result.result(),
+                    settled: b.result.is_settled(),
                 })
                 .collect();
             for t in transitions::find(&builder, &branch, &input, self.settings.mode) {
@@ -608,18 +608,5 @@ impl Notifier {
             sent_here: self.sent_here,
             waiting: self.waiting.len(),
         }
-    }
-}
-
-fn verdict(result: &str) -> Option<buildmesh_protocol::record::ResultCode> {
-    use buildmesh_protocol::record::ResultCode::*;
-    match result {
-        "success" => Some(Success),
-        "warnings" => Some(Warnings),
-        "failure" => Some(Failure),
-        "flaky" => Some(Flaky),
-        "exception" => Some(Exception),
-        "cancelled" => Some(Cancelled),
-        _ => None,
     }
 }

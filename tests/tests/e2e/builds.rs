@@ -157,7 +157,7 @@ async fn three_workers_give_each_commit_the_right_result_and_every_node_agrees()
     };
     wait_for("every node agreeing", LONG, || async {
         let (a, b, c) = (view(0).await, view(1).await, view(2).await);
-        a == b && b == c && a.iter().all(|x| is_verdict(&x.2))
+        a == b && b == c && a.iter().all(|x| x.2.is_verdict())
     })
     .await;
     // The log of the red build names the failing test, from any node.
