@@ -17,6 +17,7 @@ use buildmesh_protocol::builders::BuilderConfig;
 use buildmesh_protocol::claims::{Action, ClaimSettings, Claims, JobSpec, JobState};
 use buildmesh_protocol::docs::{DocKind, RevocationReason, Role};
 use buildmesh_protocol::entitle::{self, Refusal};
+use buildmesh_protocol::jobs;
 use buildmesh_protocol::record::{
     Body, BuildResult, BuildState, Claim, CommitSeen, JobKey, Record, StepResult,
 };
@@ -133,12 +134,6 @@ impl ClaimerClient {
 struct Running {
     cancel: CancellationToken,
 }
-
-/// An announcement older than this when it reaches the claimer is old news.
-const OLD_NEWS: Duration = Duration::from_secs(5);
-/// How long old news waits before it may be claimed (two anti-entropy rounds in tests, a bit
-/// less than one in the default configuration; the sync on reconnect comes first anyway).
-const OLD_NEWS_WAIT: Duration = Duration::from_secs(2);
 
 /// What the claimer needs.
 pub(crate) struct ClaimerParts {
@@ -430,27 +425,7 @@ impl Claimer {
             return;
         };
         let now = Timestamp::now();
-        let specs: Vec<JobSpec> = config
-            .builders
-            .iter()
-            .filter(|b| b.repo == repo && b.wants_branch(branch))
-            .map(|b| {
-                let key = JobKey {
-                    builder: b.name.clone(),
-                    repo: repo.to_string(),
-                    branch: branch.to_string(),
-                    sha: sha.to_string(),
-                };
-                JobSpec {
-                    id: key.id(),
-                    key,
-                    requires: b.requires.clone(),
-                    priority: b.priority,
-                    order: announced.millis(),
-                    max_attempts: b.max_attempts,
-                }
-            })
-            .collect();
+        let specs = jobs::derive(config, repo, branch, sha, announced);
         for s in specs {
             if !self.machine.knows(&s.id) {
                 // Claims and results of this job already stored (a rebuild, or records that
@@ -477,14 +452,8 @@ impl Claimer {
                     }
                 }
                 // Old news (a node back from a partition, or a restart) waits a moment before
-                // anyone claims it: the claims and results that other nodes hold for it may be
-                // a sync round behind the announcement.
-                let open_at = if now.since(announced) > OLD_NEWS {
-                    now.plus(OLD_NEWS_WAIT)
-                } else {
-                    now
-                };
-                self.machine.job(s, open_at);
+                // anyone claims it.
+                self.machine.job(s, jobs::opens_at(announced, now));
             }
         }
     }

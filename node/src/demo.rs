@@ -353,7 +353,11 @@ async fn go<W: Write>(demo: &mut Demo<'_, W>, dir: &Path) -> Result<(), DemoErro
         let mut latest: Vec<(String, String, String)> = Vec::new();
         for b in builds {
             if !latest.iter().any(|(name, _, _)| *name == b.builder) {
-                latest.push((b.builder.clone(), b.result.to_string(), b.sha[..10].to_string()));
+                latest.push((
+                    b.builder.clone(),
+                    b.result.to_string(),
+                    b.sha[..10].to_string(),
+                ));
             }
         }
         latest.sort();

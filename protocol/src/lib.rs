@@ -10,6 +10,7 @@
 //!   kinds kept but not counted.
 //! - [`claims`]: claiming jobs without a master (sans-IO state machine), with the job-level
 //!   entitlement of claims and results.
+//! - [`jobs`]: which builders build an announced commit, and when its jobs open (pure).
 //! - [`election`]: electing the one notifier by majority-voted leases (sans-IO).
 //! - [`transitions`]: which results are red transitions that need a mail (pure).
 //! - [`record`]: the signed, hash-chained records of each node's log and their bodies.
@@ -23,6 +24,7 @@ pub mod codec;
 pub mod docs;
 pub mod election;
 pub mod entitle;
+pub mod jobs;
 pub mod keys;
 pub mod record;
 pub mod time;

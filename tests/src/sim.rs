@@ -11,7 +11,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
+use buildmesh_protocol::builders::{Builder, BuilderConfig, DEFAULT_MAX_ATTEMPTS};
 use buildmesh_protocol::claims::{Action, ClaimSettings, Claims, JobSpec, JobState, score};
+use buildmesh_protocol::jobs;
 use buildmesh_protocol::record::{JobKey, ResultCode};
 use buildmesh_protocol::{Hash, NodeId, SecretKey, Timestamp};
 
@@ -563,14 +565,31 @@ impl World {
                 if k % 5 == 4 {
                     requires.insert("os".to_string(), "freebsd".to_string());
                 }
-                let spec = JobSpec {
-                    id: key.id(),
-                    key,
-                    requires,
-                    priority: 0,
-                    order: self.now,
-                    max_attempts: 4,
+                // The job as the node derives it, from a configuration with this builder.
+                let config = BuilderConfig {
+                    mesh: Hash::ZERO,
+                    version: 1,
+                    builders: vec![Builder {
+                        name: builder.clone(),
+                        repo: key.repo.clone(),
+                        branches: vec!["*".into()],
+                        tags: Default::default(),
+                        requires,
+                        env: Default::default(),
+                        priority: 0,
+                        steps: Vec::new(),
+                        max_attempts: DEFAULT_MAX_ATTEMPTS,
+                    }],
                 };
+                let spec = jobs::derive(
+                    &config,
+                    &key.repo,
+                    &key.branch,
+                    &key.sha,
+                    Timestamp(self.now),
+                )
+                .pop()
+                .expect("the builder takes the commit");
                 self.durations.insert(spec.id, self.rng.range(200, 6_000));
                 let v = match self.rng.range(0, 99) {
                     0..=69 => 0,

@@ -1,0 +1,101 @@
+//! Jobs from commits: which builders build an announced commit, and when its jobs may first be
+//! claimed. Pure: the claimer and the simulator call the same code.
+
+use std::time::Duration;
+
+use crate::builders::BuilderConfig;
+use crate::claims::JobSpec;
+use crate::record::JobKey;
+use crate::time::Timestamp;
+
+/// An announcement older than this when a node first learns it is old news: a node back from a
+/// partition, or a restart.
+pub const OLD_NEWS: Duration = Duration::from_secs(5);
+
+/// How long old news waits before it may be claimed: the claims and results that other nodes
+/// hold for it may be a sync round behind the announcement (two anti-entropy rounds in tests,
+/// a bit less than one in the default configuration; the sync on reconnect comes first anyway).
+pub const OLD_NEWS_WAIT: Duration = Duration::from_secs(2);
+
+/// One job per builder of `config` whose repository is `repo` and whose branch patterns match
+/// `branch`, for the commit `sha` first announced at `announced` (its order among the branch's
+/// commits).
+pub fn derive(
+    config: &BuilderConfig,
+    repo: &str,
+    branch: &str,
+    sha: &str,
+    announced: Timestamp,
+) -> Vec<JobSpec> {
+    config
+        .builders
+        .iter()
+        .filter(|b| b.repo == repo && b.wants_branch(branch))
+        .map(|b| {
+            let key = JobKey {
+                builder: b.name.clone(),
+                repo: repo.to_string(),
+                branch: branch.to_string(),
+                sha: sha.to_string(),
+            };
+            JobSpec {
+                id: key.id(),
+                key,
+                requires: b.requires.clone(),
+                priority: b.priority,
+                order: announced.millis(),
+                max_attempts: b.max_attempts,
+            }
+        })
+        .collect()
+}
+
+/// When a job announced at `announced` and first learnt at `now` may be claimed: at once, or
+/// after [`OLD_NEWS_WAIT`] if it is old news.
+pub fn opens_at(announced: Timestamp, now: Timestamp) -> Timestamp {
+    if now.since(announced) > OLD_NEWS {
+        now.plus(OLD_NEWS_WAIT)
+    } else {
+        now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Hash;
+
+    #[test]
+    fn a_commit_gets_a_job_per_matching_builder_and_old_news_waits() {
+        let c = BuilderConfig::from_toml(
+            Hash::ZERO,
+            "version = 1\n\
+             [[builder]]\nname = \"a\"\nrepo = \"r\"\nbranches = [\"main\", \"3.*\"]\nmax_attempts = 2\n\
+             [[builder.step]]\nname = \"s\"\nrun = \"true\"\n\
+             [[builder]]\nname = \"b\"\nrepo = \"r\"\nbranches = [\"main\"]\npriority = 5\n\
+             [[builder.step]]\nname = \"s\"\nrun = \"true\"\n\
+             [[builder]]\nname = \"c\"\nrepo = \"other\"\nbranches = [\"*\"]\n\
+             [[builder.step]]\nname = \"s\"\nrun = \"true\"\n",
+        )
+        .unwrap();
+        let jobs = derive(&c, "r", "3.13", "abc", Timestamp(7));
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(
+            (
+                jobs[0].key.builder.as_str(),
+                jobs[0].max_attempts,
+                jobs[0].order
+            ),
+            ("a", 2, 7)
+        );
+        let main: Vec<String> = derive(&c, "r", "main", "abc", Timestamp(7))
+            .into_iter()
+            .map(|j| j.key.builder)
+            .collect();
+        assert_eq!(main, ["a", "b"]);
+        let t = Timestamp(1_000_000);
+        assert_eq!(opens_at(t, t.plus(OLD_NEWS)), t.plus(OLD_NEWS));
+        let late = t.plus(OLD_NEWS * 2);
+        assert_eq!(opens_at(t, late), late.plus(OLD_NEWS_WAIT));
+    }
+}
