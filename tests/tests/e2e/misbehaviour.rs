@@ -559,3 +559,141 @@ async fn no_signed_record_whatever_its_fields_makes_a_view_or_the_cli_fail() {
     }
     mesh.shutdown().await;
 }
+
+// Admitted raw peers send what the gate must bound: a record and a signal dated in the year
+// 10000, a signal replayed by another peer, and a flood of forks of one record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn far_future_records_replayed_signals_and_fork_floods_are_bounded() {
+    use buildmesh_protocol::wire::{Heartbeat, Progress, Signal, SignedSignal};
+    let mesh = Mesh::start(2).await;
+    let mesh_id = mesh.genesis().mesh;
+    let node = mesh.id(0).to_peer_id();
+    let mut peers = Vec::new();
+    let mut keys = Vec::new();
+    for seed in [21u8, 22] {
+        let key = SecretKey::from_seed([seed; 32]);
+        let adm = admit(
+            &mesh,
+            &key,
+            &format!("raw-{seed}"),
+            &[Role::Worker],
+            &mesh.maintainer(),
+        );
+        let mut peer = Peer::start(&key, mesh_id, Some(adm.clone())).await;
+        peer.connect(node_addr(&mesh, 0).await, node).await;
+        assert!(matches!(
+            peer.hello(node, mesh_id, adm).await,
+            Response::Hello(_)
+        ));
+        peers.push(peer);
+        keys.push(key);
+    }
+    wait_for("both raw peers admitted", LONG, || async {
+        mesh.node(0).metrics().await.unwrap().peers_admitted >= 3
+    })
+    .await;
+    let publish = |i: usize, bytes: Vec<u8>| {
+        let c = peers[i].client.clone();
+        async move {
+            let _ = c.publish(bytes).await;
+        }
+    };
+    // Gossipsub grafts its mesh on a heartbeat: publish until the node has heard something.
+    let year_10000 = Timestamp(253_402_300_800_000 + 1000);
+    let future =
+        Record::author(&keys[0], 1, Hash::ZERO, year_10000, &crate::mesh::commit(1)).unwrap();
+    wait_for(
+        "the far-future record refused as not yet due",
+        LONG,
+        || async {
+            publish(
+                0,
+                Gossip::Record(serde_bytes::ByteBuf::from(future.bytes.clone())).to_bytes(),
+            )
+            .await;
+            refused(&mesh, 0, "future").await >= 1
+        },
+    )
+    .await;
+    assert_eq!(mesh.node(0).version_vector().unwrap().get(&keys[0].id()), 0);
+    let hb = SignedSignal::sign(
+        &keys[0],
+        &Signal::Heartbeat(Heartbeat {
+            node: keys[0].id(),
+            time: year_10000,
+            running: 0,
+            capacity: 1,
+            head: 0,
+            addrs: vec![],
+        }),
+    );
+    publish(0, Gossip::Signal(hb).to_bytes()).await;
+    wait_for("the far-future heartbeat refused", LONG, || async {
+        refused(&mesh, 0, "stale-signal").await >= 1
+    })
+    .await;
+    // Peer 0's progress signal, published again by peer 1: it counts once.
+    let progress = SignedSignal::sign(
+        &keys[0],
+        &Signal::Progress(Progress {
+            node: keys[0].id(),
+            time: Timestamp::now(),
+            job: Hash::of(b"some job"),
+            attempt: 1,
+            step: "test".into(),
+        }),
+    );
+    publish(0, Gossip::Signal(progress.clone()).to_bytes()).await;
+    wait_for("the replayed progress refused", LONG, || async {
+        publish(1, Gossip::Signal(progress.clone()).to_bytes()).await;
+        refused(&mesh, 0, "replayed-signal").await >= 1
+    })
+    .await;
+    // Forty records for peer 0's seq 1: one is its log, the rest are forks, of which a
+    // bounded number is kept as evidence.
+    for i in 0..40u64 {
+        let r = Record::author(
+            &keys[0],
+            1,
+            Hash::ZERO,
+            Timestamp::now(),
+            &crate::mesh::commit(100 + i),
+        )
+        .unwrap();
+        publish(
+            0,
+            Gossip::Record(serde_bytes::ByteBuf::from(r.bytes)).to_bytes(),
+        )
+        .await;
+    }
+    wait_for("peer 0 flagged for its forks", LONG, || async {
+        mesh.node(0)
+            .nodes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.id == keys[0].id() && n.flagged)
+    })
+    .await;
+    wait_for("the forks counted", LONG, || async {
+        refused(&mesh, 0, "fork").await >= 30
+    })
+    .await;
+    let kept = mesh.node(0).store.forks_of(&keys[0].id()).unwrap().len();
+    assert!(
+        (1..=buildmesh_store::logs::MAX_FORK_EVIDENCE).contains(&kept),
+        "{kept} forks kept"
+    );
+    // The node keeps serving.
+    let seq = mesh
+        .node(0)
+        .author(crate::mesh::commit(7))
+        .await
+        .unwrap()
+        .seq();
+    mesh.wait_replicated(mesh.id(0), seq, LONG).await;
+    for p in peers {
+        p.stop();
+    }
+    mesh.shutdown().await;
+}
