@@ -563,7 +563,7 @@ async fn no_signed_record_whatever_its_fields_makes_a_view_or_the_cli_fail() {
 // Admitted raw peers send what the gate must bound: a record and a signal dated in the year
 // 10000, a signal replayed by another peer, and a flood of forks of one record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn far_future_records_replayed_signals_and_fork_floods_are_bounded() {
+async fn far_future_records_replayed_signals_fork_floods_and_unknown_kinds_are_bounded() {
     use buildmesh_protocol::wire::{Heartbeat, Progress, Signal, SignedSignal};
     let mesh = Mesh::start(2).await;
     let mesh_id = mesh.genesis().mesh;
@@ -684,6 +684,51 @@ async fn far_future_records_replayed_signals_and_fork_floods_are_bounded() {
         (1..=buildmesh_store::logs::MAX_FORK_EVIDENCE).contains(&kept),
         "{kept} forks kept"
     );
+    // A record of a kind this node does not know (a newer node's): stored, in its author's
+    // chain, and forwarded, but not counted.
+    let kind = buildmesh_protocol::record::RecordKind::from_name("confirm-request").unwrap();
+    let envelope = buildmesh_protocol::record::Envelope {
+        author: keys[1].id(),
+        seq: 1,
+        prev: Hash::ZERO,
+        kind,
+        time: Timestamp::now(),
+        body: b"a body only newer nodes read".to_vec(),
+    };
+    let env_bytes = buildmesh_protocol::codec::encode("envelope", &envelope).unwrap();
+    let signed = buildmesh_protocol::record::SignedRecord {
+        sig: keys[1].sign_tagged(&kind.tag(), &env_bytes),
+        envelope: env_bytes,
+    };
+    let bytes = buildmesh_protocol::codec::encode("record", &signed).unwrap();
+    wait_for("the unknown kind stored", LONG, || async {
+        publish(
+            1,
+            Gossip::Record(serde_bytes::ByteBuf::from(bytes.clone())).to_bytes(),
+        )
+        .await;
+        mesh.node(0).version_vector().unwrap().get(&keys[1].id()) == 1
+    })
+    .await;
+    assert!(refused(&mesh, 0, "unknown-kind").await >= 1);
+    // The author's next record chains on it and is taken: nothing stalls behind it.
+    let next = Record::author(
+        &keys[1],
+        2,
+        Hash::of(&signed.envelope),
+        Timestamp::now(),
+        &crate::mesh::commit(2),
+    )
+    .unwrap();
+    wait_for("the record after it stored", LONG, || async {
+        publish(
+            1,
+            Gossip::Record(serde_bytes::ByteBuf::from(next.bytes.clone())).to_bytes(),
+        )
+        .await;
+        mesh.node(0).version_vector().unwrap().get(&keys[1].id()) == 2
+    })
+    .await;
     // The node keeps serving.
     let seq = mesh
         .node(0)
