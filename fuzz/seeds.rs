@@ -31,7 +31,12 @@ fn main() {
         write(&dir, "gossip", &format!("record-{kind}"), &g.to_bytes());
     }
     for (i, s) in f.signals.iter().enumerate() {
-        write(&dir, "gossip", &format!("signal-{i}"), &Gossip::Signal(s.clone()).to_bytes());
+        write(
+            &dir,
+            "gossip",
+            &format!("signal-{i}"),
+            &Gossip::Signal(s.clone()).to_bytes(),
+        );
     }
     for (i, d) in f.docs().into_iter().enumerate() {
         write(&dir, "doc", &format!("{}-{i}", d.kind), &d.to_bytes());

@@ -7,9 +7,7 @@ use std::sync::OnceLock;
 
 use buildmesh_protocol::builders::BuilderConfig;
 use buildmesh_protocol::codec;
-use buildmesh_protocol::docs::{
-    Admission, Genesis, Revocation, RevocationReason, Role, SignedDoc,
-};
+use buildmesh_protocol::docs::{Admission, Genesis, Revocation, RevocationReason, Role, SignedDoc};
 use buildmesh_protocol::election::Ballot;
 use buildmesh_protocol::record::{
     Body, BuildResult, ChangeSource, Claim, CommitSeen, Envelope, JobKey, NotificationSent,
@@ -363,7 +361,10 @@ fn make() -> Fixtures {
         let s: SignedRecord = codec::decode("record", &r.bytes).expect("fixture records decode");
         genuine.insert(s.envelope);
     }
-    for d in [&genesis, &revocation, &config].into_iter().chain(&admissions) {
+    for d in [&genesis, &revocation, &config]
+        .into_iter()
+        .chain(&admissions)
+    {
         genuine.insert(d.body.clone());
     }
     for s in &signals {

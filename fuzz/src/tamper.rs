@@ -3,12 +3,12 @@
 //! The edits apply to the signed message, the signer's key (documents) and the signature,
 //! laid end to end; the value is rebuilt around them and checked.
 
+use buildmesh_protocol::NodeId;
 use buildmesh_protocol::codec;
 use buildmesh_protocol::docs::SignedDoc;
 use buildmesh_protocol::keys::Signature;
 use buildmesh_protocol::record::{Record, SignedRecord};
 use buildmesh_protocol::wire::{SignedRequest, SignedSignal};
-use buildmesh_protocol::NodeId;
 
 use crate::check;
 use crate::fixtures::fixtures;
