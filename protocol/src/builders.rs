@@ -277,8 +277,14 @@ impl BuilderConfig {
                                 format!("`{}` is not a duration such as \"10m\": {e}", t.get_ref()),
                             )
                         })?;
-                        if d.is_zero() {
-                            return Err(err(Some(t.span()), "timeout", "zero timeout".into()));
+                        // Limits are kept in milliseconds: "1ns" would become 0 and time out
+                        // every step at once.
+                        if d.as_millis() == 0 {
+                            return Err(err(
+                                Some(t.span()),
+                                "timeout",
+                                format!("`{}` is under a millisecond", t.get_ref()),
+                            ));
                         }
                         d.as_millis().min(u64::MAX as u128) as u64
                     }
@@ -445,6 +451,18 @@ retries = 1
         let bytes = crate::codec::encode("old builder", &old).unwrap();
         let b: Builder = crate::codec::decode("builder", &bytes).unwrap();
         assert_eq!(b.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    }
+
+    #[test]
+    fn a_timeout_under_a_millisecond_is_refused() {
+        for t in ["0s", "1ns", "999us"] {
+            let bad = GOOD.replace("\"10m\"", &format!("\"{t}\""));
+            let e = BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err();
+            assert_eq!((e.line, e.field.as_str()), (14, "timeout"), "{e}");
+        }
+        let ok = GOOD.replace("\"10m\"", "\"1ms\"");
+        let c = BuilderConfig::from_toml(Hash::ZERO, &ok).unwrap();
+        assert_eq!(c.builders[0].steps[0].timeout_ms, 1);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`vv`]: version vectors for anti-entropy.
 //! - [`trust`]: the fold of documents into "may key K act as role R at time T".
 //! - [`wire`]: requests, responses and signed ephemeral gossip between nodes.
+//! - [`webhook`]: a forge's push payload, read from its JSON.
 
 pub mod builders;
 pub mod claims;
@@ -31,6 +32,7 @@ pub mod time;
 pub mod transitions;
 pub mod trust;
 pub mod vv;
+pub mod webhook;
 pub mod wire;
 
 pub use keys::{Domain, Hash, NodeId, SecretKey, Signature};
