@@ -36,6 +36,42 @@ async fn vv_of(api: &str, id: &str) -> Option<u64> {
     Some(v.get(id).and_then(|x| x.as_u64()).unwrap_or(0))
 }
 
+// Publishes, through the node at `api`, the maintainer's admission of a spare worker key (seed
+// byte `k`); returns the seq of the record that carries it, once the node has flushed it.
+async fn publish_spare_admission(t: &buildmesh_node::testnet::Testnet, api: &str, k: u8) -> u64 {
+    let maintainer = buildmesh_protocol::SecretKey::from_file_text(
+        &std::fs::read_to_string(&t.maintainer_key).unwrap(),
+    )
+    .unwrap();
+    let genesis = buildmesh_protocol::docs::Genesis::verify(
+        &buildmesh_protocol::docs::SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let key = buildmesh_protocol::SecretKey::from_seed([k; 32]);
+    let a = buildmesh_protocol::docs::Admission {
+        mesh: genesis.mesh,
+        node: key.id(),
+        name: format!("spare-{k}"),
+        roles: [buildmesh_protocol::docs::Role::Worker].into(),
+        labels: Default::default(),
+        owner: None,
+        issued: buildmesh_protocol::Timestamp::now(),
+        expires: None,
+    };
+    let mut doc = buildmesh_protocol::docs::SignedDoc::new(&a).unwrap();
+    doc.sign(&maintainer);
+    let resp = reqwest::Client::new()
+        .post(format!("http://{api}/api/v1/publish"))
+        .body(doc.to_bytes())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    let v: serde_json::Value = resp.json().await.unwrap();
+    v["record"]["seq"].as_u64().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_loses_no_record_it_had_flushed() {
     buildmesh_tests::logs();
@@ -53,40 +89,9 @@ async fn a_killed_node_loses_no_record_it_had_flushed() {
     )
     .await;
     // Acknowledged writes: each publish answers after the record is flushed.
-    let maintainer = buildmesh_protocol::SecretKey::from_file_text(
-        &std::fs::read_to_string(&t.maintainer_key).unwrap(),
-    )
-    .unwrap();
-    let genesis = buildmesh_protocol::docs::Genesis::verify(
-        &buildmesh_protocol::docs::SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap())
-            .unwrap(),
-    )
-    .unwrap();
-    let client = reqwest::Client::new();
     let mut acked = 0;
     for k in 0..20u8 {
-        let key = buildmesh_protocol::SecretKey::from_seed([100 + k; 32]);
-        let a = buildmesh_protocol::docs::Admission {
-            mesh: genesis.mesh,
-            node: key.id(),
-            name: format!("spare-{k}"),
-            roles: [buildmesh_protocol::docs::Role::Worker].into(),
-            labels: Default::default(),
-            owner: None,
-            issued: buildmesh_protocol::Timestamp::now(),
-            expires: None,
-        };
-        let mut doc = buildmesh_protocol::docs::SignedDoc::new(&a).unwrap();
-        doc.sign(&maintainer);
-        let resp = client
-            .post(format!("http://{}/api/v1/publish", n0.api))
-            .body(doc.to_bytes())
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
-        let v: serde_json::Value = resp.json().await.unwrap();
-        acked = v["record"]["seq"].as_u64().unwrap();
+        acked = publish_spare_admission(&t, &n0.api, 100 + k).await;
     }
     // Pull the plug.
     p0.0.kill().unwrap();
@@ -355,35 +360,7 @@ async fn twenty_five_node_processes_on_one_address_all_hear_each_other() {
     }
     // And records move by gossip too, not only by the periodic sync: one published through
     // node 1 now reaches the others by gossip.
-    let maintainer = buildmesh_protocol::SecretKey::from_file_text(
-        &std::fs::read_to_string(&t.maintainer_key).unwrap(),
-    )
-    .unwrap();
-    let genesis = buildmesh_protocol::docs::Genesis::verify(
-        &buildmesh_protocol::docs::SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap())
-            .unwrap(),
-    )
-    .unwrap();
-    let spare = buildmesh_protocol::SecretKey::from_seed([7; 32]);
-    let mut doc = buildmesh_protocol::docs::SignedDoc::new(&buildmesh_protocol::docs::Admission {
-        mesh: genesis.mesh,
-        node: spare.id(),
-        name: "spare".into(),
-        roles: [buildmesh_protocol::docs::Role::Worker].into(),
-        labels: Default::default(),
-        owner: None,
-        issued: buildmesh_protocol::Timestamp::now(),
-        expires: None,
-    })
-    .unwrap();
-    doc.sign(&maintainer);
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/publish", apis[0]))
-        .body(doc.to_bytes())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    publish_spare_admission(&t, &apis[0], 7).await;
     for api in &apis[1..] {
         wait_for(
             "records accepted from gossip on every node",
