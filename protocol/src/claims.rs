@@ -189,6 +189,10 @@ pub struct Claims {
     settings: ClaimSettings,
     capacity: u32,
     workers: BTreeMap<NodeId, Worker>,
+    // The labels of every worker ever declared, revoked ones included: whether a claim counts
+    // depends on what its worker was admitted as, not on whether it is still ranked (a retired
+    // worker's earlier results stand).
+    labels: BTreeMap<NodeId, BTreeMap<String, String>>,
     jobs: BTreeMap<Hash, Job>,
     running: BTreeSet<(Hash, u32)>,
     // When a build slot here last came free: for a moment after, claims wait their turn in the
@@ -216,6 +220,7 @@ impl Claims {
             settings,
             capacity,
             workers: BTreeMap::new(),
+            labels: BTreeMap::new(),
             jobs: BTreeMap::new(),
             running: BTreeSet::new(),
             freed_at: None,
@@ -251,8 +256,8 @@ impl Claims {
             for w in by.keys() {
                 if attempt == 0 || attempt > limit {
                     bad.push((*w, attempt, Refusal::BadAttempt));
-                } else if let Some(worker) = self.workers.get(w)
-                    && !labels_meet(&worker.labels, &j.spec.requires)
+                } else if let Some(labels) = self.labels.get(w)
+                    && !labels_meet(labels, &j.spec.requires)
                 {
                     bad.push((*w, attempt, Refusal::WrongLabels));
                 }
@@ -274,9 +279,9 @@ impl Claims {
             let ws: BTreeSet<NodeId> = by
                 .keys()
                 .filter(|w| {
-                    self.workers
+                    self.labels
                         .get(w)
-                        .is_some_and(|wk| labels_meet(&wk.labels, &j.spec.requires))
+                        .is_some_and(|l| labels_meet(l, &j.spec.requires))
                 })
                 .copied()
                 .collect();
@@ -301,7 +306,8 @@ impl Claims {
 
     /// Declares a worker and its labels (from its admission). Also used for `me`.
     pub fn worker(&mut self, id: NodeId, labels: BTreeMap<String, String>) {
-        let changed = self.workers.get(&id).is_none_or(|w| w.labels != labels);
+        let changed = self.labels.get(&id) != Some(&labels);
+        self.labels.insert(id, labels.clone());
         self.workers
             .entry(id)
             .and_modify(|w| w.labels = labels.clone())
@@ -365,11 +371,10 @@ impl Claims {
         busy
     }
 
-    /// Forgets a worker (revoked): it is never ranked again, and its claims stop counting.
+    /// Forgets a worker (revoked): it is never ranked again. What it claimed and reported
+    /// before stands (see [`Claims::forget`] for a key whose every record must stop counting).
     pub fn remove_worker(&mut self, id: &NodeId) {
-        if self.workers.remove(id).is_some() {
-            self.recount_claimed_by(id);
-        }
+        self.workers.remove(id);
     }
 
     /// Disregards everything `id` ever claimed or reported (a key revoked as compromised):
@@ -378,6 +383,7 @@ impl Claims {
     /// ever claimed is skipped like any never-claimed job once a newer commit has a verdict.
     pub fn forget(&mut self, id: &NodeId, now: Timestamp) {
         self.workers.remove(id);
+        self.labels.remove(id);
         for early in self.early.values_mut() {
             early.retain(|e| match e {
                 Early::Claim(w, ..) | Early::Result(w, ..) => w != id,
@@ -1272,5 +1278,26 @@ mod tests {
                 worker: w[1]
             })
         );
+    }
+
+    #[test]
+    fn a_retired_workers_earlier_verdict_stands() {
+        let (w, mut c, j) = rogue_setup();
+        c.claim(w[1], j.id, 1, T);
+        c.result(w[1], j.id, 1, ResultCode::Success, at(10));
+        // Revoked (retired, not compromised): it is no longer ranked, its result still counts.
+        c.remove_worker(&w[1]);
+        assert_eq!(
+            c.state(&j.id),
+            Some(JobState::Done {
+                attempt: 1,
+                worker: w[1],
+                result: ResultCode::Success
+            })
+        );
+        let mut other = spec(2);
+        other.requires.insert("os".into(), "linux".into());
+        c.job(other.clone(), T);
+        assert!(!c.order(&other.id, T).contains(&w[1]));
     }
 }
