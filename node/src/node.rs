@@ -220,7 +220,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             0
         });
     let (ballots_tx, ballots_rx) = tokio::sync::mpsc::channel(256);
-    let event_loop = event_loop.route_ballots(ballots_tx);
+    let event_loop = event_loop.route_ballots(ballots_tx).gate_gossip();
     let (load_tx, load_rx) = tokio::sync::watch::channel(Load {
         running: 0,
         capacity,

@@ -33,6 +33,10 @@
 //! - **Newest first.** Jobs are claimed by priority, then newest commit first; an open job that
 //!   was never claimed is skipped once a newer commit of the same builder and branch has a
 //!   verdict (buildbot's collapsing). Skipped jobs stay known.
+//!
+//! One module for one state: the ranking, the leases and which claims count all read and
+//! write the same per-job table, and splitting them would spread one invariant over files;
+//! hence its length.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

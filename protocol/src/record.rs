@@ -4,6 +4,9 @@
 //! [`Envelope`] as opaque bytes, and the author's signature over exactly those bytes under the
 //! domain tag of the record's kind. [`Record::verify`] checks the signature before the body is
 //! decoded; nothing is ever re-encoded to check a signature.
+//!
+//! Every record kind's body is here, with the caps on what they carry, so that the wire format
+//! of a record can be read in one place; hence its length.
 
 use std::fmt;
 

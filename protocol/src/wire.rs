@@ -12,6 +12,10 @@ use crate::vv::VersionVector;
 
 /// The largest request or response frame, in bytes.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+/// The largest request frame: requests are small (a hello carries one admission, a version
+/// vector some 45 bytes per author), so a peer, admitted or not, never makes a node read and
+/// decode more than this before its request is judged.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// The most records one pull answer carries.
 pub const MAX_PULL_RECORDS: u32 = 2000;
 /// The most bytes of records one pull answer carries (the answer stops before exceeding it).

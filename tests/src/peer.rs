@@ -18,6 +18,8 @@ pub struct Peer {
     pub client: Client,
     /// The peers it is connected to now.
     pub connected: watch::Receiver<Vec<PeerId>>,
+    /// Gossip messages it received.
+    pub gossip: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     cancel: CancellationToken,
 }
 
@@ -38,6 +40,8 @@ impl Peer {
         let cancel = CancellationToken::new();
         tokio::spawn(event_loop.run(cancel.clone()));
         let (tx, connected) = watch::channel(Vec::new());
+        let gossip = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let heard = gossip.clone();
         let answerer = client.clone();
         let stop = cancel.clone();
         tokio::spawn(async move {
@@ -67,6 +71,7 @@ impl Peer {
                         let _ = answerer.respond(channel, response).await;
                     }
                     Event::Gossip { id, source, .. } => {
+                        heard.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let _ = answerer
                             .validate(id, source, network::Verdict::Ignore)
                             .await;
@@ -78,6 +83,7 @@ impl Peer {
         Peer {
             client,
             connected,
+            gossip,
             cancel,
         }
     }

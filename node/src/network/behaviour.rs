@@ -40,6 +40,12 @@ pub fn topic(mesh: &Hash) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("buildmesh/{mesh}"))
 }
 
+/// The application score of a peer that has not shown its admission yet: times gossipsub's
+/// application weight (10) it puts the peer at -60, below the publish threshold (-50: nothing
+/// is published or gossiped to it, it is not grafted) and above the graylist (-80: its
+/// subscriptions still count, so it joins the mesh the moment it is admitted).
+pub(crate) const UNADMITTED_APP_SCORE: f64 = -6.0;
+
 /// Gossipsub's peer scoring as a mesh of admitted peers needs it.
 ///
 /// - **No IP-colocation penalty.** rust-libp2p's default (weight -5 past 10 peers on one IP,

@@ -38,6 +38,9 @@ pub(crate) enum Command {
     Unblock {
         peer: PeerId,
     },
+    Admit {
+        peer: PeerId,
+    },
     Peers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
@@ -121,6 +124,11 @@ impl Client {
     /// Lifts a [`Client::block`].
     pub async fn unblock(&self, peer: PeerId) -> Result<(), NetworkError> {
         self.send(Command::Unblock { peer }).await
+    }
+
+    /// Lets an admitted peer into gossip (see [`super::EventLoop::gate_gossip`]).
+    pub async fn admit(&self, peer: PeerId) -> Result<(), NetworkError> {
+        self.send(Command::Admit { peer }).await
     }
 
     /// The peers connected now.

@@ -1,10 +1,11 @@
 //! The request-response codec: one length-prefixed CBOR frame per message, refused above
-//! [`MAX_FRAME_BYTES`] before anything is allocated for it.
+//! [`MAX_REQUEST_BYTES`] (requests) or [`MAX_FRAME_BYTES`] (responses) before anything is
+//! allocated for it.
 
 use std::io;
 
 use buildmesh_protocol::codec;
-use buildmesh_protocol::wire::{MAX_FRAME_BYTES, Request, Response};
+use buildmesh_protocol::wire::{MAX_FRAME_BYTES, MAX_REQUEST_BYTES, Request, Response};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
@@ -15,14 +16,14 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/buildmesh/sync/1");
 #[derive(Clone, Debug, Default)]
 pub struct Codec;
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
+    if len > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds {MAX_FRAME_BYTES}"),
+            format!("frame of {len} bytes exceeds {limit}"),
         ));
     }
     let mut buf = vec![0u8; len];
@@ -55,14 +56,14 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        codec::decode("request", &read_frame(io).await?).map_err(invalid)
+        codec::decode("request", &read_frame(io, MAX_REQUEST_BYTES).await?).map_err(invalid)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
     where
         T: AsyncRead + Unpin + Send,
     {
-        codec::decode("response", &read_frame(io).await?).map_err(invalid)
+        codec::decode("response", &read_frame(io, MAX_FRAME_BYTES).await?).map_err(invalid)
     }
 
     async fn write_request<T>(

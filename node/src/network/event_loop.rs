@@ -21,6 +21,8 @@ pub struct EventLoop {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
     ballots: Option<mpsc::Sender<BallotRequest>>,
+    // Whether a new peer stays out of gossip until the node says it is admitted.
+    gate_gossip: bool,
     pending: HashMap<
         request_response::OutboundRequestId,
         oneshot::Sender<Result<Response, NetworkError>>,
@@ -79,6 +81,7 @@ impl EventLoop {
             commands,
             events,
             ballots: None,
+            gate_gossip: false,
             pending: HashMap::new(),
         })
     }
@@ -88,6 +91,15 @@ impl EventLoop {
     /// election answers): the event loop never waits on the notifier, which waits on it.
     pub fn route_ballots(mut self, ballots: mpsc::Sender<BallotRequest>) -> Self {
         self.ballots = Some(ballots);
+        self
+    }
+
+    /// Keeps every new peer out of gossip until [`super::Client::admit`] names it: its
+    /// application score holds it below gossipsub's publish threshold (nothing is published or
+    /// gossiped to it, it is never grafted into the mesh) but above the graylist, so that its
+    /// subscriptions are still heard and it joins the mesh as soon as it is admitted.
+    pub fn gate_gossip(mut self) -> Self {
+        self.gate_gossip = true;
         self
     }
 
@@ -159,6 +171,9 @@ impl EventLoop {
             }
             Command::Unblock { peer } => {
                 b.blocked.unblock_peer(peer);
+            }
+            Command::Admit { peer } => {
+                b.gossipsub.set_application_score(&peer, 0.0);
             }
             Command::Peers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -267,6 +282,12 @@ impl EventLoop {
                 num_established,
                 ..
             } if num_established.get() == 1 => {
+                if self.gate_gossip {
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .set_application_score(&peer_id, super::behaviour::UNADMITTED_APP_SCORE);
+                }
                 let addr = endpoint.get_remote_address().clone();
                 emit(
                     &self.events,

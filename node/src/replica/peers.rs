@@ -66,6 +66,8 @@ impl Replica {
                         .map(|a| a.name.clone())
                         .unwrap_or_default();
                     tracing::info!(peer = %node, name, "peer admitted");
+                    // Into gossip now that it has shown its admission.
+                    let _ = self.net.admit(peer).await;
                     self.start_sync(peer);
                 }
                 Ok(())

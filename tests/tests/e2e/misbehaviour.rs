@@ -49,11 +49,23 @@ async fn a_key_without_admission_is_dropped_and_nothing_it_sends_is_stored() {
         .client
         .publish(Gossip::Record(serde_bytes::ByteBuf::from(r.bytes)).to_bytes())
         .await;
+    // The node's own records, published while the stranger is at the door, do not reach it.
+    for k in 0..5 {
+        mesh.node(0)
+            .author(crate::mesh::commit(900 + k))
+            .await
+            .unwrap();
+    }
     peer.wait_disconnected(node, Duration::from_secs(30)).await;
     wait_for("the door refusal counted", LONG, || async {
         refused(&mesh, 0, "no-admission").await >= 1
     })
     .await;
+    assert_eq!(
+        peer.gossip.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a peer at the door was sent gossip"
+    );
     assert_eq!(mesh.node(0).version_vector().unwrap().get(&rogue.id()), 0);
     assert_eq!(mesh.node(1).version_vector().unwrap().get(&rogue.id()), 0);
     peer.stop();
@@ -127,6 +139,12 @@ async fn garbage_forgeries_replays_and_oversized_messages_are_refused_and_counte
     // Give gossipsub a moment to graft the topic with the new peer: wait until the node counts it.
     wait_for("the peer admitted", LONG, || async {
         mesh.node(0).metrics().await.unwrap().peers_admitted >= 2
+    })
+    .await;
+    // Once admitted, it is in gossip: the node's next records reach it.
+    wait_for("gossip reaching the admitted peer", LONG, || async {
+        mesh.node(0).author(crate::mesh::commit(800)).await.unwrap();
+        peer.gossip.load(std::sync::atomic::Ordering::Relaxed) > 0
     })
     .await;
 
