@@ -2,7 +2,7 @@
 //! publishes a maintainer-signed document.
 //!
 //! - `GET /api/v1/nodes`: every admitted node (id, name, labels, roles, live, last_heard,
-//!   revoked …).
+//!   revoked, flagged, misbehaving …).
 //! - `GET /api/v1/health`: this node's id, peers, records, whether it caught up.
 //! - `GET /api/v1/vv`: the version vector {author id -> highest contiguous seq}.
 //! - `GET /api/v1/records?author=ID`: an author's records as JSON (hidden when the author's key
@@ -11,11 +11,15 @@
 //! - `GET /api/v1/status`: the latest result per builder and branch.
 //! - `GET /api/v1/builds?commit=SHA&builder=NAME`: builds (one per job, its current attempt).
 //! - `GET /api/v1/builds/{id}/log?step=NAME`: a build's step log, fetched from whoever holds it.
-//! - `POST /api/v1/submit`: a commit announcement signed by a key with the announcer role.
+//! - `POST /api/v1/submit`: a commit announcement signed by a key with the announcer or
+//!   maintainer role; the signed request travels inside the record it causes.
 //! - `POST /api/v1/webhook`: GitHub, Gitea or Forgejo push webhooks (HMAC checked).
 //! - `GET /api/v1/notifier`: the notifier holder, term and lease as this node sees them.
-//! - `GET /api/v1/notifications`: every mail sent (the `NotificationSent` records).
+//! - `GET /api/v1/notifications`: every mail sent (the `NotificationSent` records of notifiers).
 //! - `GET /metrics`: Prometheus text.
+//!
+//! One handler per endpoint, each short; the module is the API's one page, hence its length.
+//! (The web console and the read model of issue 12 will take the views out of it.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

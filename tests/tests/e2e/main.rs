@@ -6,3 +6,4 @@ mod mesh;
 mod misbehaviour;
 mod notifier;
 mod processes;
+mod trust;
