@@ -19,7 +19,7 @@
 //! - `GET /metrics`: Prometheus text.
 //!
 //! One handler per endpoint, each short; the module is the API's one page, hence its length.
-//! (The web console and the read model of issue 12 will take the views out of it.)
+//! (A read model kept up to date per record is where the views belong next.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
