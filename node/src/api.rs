@@ -30,11 +30,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use buildmesh_protocol::NodeId;
 use buildmesh_protocol::docs::SignedDoc;
+use buildmesh_protocol::record::BuildState;
 use buildmesh_protocol::record::CommitSeen;
+use buildmesh_protocol::{NodeId, Timestamp};
 use buildmesh_store::Store;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::claimer::{BuildView, ClaimerClient};
@@ -245,6 +246,41 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 /// How far a signed request's clock may be from this node's.
 const MAX_REQUEST_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// One row of `GET /api/v1/status`: the latest verdict of a builder on a branch, with the
+/// newer builds still pending or running. (Fields in the order the JSON has always had.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusRow {
+    /// Branch.
+    pub branch: String,
+    /// The build shown (`null` while nothing has a verdict).
+    pub build: Option<String>,
+    /// Builder.
+    pub builder: String,
+    /// When it finished.
+    pub finished: Option<Timestamp>,
+    /// Newer builds not yet settled, newest first.
+    pub in_progress: Vec<InProgress>,
+    /// Its state: the verdict, or the newest build's state while there is none.
+    pub result: BuildState,
+    /// Its commit.
+    pub sha: Option<String>,
+    /// Who built it.
+    pub worker: Option<NodeId>,
+}
+
+/// A build newer than a status row's verdict, still pending or running.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InProgress {
+    /// The build id.
+    pub build: String,
+    /// Pending or running.
+    pub result: BuildState,
+    /// Its commit.
+    pub sha: String,
+    /// Who runs it.
+    pub worker: Option<NodeId>,
+}
+
 async fn status(State(s): State<ApiState>) -> Response {
     let builds = match s.claimer.builds().await {
         Ok(b) => b,
@@ -252,40 +288,51 @@ async fn status(State(s): State<ApiState>) -> Response {
     };
     // Builds come newest announcement first: the first verdict per (builder, branch) is the
     // status; newer pending or running builds are shown beside it.
-    let mut rows: BTreeMap<(String, String), serde_json::Value> = BTreeMap::new();
-    let mut newer: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
+    let mut rows: BTreeMap<(String, String), StatusRow> = BTreeMap::new();
+    let mut newer: BTreeMap<(String, String), Vec<InProgress>> = BTreeMap::new();
     for b in &builds {
         let k = (b.builder.clone(), b.branch.clone());
         if rows.contains_key(&k) {
             continue;
         }
         if b.result.is_verdict() {
+            let in_progress = newer.remove(&k).unwrap_or_default();
             rows.insert(
-                k.clone(),
-                json!({
-                    "builder": b.builder, "branch": b.branch, "result": b.result, "sha": b.sha,
-                    "build": b.id, "worker": b.worker, "finished": b.finished,
-                    "in_progress": newer.remove(&k).unwrap_or_default(),
-                }),
+                k,
+                StatusRow {
+                    branch: b.branch.clone(),
+                    build: Some(b.id.clone()),
+                    builder: b.builder.clone(),
+                    finished: b.finished,
+                    in_progress,
+                    result: b.result,
+                    sha: Some(b.sha.clone()),
+                    worker: b.worker,
+                },
             );
         } else if !b.result.is_settled() {
-            newer
-                .entry(k)
-                .or_default()
-                .push(json!({"sha": b.sha, "build": b.id, "result": b.result, "worker": b.worker}));
+            newer.entry(k).or_default().push(InProgress {
+                build: b.id.clone(),
+                result: b.result,
+                sha: b.sha.clone(),
+                worker: b.worker,
+            });
         }
     }
     for ((builder, branch), pending) in newer {
-        let current = pending
-            .last()
-            .map(|p| p["result"].clone())
-            .unwrap_or(json!("pending"));
+        let last = pending.last();
         rows.insert(
             (builder.clone(), branch.clone()),
-            json!({
-                "builder": builder, "branch": branch, "result": current, "sha": pending.last().map(|p| p["sha"].clone()),
-                "build": null, "worker": null, "finished": null, "in_progress": pending,
-            }),
+            StatusRow {
+                branch,
+                build: None,
+                builder,
+                finished: None,
+                result: last.map_or(BuildState::Pending, |p| p.result),
+                sha: last.map(|p| p.sha.clone()),
+                worker: None,
+                in_progress: pending,
+            },
         );
     }
     Json(rows.into_values().collect::<Vec<_>>()).into_response()
@@ -637,4 +684,56 @@ async fn notifications(State(s): State<ApiState>) -> Response {
         }
     }
     Json(out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The status rows used to be built as JSON objects (keys in sorted order); the typed rows
+    // must give the same bytes.
+    #[test]
+    fn a_status_row_is_the_json_it_always_was() {
+        let worker = buildmesh_protocol::SecretKey::from_seed([3; 32]).id();
+        let row = StatusRow {
+            branch: "main".into(),
+            build: Some("0123456789abcdef-1".into()),
+            builder: "linux".into(),
+            finished: Some(Timestamp(1_700_000_000_000)),
+            in_progress: vec![InProgress {
+                build: "fedcba9876543210-2".into(),
+                result: BuildState::Running,
+                sha: "b".repeat(40),
+                worker: Some(worker),
+            }],
+            result: BuildState::Failure,
+            sha: Some("a".repeat(40)),
+            worker: Some(worker),
+        };
+        let old = json!({
+            "builder": "linux", "branch": "main", "result": "failure", "sha": "a".repeat(40),
+            "build": "0123456789abcdef-1", "worker": worker, "finished": Timestamp(1_700_000_000_000),
+            "in_progress": [json!({"sha": "b".repeat(40), "build": "fedcba9876543210-2", "result": "running", "worker": worker})],
+        });
+        assert_eq!(
+            serde_json::to_string(&row).unwrap(),
+            serde_json::to_string(&old).unwrap()
+        );
+        let pending = StatusRow {
+            build: None,
+            finished: None,
+            worker: None,
+            in_progress: vec![],
+            result: BuildState::Pending,
+            ..row
+        };
+        let old = json!({
+            "builder": "linux", "branch": "main", "result": "pending", "sha": "a".repeat(40),
+            "build": null, "worker": null, "finished": null, "in_progress": [],
+        });
+        assert_eq!(
+            serde_json::to_string(&pending).unwrap(),
+            serde_json::to_string(&old).unwrap()
+        );
+    }
 }

@@ -91,11 +91,6 @@ fn paint(result: &str, tty: bool) -> String {
     }
 }
 
-fn short_id(v: &serde_json::Value) -> String {
-    let s = v.as_str().unwrap_or("-");
-    s[s.len().saturating_sub(8)..].to_string()
-}
-
 pub fn status(args: Status) -> anyhow::Result<ExitCode> {
     let value = runtime()?.block_on(get_json(&args.node.addr, "/api/v1/status"))?;
     if args.json {
@@ -107,20 +102,20 @@ pub fn status(args: Status) -> anyhow::Result<ExitCode> {
         "{:<24} {:<12} {:<9} {:<12} {:<20} WORKER",
         "BUILDER", "BRANCH", "RESULT", "COMMIT", "BUILD"
     );
-    for row in value.as_array().into_iter().flatten() {
-        let result = row["result"].as_str().unwrap_or("?");
-        let sha = row["sha"].as_str().unwrap_or("");
+    let rows: Vec<buildmesh_node::api::StatusRow> = serde_json::from_value(value)?;
+    for row in rows {
+        let sha = row.sha.as_deref().unwrap_or("");
         let mut line = format!(
             "{:<24} {:<12} {} {:<12} {:<20} {}",
-            row["builder"].as_str().unwrap_or("?"),
-            row["branch"].as_str().unwrap_or("?"),
-            paint(result, tty),
+            row.builder,
+            row.branch,
+            paint(row.result.as_str(), tty),
             &sha[..sha.len().min(12)],
-            row["build"].as_str().unwrap_or("-"),
-            short_id(&row["worker"]),
+            row.build.as_deref().unwrap_or("-"),
+            row.worker.map_or("-".to_string(), |w| w.short()),
         );
-        let busy = row["in_progress"].as_array().map_or(0, |a| a.len());
-        if busy > 0 && (result != "pending" && result != "running") {
+        let busy = row.in_progress.len();
+        if busy > 0 && row.result.is_settled() {
             line.push_str(&format!("  (+{busy} newer in progress)"));
         }
         println!("{line}");
