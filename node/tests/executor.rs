@@ -81,6 +81,7 @@ fn step(name: &str, run: &str) -> Step {
         timeout_ms: DEADLINE.as_millis() as u64,
         warn: Vec::new(),
         retries: 0,
+        flaky_exit_codes: Vec::new(),
     }
 }
 
@@ -422,6 +423,32 @@ async fn a_step_that_passes_on_retry_is_flaky() {
         "{text}"
     );
     assert!(text.contains("run 2 of at most 2"), "{text}");
+}
+
+// CPython's test runner reruns a failed test itself and exits 5 when it then passed.
+#[tokio::test]
+async fn a_flaky_exit_code_the_builder_names_is_flaky_not_red() {
+    let f = Fixture::new();
+    let mut t = step(
+        "test",
+        "echo 'FAIL: test_socket (test.test_socket)'; echo 'passed on rerun'; exit 5",
+    );
+    t.flaky_exit_codes = vec![5];
+    let o = build(&f.config(), &f.spec(vec![t, step("after", "true")])).await;
+    assert_eq!(o.result, ResultCode::Flaky, "{o:#?}");
+    assert_eq!(
+        names(&o),
+        ["test", "after"],
+        "a flaky step does not stop a build"
+    );
+    let s = &o.steps[0];
+    assert_eq!((s.result, s.exit_code), (ResultCode::Flaky, Some(5)));
+    assert_eq!(s.failing_lines, ["FAIL: test_socket (test.test_socket)"]);
+    // Another non-zero code is still red.
+    let mut red = step("test", "exit 3");
+    red.flaky_exit_codes = vec![5];
+    let o = build(&f.config(), &f.spec(vec![red])).await;
+    assert_eq!(o.result, ResultCode::Failure);
 }
 
 #[tokio::test]

@@ -86,6 +86,10 @@ pub struct Step {
     pub warn: Vec<String>,
     /// How often a failing step is run again; a later pass makes the build flaky.
     pub retries: u32,
+    /// Exit codes by which the step itself says "failed, then passed on rerun" (CPython's
+    /// test runner exits 5 for that): flaky (orange), not red. Default none.
+    #[serde(default)]
+    pub flaky_exit_codes: Vec<i32>,
 }
 
 impl Builder {
@@ -172,6 +176,8 @@ struct StepToml {
     warn: Vec<Spanned<String>>,
     #[serde(default)]
     retries: Option<Spanned<u32>>,
+    #[serde(default)]
+    flaky_exit_codes: Option<Spanned<Vec<i32>>>,
 }
 
 /// A step without a `timeout` gets this one.
@@ -309,12 +315,24 @@ impl BuilderConfig {
                     Some(r) => *r.get_ref(),
                     None => 0,
                 };
+                let flaky_exit_codes = match s.flaky_exit_codes {
+                    Some(c) if c.get_ref().contains(&0) => {
+                        return Err(err(
+                            Some(c.span()),
+                            "flaky_exit_codes",
+                            "0 is a pass, not a flaky exit".into(),
+                        ));
+                    }
+                    Some(c) => c.into_inner(),
+                    None => Vec::new(),
+                };
                 steps.push(Step {
                     name: s.name.into_inner(),
                     run: s.run.into_inner(),
                     timeout_ms,
                     warn: s.warn.into_iter().map(Spanned::into_inner).collect(),
                     retries,
+                    flaky_exit_codes,
                 });
             }
             builders.push(Builder {
@@ -463,6 +481,16 @@ retries = 1
         let ok = GOOD.replace("\"10m\"", "\"1ms\"");
         let c = BuilderConfig::from_toml(Hash::ZERO, &ok).unwrap();
         assert_eq!(c.builders[0].steps[0].timeout_ms, 1);
+    }
+
+    #[test]
+    fn flaky_exit_codes_are_read_and_zero_is_refused() {
+        let c = GOOD.replace("retries = 1", "retries = 1\nflaky_exit_codes = [5]");
+        let b = &BuilderConfig::from_toml(Hash::ZERO, &c).unwrap().builders[0];
+        assert_eq!(b.steps[0].flaky_exit_codes, [5]);
+        let bad = GOOD.replace("retries = 1", "retries = 1\nflaky_exit_codes = [0]");
+        let e = BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (17, "flaky_exit_codes"), "{e}");
     }
 
     #[test]

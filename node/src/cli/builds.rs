@@ -165,6 +165,10 @@ pub fn builds(args: Builds) -> anyhow::Result<ExitCode> {
                     "{:<20}   step {:<16} {} exit {:?}",
                     "", st.name, st.result, st.exit_code
                 );
+                // The failing tests a flaky step kept (the run that failed before the pass).
+                for l in &st.failing_lines {
+                    println!("{:<20}     {l}", "");
+                }
             }
         }
     }

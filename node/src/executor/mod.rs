@@ -59,6 +59,8 @@
 //!
 //! - Exit 0: Success, or Warnings when a line of output matches a step's `warn` pattern
 //!   (`warnings` counts the lines of the last run).
+//! - Exit with one of the step's `flaky_exit_codes` (the runner reran a failed test and it
+//!   passed): Flaky, with the failing lines of the run.
 //! - Exit non-zero, or killed by a signal the executor did not send: Failure. With `retries`,
 //!   the step runs again, up to `retries` more times; a pass then is Flaky, with the lines of
 //!   the failed runs that contain `FAIL` or `ERROR` in `failing_lines` (at most 50). The log of
@@ -410,6 +412,15 @@ async fn run_step(
                     ResultCode::Success
                 };
                 break (result, Some(0));
+            }
+            RunEnd::Exited(code) if step.flaky_exit_codes.contains(&code) => {
+                // The step's own word that a test failed and then passed on rerun.
+                capture.note(&format!(
+                    "buildmesh: step exited with code {code}: failed, then passed on rerun (flaky)"
+                ));
+                let room = capture::MAX_FAILING_LINES.saturating_sub(failing_lines.len());
+                failing_lines.extend(capture.run_failing.drain(..).take(room));
+                break (ResultCode::Flaky, Some(code));
             }
             RunEnd::Exited(code) => {
                 capture.note(&format!("buildmesh: step exited with code {code}"));
