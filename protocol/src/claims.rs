@@ -168,6 +168,9 @@ struct Job {
     given_up: bool,
 }
 
+/// The most claims and results of not-yet-known jobs a machine holds.
+pub const MAX_EARLY: usize = 65_536;
+
 /// The rendezvous score of `worker` for `job`: lower goes first. The attempt is left out on
 /// purpose: a retry goes to the next worker of the same order, not to a reshuffled one.
 pub fn score(job: &Hash, worker: &NodeId) -> u64 {
@@ -205,6 +208,7 @@ pub struct Claims {
     // Claims, progress and results that arrived before their job (records of different authors
     // arrive in any order); applied when the job becomes known.
     early: BTreeMap<Hash, Vec<Early>>,
+    early_count: usize,
     // Claims and results that can never count, once each, until `misbehaviour` takes them.
     misbehaved: BTreeSet<(NodeId, Hash, u32, Refusal)>,
     misbehaviour: Vec<(NodeId, Hash, u32, Refusal)>,
@@ -229,6 +233,7 @@ impl Claims {
             running: BTreeSet::new(),
             freed_at: None,
             early: BTreeMap::new(),
+            early_count: 0,
             misbehaved: BTreeSet::new(),
             misbehaviour: Vec::new(),
         }
@@ -241,6 +246,10 @@ impl Claims {
     }
 
     fn misbehaved(&mut self, who: NodeId, job: Hash, attempt: u32, why: Refusal) {
+        // Each once; a flood of distinct ones forgets the older ones rather than grow.
+        if self.misbehaved.len() >= MAX_EARLY {
+            self.misbehaved.clear();
+        }
         if self.misbehaved.insert((who, job, attempt, why)) {
             self.misbehaviour.push((who, job, attempt, why));
         }
@@ -393,6 +402,7 @@ impl Claims {
                 Early::Claim(w, ..) | Early::Result(w, ..) => w != id,
             });
         }
+        self.early_count = self.early.values().map(Vec::len).sum();
         for j in self.jobs.values_mut() {
             let touched = j.claims.values().any(|c| c.contains_key(id))
                 || j.results.keys().any(|(_, w)| w == id);
@@ -459,12 +469,26 @@ impl Claims {
                 given_up: false,
             },
         );
-        for e in self.early.remove(&id).unwrap_or_default() {
+        let held = self.early.remove(&id).unwrap_or_default();
+        self.early_count = self.early_count.saturating_sub(held.len());
+        for e in held {
             match e {
                 Early::Claim(w, a, t) => self.claim(w, id, a, t),
                 Early::Result(w, a, c, t) => self.result(w, id, a, c, t),
             }
         }
+    }
+
+    // Keeps a claim or result of a job not known yet, up to `MAX_EARLY` of them: claims for
+    // made-up jobs must not grow memory without bound. Past the cap one is dropped, which
+    // costs nothing in the node: a job that becomes known replays its stored claims and
+    // results.
+    fn hold_early(&mut self, job: Hash, e: Early) {
+        if self.early_count >= MAX_EARLY {
+            return;
+        }
+        self.early_count += 1;
+        self.early.entry(job).or_default().push(e);
     }
 
     /// Whether the job is known.
@@ -475,10 +499,7 @@ impl Claims {
     /// A claim record was seen (this node's own included).
     pub fn claim(&mut self, worker: NodeId, job: Hash, attempt: u32, now: Timestamp) {
         let Some(j) = self.jobs.get_mut(&job) else {
-            self.early
-                .entry(job)
-                .or_default()
-                .push(Early::Claim(worker, attempt, now));
+            self.hold_early(job, Early::Claim(worker, attempt, now));
             return;
         };
         j.claims
@@ -511,10 +532,7 @@ impl Claims {
             self.freed_at = Some(now);
         }
         let Some(j) = self.jobs.get_mut(&job) else {
-            self.early
-                .entry(job)
-                .or_default()
-                .push(Early::Result(worker, attempt, code, now));
+            self.hold_early(job, Early::Result(worker, attempt, code, now));
             return;
         };
         j.results.insert((attempt, worker), code);
@@ -1303,5 +1321,28 @@ mod tests {
         other.requires.insert("os".into(), "linux".into());
         c.job(other.clone(), T);
         assert!(!c.order(&other.id, T).contains(&w[1]));
+    }
+
+    #[test]
+    fn claims_for_unknown_jobs_are_held_up_to_a_bound() {
+        let w = ids(2);
+        let mut c = Claims::new(w[0], ClaimSettings::default(), 1);
+        c.worker(w[1], BTreeMap::new());
+        for i in 0..(MAX_EARLY as u64 + 10) {
+            c.claim(w[1], Hash::of(&i.to_be_bytes()), 1, T);
+        }
+        assert_eq!(c.early_count, MAX_EARLY);
+        assert_eq!(c.early.values().map(Vec::len).sum::<usize>(), MAX_EARLY);
+        // A job that becomes known takes its held claim, and the count goes down.
+        let j = spec(1);
+        c.claim(w[1], j.id, 1, T);
+        c.job(j.clone(), T);
+        assert_eq!(c.early_count, MAX_EARLY);
+        let held = Hash::of(&0u64.to_be_bytes());
+        let mut known = spec(1);
+        known.id = held;
+        c.job(known, T);
+        assert_eq!(c.early_count, MAX_EARLY - 1);
+        assert_eq!(c.winner(&held, 1), Some(w[1]));
     }
 }
