@@ -87,8 +87,9 @@ pub struct Step {
     /// How often a failing step is run again; a later pass makes the build flaky.
     pub retries: u32,
     /// Exit codes by which the step itself says "failed, then passed on rerun" (CPython's
-    /// test runner exits 5 for that): flaky (orange), not red. Default none.
-    #[serde(default)]
+    /// test runner exits 5 for that): flaky (orange), not red. Default none (and then not
+    /// written, so configurations without it encode as they always did).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flaky_exit_codes: Vec<i32>,
 }
 
