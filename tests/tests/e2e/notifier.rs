@@ -1,6 +1,6 @@
 //! The elected notifier and its mail, over a real SMTP server.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use buildmesh_node::smtp_sink::{self, Mailbox};
@@ -16,10 +16,19 @@ fn builders(repo: &str) -> String {
     )
 }
 
-/// A free loopback port for an SMTP sink that starts later.
-fn reserve_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// A loopback port for an SMTP sink that starts later: bound but not listening, so that
+/// connections to it are refused until then and no other process can take it meanwhile.
+fn reserve_port() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    (socket.local_addr().unwrap(), socket)
+}
+
+/// Starts the SMTP sink on a port [`reserve_port`] kept.
+fn sink_on(socket: tokio::net::TcpSocket) -> Mailbox {
+    let listener = socket.listen(64).unwrap().into_std().unwrap();
+    listener.set_nonblocking(false).unwrap();
+    smtp_sink::start(listener).unwrap()
 }
 
 async fn mesh_with_mail(n: usize, smtp: SocketAddr) -> Mesh {
@@ -142,7 +151,7 @@ async fn red_transitions_mail_once_and_exceptions_do_not_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn smtp_down_when_the_transition_happens_the_mail_arrives_once_later() {
-    let addr = reserve_port();
+    let (addr, reserved) = reserve_port();
     let mesh = mesh_with_mail(3, addr).await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     mesh.publish_builders(0, &builders(&repo.url())).await;
@@ -165,7 +174,7 @@ async fn smtp_down_when_the_transition_happens_the_mail_arrives_once_later() {
         false
     })
     .await;
-    let mailbox = smtp_sink::start(TcpListener::bind(addr).unwrap()).unwrap();
+    let mailbox = sink_on(reserved);
     mails_settle(&mesh, &mailbox, 1).await;
     assert_eq!(mailbox.len(), 1);
     mesh.shutdown().await;
@@ -173,7 +182,7 @@ async fn smtp_down_when_the_transition_happens_the_mail_arrives_once_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_notifier_killed_after_a_red_result_a_new_holder_sends_exactly_one_mail() {
-    let addr = reserve_port();
+    let (addr, reserved) = reserve_port();
     let mut mesh = mesh_with_mail(3, addr).await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     mesh.publish_builders(0, &builders(&repo.url())).await;
@@ -196,7 +205,7 @@ async fn the_notifier_killed_after_a_red_result_a_new_holder_sends_exactly_one_m
     .await;
     let old = mesh.id(first);
     mesh.nodes[first].take().unwrap().abort();
-    let mailbox = smtp_sink::start(TcpListener::bind(addr).unwrap()).unwrap();
+    let mailbox = sink_on(reserved);
     mails_settle(&mesh, &mailbox, 1).await;
     let records: serde_json::Value = reqwest::get(format!(
         "http://{}/api/v1/notifications",
