@@ -2,12 +2,12 @@
 //! carries out its decisions — authors claims, starts builds on the executor, cancels the ones
 //! it lost, authors their results. It also answers the API's questions about jobs.
 //!
-//! Jobs come from commits: every `CommitSeen` record, crossed with the builder configuration in
-//! force, gives one job per builder whose repository and branch patterns match.
+//! Jobs come from commits: every entitled `CommitSeen` record, crossed with the builder
+//! configuration in force, gives one job per matching builder ([`buildmesh_protocol::jobs`]).
 //!
-//! Longer than the node's other modules (about 700 lines) because job derivation and the wait
-//! for old announcements still live here; they are decisions, and move to `protocol` next to
-//! the claim machine, which leaves this module the driver it is meant to be.
+//! Long because it also builds the API's view of every job from the store (`BuildView`, with
+//! its attempts); that view moves to a read model kept per record, which leaves this module the
+//! driver it is meant to be.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

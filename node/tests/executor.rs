@@ -1,4 +1,5 @@
-//! The executor against real git repositories and real processes.
+//! The executor against real git repositories and real processes: one area (checkout, steps,
+//! timeouts, retries, logs, the supervisor), one file of tests, hence its length.
 //!
 //! The supervisor is tested through this test binary itself: a small script stands in for the
 //! `buildmesh` binary and runs the test `supervisor_entry` of this binary, which calls the same

@@ -2,6 +2,9 @@
 //! seeded message loss and delay, partitions, crashes and restarts, and clock offsets. The
 //! invariants are checked after every event; a failing seed names itself and replays exactly.
 //!
+//! One world, its events and its invariants in one file: every check reads the whole state,
+//! hence its length.
+//!
 //! The model follows the real node: records (jobs, claims, results) are gossiped with loss and
 //! delay and filled in by anti-entropy every second between connected nodes; signals
 //! (heartbeats, progress) are gossiped with loss and never repeated; each node ticks its

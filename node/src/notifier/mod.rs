@@ -9,6 +9,10 @@
 //!   after a crash between the two steps is the same message to mail software;
 //! - a mail the SMTP server does not take is retried with backoff, never dropped.
 //! - `mail`: building and sending the message with lettre.
+//!
+//! Long because the queue, settle, dedup and backoff rules still live here beside the election
+//! driver; they are decisions, and belong in `protocol` where the election simulator can call
+//! them instead of its copy.
 
 mod mail;
 
