@@ -205,6 +205,7 @@ fn make() -> Fixtures {
         repo: "https://example.org/project.git".into(),
         branch: "main".into(),
         sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        purpose: Default::default(),
     };
     let job = key.id();
     let author = |k: &SecretKey, seq: u64, prev: Hash, body: Body| {

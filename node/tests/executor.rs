@@ -92,6 +92,7 @@ fn spec(name: &str, repo: &str, sha: &str, steps: Vec<Step>) -> BuildSpec {
         repo: repo.to_string(),
         branch: "main".to_string(),
         sha: sha.to_string(),
+        purpose: Default::default(),
     };
     BuildSpec {
         job: key.id(),
@@ -107,6 +108,7 @@ fn spec(name: &str, repo: &str, sha: &str, steps: Vec<Step>) -> BuildSpec {
             priority: 0,
             steps,
             max_attempts: 4,
+            confirm: None,
         },
         worker: SecretKey::from_seed([7; 32]).id(),
         worker_name: "worker-seven".to_string(),

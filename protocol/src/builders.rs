@@ -11,6 +11,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::health::{ConfirmMode, HealthSettings};
 use crate::keys::Hash;
 
 /// A builder configuration file that cannot be used.
@@ -36,6 +37,10 @@ pub struct BuilderConfig {
     pub version: u64,
     /// The builders, in file order.
     pub builders: Vec<Builder>,
+    /// When workers are quarantined (the `[health]` table). Not written when it is the
+    /// default, so configurations without it encode as they always did.
+    #[serde(default, skip_serializing_if = "HealthSettings::is_default")]
+    pub health: HealthSettings,
 }
 
 /// One build configuration (CPython's "AMD64 Debian root 3.x" is one builder per branch pattern).
@@ -62,6 +67,10 @@ pub struct Builder {
     /// [`DEFAULT_MAX_ATTEMPTS`].
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// How a red is confirmed before the list hears of it (the key `confirm`); `None` when the
+    /// file leaves it out, and then [`Builder::confirm_mode`] gives the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<ConfirmMode>,
 }
 
 /// A builder without `max_attempts` gets this many.
@@ -111,6 +120,13 @@ impl Builder {
     pub fn is_stable(&self) -> bool {
         self.tags.contains("stable")
     }
+
+    /// How its reds are confirmed: the key `confirm`, or the default for a builder that does
+    /// or does not mail ([`ConfirmMode::default_for`]).
+    pub fn confirm_mode(&self) -> ConfirmMode {
+        self.confirm
+            .unwrap_or_else(|| ConfirmMode::default_for(self.is_stable()))
+    }
 }
 
 /// `*` and `?` wildcards over the whole string.
@@ -144,6 +160,21 @@ struct FileToml {
     version: Spanned<u64>,
     #[serde(default, rename = "builder")]
     builders: Vec<BuilderToml>,
+    #[serde(default)]
+    health: Option<Spanned<HealthToml>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthToml {
+    #[serde(default)]
+    unreproduced_reds: Option<u32>,
+    #[serde(default)]
+    window: Option<u32>,
+    #[serde(default)]
+    exceptions_in_row: Option<u32>,
+    #[serde(default)]
+    revalidations: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +193,8 @@ struct BuilderToml {
     priority: i32,
     #[serde(default)]
     max_attempts: Option<Spanned<u32>>,
+    #[serde(default)]
+    confirm: Option<Spanned<String>>,
     #[serde(default, rename = "step")]
     steps: Vec<StepToml>,
 }
@@ -266,6 +299,14 @@ impl BuilderConfig {
                     ));
                 }
             };
+            let confirm = match &b.confirm {
+                None => None,
+                Some(c) => Some(
+                    c.get_ref()
+                        .parse::<ConfirmMode>()
+                        .map_err(|e| err(Some(c.span()), "confirm", e))?,
+                ),
+            };
             let mut steps = Vec::new();
             for s in b.steps {
                 if s.name.get_ref().trim().is_empty() {
@@ -346,12 +387,54 @@ impl BuilderConfig {
                 priority: b.priority,
                 steps,
                 max_attempts,
+                confirm,
             });
         }
+        let health = match file.health {
+            None => HealthSettings::default(),
+            Some(h) => {
+                let span = h.span();
+                let h = h.into_inner();
+                let d = HealthSettings::default();
+                let health = HealthSettings {
+                    unreproduced_reds: h.unreproduced_reds.unwrap_or(d.unreproduced_reds),
+                    window: h.window.unwrap_or(d.window),
+                    exceptions_in_row: h.exceptions_in_row.unwrap_or(d.exceptions_in_row),
+                    revalidations: h.revalidations.unwrap_or(d.revalidations),
+                };
+                let zero = [
+                    ("unreproduced_reds", health.unreproduced_reds),
+                    ("window", health.window),
+                    ("exceptions_in_row", health.exceptions_in_row),
+                    ("revalidations", health.revalidations),
+                ]
+                .into_iter()
+                .find(|(_, v)| *v == 0 || *v > 1000);
+                if let Some((field, v)) = zero {
+                    return Err(err(
+                        Some(span),
+                        field,
+                        format!("{v} is not between 1 and 1000"),
+                    ));
+                }
+                if health.unreproduced_reds > health.window {
+                    return Err(err(
+                        Some(span),
+                        "unreproduced_reds",
+                        format!(
+                            "{} unreproduced reds can never fit a window of {} results",
+                            health.unreproduced_reds, health.window
+                        ),
+                    ));
+                }
+                health
+            }
+        };
         Ok(BuilderConfig {
             mesh,
             version: file.version.into_inner(),
             builders,
+            health,
         })
     }
 
@@ -470,6 +553,32 @@ retries = 1
         let bytes = crate::codec::encode("old builder", &old).unwrap();
         let b: Builder = crate::codec::decode("builder", &bytes).unwrap();
         assert_eq!(b.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    }
+
+    #[test]
+    fn confirm_and_health_keys_default_in_one_place_and_bad_ones_name_their_line() {
+        let c = BuilderConfig::from_toml(Hash::ZERO, GOOD).unwrap();
+        assert_eq!(c.builders[0].confirm, None);
+        assert_eq!(c.builders[0].confirm_mode(), ConfirmMode::OtherHost, "stable mails");
+        assert!(c.health.is_default());
+        // Without the keys, the configuration encodes as before they existed.
+        let bytes = crate::codec::encode("config", &c).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("confirm") && !text.contains("health"));
+        let set = GOOD.replace("retries = 1\n", "retries = 1\n")
+            .replace("requires = { os = \"linux\" }\n", "requires = { os = \"linux\" }\nconfirm = \"same-host\"\n")
+            + "\n[health]\nunreproduced_reds = 2\nwindow = 5\n";
+        let c = BuilderConfig::from_toml(Hash::ZERO, &set).unwrap();
+        assert_eq!(c.builders[0].confirm_mode(), ConfirmMode::SameHost);
+        assert_eq!((c.health.unreproduced_reds, c.health.window, c.health.revalidations), (2, 5, 3));
+        let bad = GOOD.replace("requires = { os = \"linux\" }\n", "requires = { os = \"linux\" }\nconfirm = \"elsewhere\"\n");
+        let e = BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (10, "confirm"), "{e}");
+        let bad = format!("{GOOD}\n[health]\nunreproduced_reds = 11\n");
+        let e = BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err();
+        assert_eq!(e.field, "unreproduced_reds", "{e}");
+        let bad = format!("{GOOD}\n[health]\nwindow = 0\n");
+        assert_eq!(BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err().field, "window");
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub enum Refusal {
     WrongLabels,
     /// A result for an attempt its author never claimed.
     Unclaimed,
+    /// A claim for another worker's re-validation job (only the quarantined worker runs it).
+    OthersRevalidation,
     /// A body that does not decode although its kind is known.
     Malformed,
 }
@@ -74,6 +76,7 @@ impl Refusal {
             Refusal::BadAttempt => "unentitled-attempt",
             Refusal::WrongLabels => "unentitled-labels",
             Refusal::Unclaimed => "unclaimed-result",
+            Refusal::OthersRevalidation => "unentitled-revalidation",
             Refusal::Malformed => "malformed-body",
         }
     }
@@ -341,6 +344,7 @@ mod tests {
                 repo: "r".into(),
                 branch: "main".into(),
                 sha: "abc".into(),
+                purpose: Default::default(),
             },
             attempt: 1,
             lease_ms: 3000,

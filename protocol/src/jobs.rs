@@ -37,6 +37,7 @@ pub fn derive(
                 repo: repo.to_string(),
                 branch: branch.to_string(),
                 sha: sha.to_string(),
+                purpose: Default::default(),
             };
             JobSpec {
                 id: key.id(),
@@ -45,6 +46,7 @@ pub fn derive(
                 priority: b.priority,
                 order: announced.millis(),
                 max_attempts: b.max_attempts,
+                confirm: b.confirm_mode(),
             }
         })
         .collect()

@@ -10,6 +10,8 @@
 //!   kinds kept but not counted.
 //! - [`claims`]: claiming jobs without a master (sans-IO state machine), with the job-level
 //!   entitlement of claims and results.
+//! - [`health`]: confirmation of reds on another host, and each worker's health and
+//!   quarantine, derived from signed results the same way everywhere (pure).
 //! - [`jobs`]: which builders build an announced commit, and when its jobs open (pure).
 //! - [`election`]: electing the one notifier by majority-voted leases (sans-IO).
 //! - [`transitions`]: which results are red transitions that need a mail (pure).
@@ -25,6 +27,7 @@ pub mod codec;
 pub mod docs;
 pub mod election;
 pub mod entitle;
+pub mod health;
 pub mod jobs;
 pub mod keys;
 pub mod record;

@@ -446,6 +446,47 @@ pub struct JobKey {
     pub branch: String,
     /// Commit id.
     pub sha: String,
+    /// Why the job exists: an ordinary build (the default, and then not written, so that the
+    /// ids of ordinary jobs are what they always were), a confirmation of a red, or a
+    /// re-validation of a quarantined worker.
+    #[serde(default, skip_serializing_if = "Purpose::is_build")]
+    pub purpose: Purpose,
+}
+
+/// Why a job exists (see [`crate::health`]).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Purpose {
+    /// An ordinary build of an announced commit.
+    #[default]
+    Build,
+    /// Reproduces the red of `job`'s `attempt`, which `worker` reported, on another host.
+    Confirm {
+        /// The job whose red it confirms.
+        job: Hash,
+        /// Its attempt.
+        attempt: u32,
+        /// Who reported the red.
+        worker: NodeId,
+    },
+    /// Builds a known-green commit on a quarantined worker, so that it can earn its way out.
+    Revalidate {
+        /// The quarantined worker.
+        worker: NodeId,
+        /// Which of its quarantines (from 1).
+        episode: u32,
+        /// Which of this quarantine's re-validation builds (from 1).
+        n: u32,
+    },
+}
+
+impl Purpose {
+    /// Whether it is an ordinary build.
+    pub fn is_build(&self) -> bool {
+        *self == Purpose::Build
+    }
 }
 
 impl JobKey {
@@ -521,6 +562,11 @@ pub enum BuildState {
     Exception,
     /// Stopped before it ended.
     Cancelled,
+    /// Red on one worker, waiting for another host to reproduce it before the list hears.
+    Unconfirmed,
+    /// Red on one worker and not reproduced on another host: a suspected host fault, not a
+    /// verdict on the code (the commit's verdict is the other host's).
+    HostFault,
 }
 
 impl BuildState {
@@ -536,6 +582,8 @@ impl BuildState {
             BuildState::Flaky => "flaky",
             BuildState::Exception => "exception",
             BuildState::Cancelled => "cancelled",
+            BuildState::Unconfirmed => "unconfirmed",
+            BuildState::HostFault => "host-fault",
         }
     }
 
@@ -548,7 +596,12 @@ impl BuildState {
             BuildState::Flaky => ResultCode::Flaky,
             BuildState::Exception => ResultCode::Exception,
             BuildState::Cancelled => ResultCode::Cancelled,
-            BuildState::Pending | BuildState::Running | BuildState::Skipped => return None,
+            // Not reproduced elsewhere: the code is as the other host found it, not red.
+            BuildState::HostFault => ResultCode::Success,
+            BuildState::Pending
+            | BuildState::Running
+            | BuildState::Skipped
+            | BuildState::Unconfirmed => return None,
         })
     }
 
@@ -557,9 +610,13 @@ impl BuildState {
         self.result().is_some_and(ResultCode::is_verdict)
     }
 
-    /// Whether it will change no more on its own (everything but pending and running).
+    /// Whether it will change no more on its own (everything but pending, running and an
+    /// unconfirmed red).
     pub fn is_settled(self) -> bool {
-        !matches!(self, BuildState::Pending | BuildState::Running)
+        !matches!(
+            self,
+            BuildState::Pending | BuildState::Running | BuildState::Unconfirmed
+        )
     }
 }
 

@@ -69,6 +69,7 @@ fn job() -> JobKey {
         repo: "https://example.org/p.git".into(),
         branch: "main".into(),
         sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        purpose: Default::default(),
     }
 }
 

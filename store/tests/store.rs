@@ -250,6 +250,7 @@ fn announcements_of_one_commit_collapse_and_indexes_answer() {
         repo: "r".into(),
         branch: "main".into(),
         sha: "s".into(),
+        purpose: Default::default(),
     };
     store
         .append_own(

@@ -72,6 +72,7 @@ async fn main() {
             repo: repo.url(),
             branch: branch.clone(),
             sha: sha.clone(),
+            purpose: Default::default(),
         }
         .id();
         let mut feeds: Vec<_> = (0..3).map(|i| m.node(i).records()).collect();
@@ -112,6 +113,7 @@ async fn main() {
                 repo: repo.url(),
                 branch: branch.clone(),
                 sha: sha.clone(),
+                purpose: Default::default(),
             }
             .id(),
             (),

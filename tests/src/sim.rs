@@ -563,6 +563,7 @@ impl World {
                     repo: "r".into(),
                     branch: "main".into(),
                     sha: format!("{:040x}", self.seed.wrapping_mul(1000) + k as u64),
+                    purpose: Default::default(),
                 };
                 let mut requires = BTreeMap::new();
                 if k % 5 == 4 {
@@ -582,7 +583,9 @@ impl World {
                         priority: 0,
                         steps: Vec::new(),
                         max_attempts: DEFAULT_MAX_ATTEMPTS,
+                        confirm: None,
                     }],
+                    health: Default::default(),
                 };
                 let spec = jobs::derive(
                     &config,

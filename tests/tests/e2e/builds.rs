@@ -280,6 +280,7 @@ async fn an_exception_is_retried_on_another_worker_and_never_shown_red() {
             repo: repo.url(),
             branch: branch.clone(),
             sha: sha.clone(),
+            purpose: Default::default(),
         }
         .id();
         let first = workers.iter().min_by_key(|w| score(&job, w)).unwrap();

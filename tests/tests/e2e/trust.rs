@@ -56,6 +56,7 @@ async fn a_rogue_admitted_worker_changes_nothing_anyone_sees() {
         repo: repo.url(),
         branch: "main".into(),
         sha: sha.into(),
+        purpose: Default::default(),
     };
     let rogue = mesh.node(ROGUE);
 
@@ -293,6 +294,7 @@ async fn no_signed_record_whatever_its_fields_makes_a_view_or_the_cli_fail() {
         repo: "r".into(),
         branch,
         sha,
+        purpose: Default::default(),
     });
     let body = prop_oneof![
         (key.clone(), prop::option::of(text)).prop_map(|(k, subject)| Body::CommitSeen(

@@ -34,6 +34,12 @@
 //!   was never claimed is skipped once a newer commit of the same builder and branch has a
 //!   verdict (buildbot's collapsing). Skipped jobs stay known.
 //!
+//! - **Confirmation and health** ([`crate::health`]): a red on a builder that confirms opens a
+//!   confirmation job, ranked so that the worker that failed (and its machine) comes last and
+//!   only after [`ClaimSettings::confirm_wait`]; every worker's health is derived from the
+//!   results held, and a quarantined worker is ranked for re-validation jobs only. Those rules
+//!   are in `confirm.rs`, beside this table.
+//!
 //! One module for one state: the ranking, the leases and which claims count all read and
 //! write the same per-job table, and splitting them would spread one invariant over files;
 //! hence its length.
@@ -42,9 +48,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::entitle::Refusal;
+use crate::health::{ConfirmMode, Health, HealthSettings};
 use crate::keys::{Hash, NodeId};
 use crate::record::{JobKey, ResultCode};
 use crate::time::Timestamp;
+
+mod confirm;
+
+pub use confirm::Confirmation;
 
 /// Timing of the claim protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +66,9 @@ pub struct ClaimSettings {
     pub step: Duration,
     /// A worker not heard from for this long is not ranked. Default 3 s.
     pub liveness_window: Duration,
+    /// How long a confirmation waits for another host before the worker that failed may run
+    /// it itself (when another eligible host exists at all). Default 10 s.
+    pub confirm_wait: Duration,
 }
 
 impl Default for ClaimSettings {
@@ -63,6 +77,7 @@ impl Default for ClaimSettings {
             lease: Duration::from_secs(3),
             step: Duration::from_millis(500),
             liveness_window: Duration::from_secs(3),
+            confirm_wait: Duration::from_secs(10),
         }
     }
 }
@@ -82,6 +97,9 @@ pub struct JobSpec {
     pub order: u64,
     /// Attempts before the job is given up (the builder's `max_attempts`).
     pub max_attempts: u32,
+    /// How its reds are confirmed (the builder's `confirm`); for a confirmation job, the mode
+    /// it applies.
+    pub confirm: ConfirmMode,
 }
 
 /// What the node must do.
@@ -163,6 +181,9 @@ struct Job {
     voided: BTreeSet<u32>,
     activity: BTreeMap<(u32, NodeId), Timestamp>,
     avoid: BTreeSet<NodeId>,
+    // Claimants ranked last for this job (a confirmation's worker that failed, or its
+    // machine): among crossed claims, they win only if no one else claimed.
+    late: BTreeSet<NodeId>,
     results: BTreeMap<(u32, NodeId), ResultCode>,
     skipped: bool,
     given_up: bool,
@@ -212,6 +233,14 @@ pub struct Claims {
     // Claims and results that can never count, once each, until `misbehaviour` takes them.
     misbehaved: BTreeSet<(NodeId, Hash, u32, Refusal)>,
     misbehaviour: Vec<(NodeId, Hash, u32, Refusal)>,
+    // Every worker's health, derived from the results held (see `confirm.rs`); recomputed
+    // at the next tick after a result or a claim changes.
+    health_settings: HealthSettings,
+    health: BTreeMap<NodeId, Health>,
+    health_dirty: bool,
+    // Jobs this machine derived (confirmations, re-validations) since the last
+    // `take_new_jobs`: the node replays their stored claims and results.
+    new_jobs: Vec<Hash>,
 }
 
 #[derive(Clone, Debug)]
@@ -236,6 +265,10 @@ impl Claims {
             early_count: 0,
             misbehaved: BTreeSet::new(),
             misbehaviour: Vec::new(),
+            health_settings: HealthSettings::default(),
+            health: BTreeMap::new(),
+            health_dirty: false,
+            new_jobs: Vec::new(),
         }
     }
 
@@ -273,6 +306,8 @@ impl Claims {
                     && !labels_meet(labels, &j.spec.requires)
                 {
                     bad.push((*w, attempt, Refusal::WrongLabels));
+                } else if !Self::may_claim(&j.spec, w) {
+                    bad.push((*w, attempt, Refusal::OthersRevalidation));
                 }
             }
         }
@@ -295,6 +330,7 @@ impl Claims {
                     self.labels
                         .get(w)
                         .is_some_and(|l| labels_meet(l, &j.spec.requires))
+                        && Self::may_claim(&j.spec, w)
                 })
                 .copied()
                 .collect();
@@ -304,12 +340,21 @@ impl Claims {
                 break;
             }
         }
+        let late: BTreeSet<NodeId> = counted
+            .values()
+            .flatten()
+            .filter(|w| self.is_late(&j.spec, w))
+            .copied()
+            .collect();
         for (w, attempt, why) in bad {
             self.misbehaved(w, *id, attempt, why);
         }
         let j = self.jobs.get_mut(id).expect("looked up above");
         j.counted = counted;
+        j.late = late;
         j.settle(now);
+        self.health_dirty = true;
+        self.follow_up(id, now);
     }
 
     /// The settings.
@@ -464,6 +509,7 @@ impl Claims {
                 voided: BTreeSet::new(),
                 activity: BTreeMap::new(),
                 avoid: BTreeSet::new(),
+                late: BTreeSet::new(),
                 results: BTreeMap::new(),
                 skipped: false,
                 given_up: false,
@@ -550,6 +596,8 @@ impl Claims {
             return;
         }
         j.settle(now);
+        self.health_dirty = true;
+        self.follow_up(&job, now);
     }
 
     /// This node stopped running (job, attempt) and no result record of it will come (its claim
@@ -601,7 +649,7 @@ impl Claims {
         self.workers
             .iter()
             .filter(|(id, w)| {
-                if !labels_meet(&w.labels, &spec.requires) {
+                if !labels_meet(&w.labels, &spec.requires) || !self.may_rank(spec, id) {
                     return false;
                 }
                 if **id == self.me {
@@ -624,7 +672,13 @@ impl Claims {
             return Vec::new();
         };
         let mut order = self.eligible(&j.spec, now, busy);
-        order.sort_by_key(|w| (j.avoid.contains(w), score(job, w)));
+        order.sort_by_key(|w| {
+            (
+                self.is_late(&j.spec, w),
+                j.avoid.contains(w),
+                score(job, w),
+            )
+        });
         order
     }
 
@@ -652,6 +706,7 @@ impl Claims {
     pub fn tick(&mut self, now: Timestamp) -> Vec<Action> {
         let mut actions = Vec::new();
         let lease = self.settings.lease;
+        self.refresh_health(now);
 
         // Leases and crossed claims.
         for (id, j) in self.jobs.iter_mut() {
@@ -696,14 +751,14 @@ impl Claims {
         // Collapsing: never-claimed jobs behind a newer verdict are skipped.
         let mut newest_verdict: BTreeMap<(String, String), u64> = BTreeMap::new();
         for j in self.jobs.values() {
-            if j.current().is_some() {
+            if j.current().is_some() && j.spec.key.purpose.is_build() {
                 let k = (j.spec.key.builder.clone(), j.spec.key.branch.clone());
                 let e = newest_verdict.entry(k).or_insert(0);
                 *e = (*e).max(j.spec.order);
             }
         }
         for j in self.jobs.values_mut() {
-            if j.is_final() || !j.counted.is_empty() {
+            if j.is_final() || !j.counted.is_empty() || !j.spec.key.purpose.is_build() {
                 continue;
             }
             let k = (j.spec.key.builder.clone(), j.spec.key.branch.clone());
@@ -735,8 +790,9 @@ impl Claims {
             if now < self.settled(&id, now) {
                 continue;
             }
+            let wait = self.late_wait(&id, now);
             let j = self.jobs.get_mut(&id).expect("listed above");
-            let due = j.open_since.plus(self.settings.step * rank as u32);
+            let due = j.open_since.plus((self.settings.step * rank as u32).max(wait));
             if now < due {
                 continue;
             }
@@ -777,7 +833,7 @@ impl Job {
         self.counted
             .get(&attempt)?
             .iter()
-            .min_by_key(|w| score(&self.spec.id, w))
+            .min_by_key(|w| (self.late.contains(w), score(&self.spec.id, w)))
             .copied()
     }
 
@@ -893,6 +949,7 @@ mod tests {
             repo: "r".into(),
             branch: "main".into(),
             sha: format!("{n:040x}"),
+            purpose: Default::default(),
         };
         JobSpec {
             id: key.id(),
@@ -901,6 +958,7 @@ mod tests {
             priority: 0,
             order: n,
             max_attempts: 4,
+            confirm: ConfirmMode::None,
         }
     }
 
