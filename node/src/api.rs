@@ -77,7 +77,14 @@ fn error(status: StatusCode, message: impl ToString) -> Response {
 
 async fn nodes(State(s): State<ApiState>) -> Response {
     match s.replica.nodes().await {
-        Ok(n) => Json(n).into_response(),
+        Ok(mut nodes) => {
+            // Health is the claimer's: it holds the jobs it is derived from.
+            let mut health = s.claimer.health().await.unwrap_or_default();
+            for n in &mut nodes {
+                n.health = health.remove(&n.id);
+            }
+            Json(nodes).into_response()
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
@@ -227,6 +234,30 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         "Anti-entropy rounds finished.",
         m.syncs,
     );
+    let stats = s.claimer.stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    gauge(
+        "buildmesh_confirmations_total",
+        "Confirmation builds opened for reds.",
+        stats.confirmations.load(Relaxed),
+    );
+    gauge(
+        "buildmesh_quarantines_total",
+        "Workers that entered quarantine.",
+        stats.quarantines.load(Relaxed),
+    );
+    let health = s.claimer.health().await.unwrap_or_default();
+    gauge(
+        "buildmesh_workers_quarantined",
+        "Workers quarantined now.",
+        health.values().filter(|h| h.state == "quarantined").count() as u64,
+    );
+    let suppressed = s.notifier.view().await.map_or(0, |v| v.suppressed);
+    gauge(
+        "buildmesh_mails_suppressed_total",
+        "Transitions kept from the list because no other host reproduced the red.",
+        suppressed,
+    );
     text.push_str("# HELP buildmesh_refused_total Messages refused, by reason.\n# TYPE buildmesh_refused_total counter\n");
     for (reason, n) in &m.refused {
         text.push_str(&format!(
@@ -290,7 +321,7 @@ async fn status(State(s): State<ApiState>) -> Response {
     // status; newer pending or running builds are shown beside it.
     let mut rows: BTreeMap<(String, String), StatusRow> = BTreeMap::new();
     let mut newer: BTreeMap<(String, String), Vec<InProgress>> = BTreeMap::new();
-    for b in &builds {
+    for b in builds.iter().filter(|b| b.purpose.is_build()) {
         let k = (b.builder.clone(), b.branch.clone());
         if rows.contains_key(&k) {
             continue;

@@ -11,15 +11,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use buildmesh_protocol::builders::BuilderConfig;
-use buildmesh_protocol::claims::{Action, ClaimSettings, Claims, JobSpec, JobState};
+use buildmesh_protocol::claims::{
+    Action, ClaimSettings, Claims, Confirmation, JobSpec, JobState,
+};
 use buildmesh_protocol::docs::{DocKind, RevocationReason, Role};
 use buildmesh_protocol::entitle::{self, Refusal};
+use buildmesh_protocol::health::{HealthView, Incident};
 use buildmesh_protocol::jobs;
 use buildmesh_protocol::record::{
-    Body, BuildResult, BuildState, Claim, CommitSeen, JobKey, Record, StepResult,
+    Body, BuildResult, BuildState, Claim, CommitSeen, JobKey, Purpose, Record, StepResult,
 };
 use buildmesh_protocol::wire::{Progress, Signal};
 use buildmesh_protocol::{Hash, NodeId, Timestamp};
@@ -73,7 +77,29 @@ pub struct BuildView {
     pub announced: Timestamp,
     /// Every attempt's result, oldest first (attempt, worker, result).
     pub attempts: Vec<AttemptView>,
+    /// Why the job exists: left out for an ordinary build; `confirm` (reproducing another
+    /// build's red) or `revalidate` (a quarantined worker earning its way out).
+    #[serde(default, skip_serializing_if = "Purpose::is_build")]
+    pub purpose: Purpose,
+    /// A red's confirmation on another host, once one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmation: Option<ConfirmationView>,
 }
+
+/// The confirmation of a red: the other build and how it ended.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConfirmationView {
+    /// The confirmation build's id (what `buildmesh log` takes).
+    pub build: String,
+    /// Who built it (none while pending).
+    pub worker: Option<NodeId>,
+    /// Its state: pending, running, failure (reproduced), or the verdict that did not
+    /// reproduce the red.
+    pub result: BuildState,
+    /// Whether it ran on the same machine as the red (no other host was available).
+    pub same_host: bool,
+}
+
 
 /// One claimed attempt and how it ended.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -96,15 +122,33 @@ pub(crate) enum Query {
     LiveWorkers {
         reply: oneshot::Sender<Vec<NodeId>>,
     },
+    Health {
+        reply: oneshot::Sender<BTreeMap<NodeId, HealthView>>,
+    },
 }
 
 /// A handle on the claimer.
 #[derive(Clone, Debug)]
 pub struct ClaimerClient {
     tx: mpsc::Sender<Query>,
+    stats: Arc<ClaimerStats>,
+}
+
+/// The claimer's counters (`/metrics`).
+#[derive(Debug, Default)]
+pub struct ClaimerStats {
+    /// Confirmation jobs opened for reds.
+    pub confirmations: AtomicU64,
+    /// Workers that entered quarantine, as this node saw it.
+    pub quarantines: AtomicU64,
 }
 
 impl ClaimerClient {
+    /// The claimer's counters.
+    pub fn stats(&self) -> &ClaimerStats {
+        &self.stats
+    }
+
     /// Waits until the claimer has stopped (and handed back its builds).
     pub async fn stopped(&self) {
         self.tx.closed().await;
@@ -115,6 +159,16 @@ impl ClaimerClient {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Query::LiveWorkers { reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Every worker's health (workers with no result yet are absent).
+    pub async fn health(&self) -> Result<BTreeMap<NodeId, HealthView>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Query::Health { reply })
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
@@ -174,6 +228,7 @@ pub(crate) struct Claimer {
     done_tx: mpsc::Sender<(Hash, u32, bool)>,
     done_rx: mpsc::Receiver<(Hash, u32, bool)>,
     cancel: CancellationToken,
+    stats: Arc<ClaimerStats>,
 }
 
 impl Claimer {
@@ -200,13 +255,17 @@ impl Claimer {
             done_tx,
             done_rx,
             cancel: parts.cancel,
+            stats: Arc::new(ClaimerStats::default()),
         };
-        (claimer, ClaimerClient { tx })
+        let stats = claimer.stats.clone();
+        (claimer, ClaimerClient { tx, stats })
     }
 
     pub(crate) async fn run(mut self) {
         self.refresh_workers();
-        self.config = self.replica.config().await.ok().flatten();
+        if let Some(c) = self.replica.config().await.ok().flatten() {
+            self.set_config(c);
+        }
         self.rebuild();
         self.publish_load();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -263,6 +322,11 @@ impl Claimer {
             }
         }
         tracing::debug!("claimer stopped");
+    }
+
+    fn set_config(&mut self, c: BuilderConfig) {
+        self.machine.set_health_settings(c.health);
+        self.config = Some(c);
     }
 
     fn publish_load(&self) {
@@ -327,7 +391,7 @@ impl Claimer {
                         builders = c.builders.len(),
                         "builder configuration in force"
                     );
-                    self.config = Some(c);
+                    self.set_config(c);
                     let commits: Vec<_> =
                         self.commits.iter().map(|(k, t)| (k.clone(), *t)).collect();
                     for ((repo, branch, sha), t) in commits {
@@ -389,7 +453,7 @@ impl Claimer {
                     // Only trusted configurations reach the store through the replica's gate,
                     // but a newer one may still be refused there: ask the replica on the
                     // live path; at rebuild, the newest stored one is the one in force.
-                    self.config = Some(c);
+                    self.set_config(c);
                 }
             }
             _ => {}
@@ -430,30 +494,59 @@ impl Claimer {
             if !self.machine.knows(&s.id) {
                 // Claims and results of this job already stored (a rebuild, or records that
                 // arrived before the configuration) are replayed by the machine itself.
-                for (_, rref) in self.store.claims_for_job(&s.id).unwrap_or_default() {
-                    if self.distrusted.contains(&rref.author) {
-                        continue;
-                    }
-                    if let Ok(Some(r)) = self.store.record(&rref.author, rref.seq)
-                        && let Ok(Body::Claim(c)) = r.body()
-                    {
-                        self.machine.claim(r.author_id(), c.job, c.attempt, now);
-                    }
-                }
-                for rref in self.store.results_for_job(&s.id).unwrap_or_default() {
-                    if self.distrusted.contains(&rref.author) {
-                        continue;
-                    }
-                    if let Ok(Some(r)) = self.store.record(&rref.author, rref.seq)
-                        && let Ok(Body::BuildResult(b)) = r.body()
-                    {
-                        self.machine
-                            .result(r.author_id(), b.job, b.attempt, b.result, now);
-                    }
-                }
+                let id = s.id;
+                self.replay(&id, now);
                 // Old news (a node back from a partition, or a restart) waits a moment before
                 // anyone claims it.
                 self.machine.job(s, jobs::opens_at(announced, now));
+                self.replay_new_jobs();
+            }
+        }
+    }
+
+    // Feeds the machine the stored claims and results of `job`; those of a job it does not
+    // know yet it holds until the job is known.
+    fn replay(&mut self, job: &Hash, now: Timestamp) {
+        for (_, rref) in self.store.claims_for_job(job).unwrap_or_default() {
+            if self.distrusted.contains(&rref.author) {
+                continue;
+            }
+            if let Ok(Some(r)) = self.store.record(&rref.author, rref.seq)
+                && let Ok(Body::Claim(c)) = r.body()
+            {
+                self.machine.claim(r.author_id(), c.job, c.attempt, now);
+            }
+        }
+        for rref in self.store.results_for_job(job).unwrap_or_default() {
+            if self.distrusted.contains(&rref.author) {
+                continue;
+            }
+            if let Ok(Some(r)) = self.store.record(&rref.author, rref.seq)
+                && let Ok(Body::BuildResult(b)) = r.body()
+            {
+                self.machine
+                    .result(r.author_id(), b.job, b.attempt, b.result, now);
+            }
+        }
+    }
+
+    // Jobs the machine derived (confirmations, re-validations): what the store holds of them
+    // counts at once, whatever order it came in.
+    fn replay_new_jobs(&mut self) {
+        let now = Timestamp::now();
+        loop {
+            let new = self.machine.take_new_jobs();
+            if new.is_empty() {
+                break;
+            }
+            for id in new {
+                if let Some(spec) = self.machine.spec(&id) {
+                    tracing::info!(job = %id.short(), builder = %spec.key.builder, sha = %spec.key.sha, purpose = ?spec.key.purpose, "derived a job");
+                    if matches!(spec.key.purpose, Purpose::Confirm { .. }) {
+                        self.stats.confirmations.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                self.replay(&id, now);
             }
         }
     }
@@ -469,7 +562,17 @@ impl Claimer {
 
     async fn tick(&mut self) {
         let now = Timestamp::now();
+        let before = self.quarantined();
         let actions = self.machine.tick(now);
+        self.replay_new_jobs();
+        let after = self.quarantined();
+        for w in after.difference(&before) {
+            self.stats.quarantines.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(worker = %w, reason = ?self.machine.health().get(w).and_then(|h| h.quarantine.as_ref()).map(|q| q.reason(self.machine.health_settings())), "worker quarantined");
+        }
+        for w in before.difference(&after) {
+            tracing::info!(worker = %w, "worker out of quarantine");
+        }
         if actions.is_empty() {
             return;
         }
@@ -546,8 +649,66 @@ impl Claimer {
         );
     }
 
+    fn quarantined(&self) -> BTreeSet<NodeId> {
+        self.machine
+            .health()
+            .iter()
+            .filter(|(_, h)| h.quarantine.is_some())
+            .map(|(w, _)| *w)
+            .collect()
+    }
+
+    fn health_views(&self) -> BTreeMap<NodeId, HealthView> {
+        let settings = self.machine.health_settings();
+        self.machine
+            .health()
+            .iter()
+            .map(|(w, h)| {
+                let q = h.quarantine.as_ref();
+                let builds = q
+                    .map(|q| {
+                        q.jobs
+                            .iter()
+                            .filter_map(|j| {
+                                let spec = self.machine.spec(j)?;
+                                let view = self.view(spec, self.machine.state(j)?);
+                                let other = view.confirmation.as_ref();
+                                Some(Incident {
+                                    build: view.id.clone(),
+                                    builder: view.builder.clone(),
+                                    branch: view.branch.clone(),
+                                    sha: view.sha.clone(),
+                                    other_worker: other.and_then(|c| c.worker).or(
+                                        // An exception: the worker whose attempt ended it.
+                                        view.worker.filter(|v| v != w),
+                                    ),
+                                    other_result: other.map(|c| c.result).or(Some(view.result)),
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let view = HealthView {
+                    state: if q.is_some() { "quarantined" } else { "healthy" }.to_string(),
+                    reason: q.map(|q| q.reason(settings)),
+                    builds,
+                    revalidated: q.map_or(0, |q| q.revalidated),
+                    revalidations_needed: settings.revalidations,
+                    unreproduced: h.unreproduced,
+                    exceptions_in_row: h.exceptions_in_row,
+                    streak: h.streak,
+                    quarantines: h.episodes,
+                };
+                (*w, view)
+            })
+            .collect()
+    }
+
     fn on_query(&self, q: Query) {
         match q {
+            Query::Health { reply } => {
+                let _ = reply.send(self.health_views());
+            }
             Query::Builds { reply } => {
                 let _ = reply.send(self.builds());
             }
@@ -643,6 +804,8 @@ impl Claimer {
             steps: Vec::new(),
             announced: Timestamp(spec.order),
             attempts,
+            purpose: spec.key.purpose,
+            confirmation: None,
         };
         match state {
             JobState::Pending { attempt } => {
@@ -662,7 +825,11 @@ impl Claimer {
             } => {
                 v.attempt = attempt;
                 v.worker = Some(worker);
-                v.result = result.into();
+                v.result = self
+                    .machine
+                    .build_state(&spec.id)
+                    .unwrap_or_else(|| result.into());
+                v.confirmation = self.confirmation_view(&spec.id);
                 if let Some((_, b)) = results
                     .iter()
                     .find(|(r, b)| b.attempt == attempt && r.author_id() == worker)
@@ -685,6 +852,41 @@ impl Claimer {
         }
         v.id = format!("{short}-{}", v.attempt);
         v
+    }
+
+    fn confirmation_view(&self, job: &Hash) -> Option<ConfirmationView> {
+        let c = self.machine.confirmation(job);
+        let cid = c.job()?;
+        let (attempt, worker, state) = match self.machine.state(&cid) {
+            None => (1, None, BuildState::Pending),
+            Some(JobState::Pending { attempt }) => (attempt, None, BuildState::Pending),
+            Some(JobState::Running { attempt, worker }) => {
+                (attempt, Some(worker), BuildState::Running)
+            }
+            Some(JobState::Done {
+                attempt,
+                worker,
+                result,
+            }) => (attempt, Some(worker), result.into()),
+            Some(JobState::GivenUp { attempts }) => (attempts, None, BuildState::Exception),
+            Some(JobState::Skipped) => (1, None, BuildState::Skipped),
+        };
+        let same_host = matches!(
+            c,
+            Confirmation::Reproduced {
+                same_host: true,
+                ..
+            } | Confirmation::NotReproduced {
+                same_host: true,
+                ..
+            }
+        );
+        Some(ConfirmationView {
+            build: format!("{}-{attempt}", &cid.to_string()[..16]),
+            worker,
+            result: state,
+            same_host,
+        })
     }
 }
 

@@ -81,6 +81,9 @@ work_dir = "work"
 lease = "3s"
 # The n-th worker in a job's rendezvous order waits n steps before claiming it.
 claim_step = "500ms"
+# A red waits this long for another host to reproduce it before the worker that failed may
+# rerun it itself (when another host could run the builder at all).
+confirm_wait = "10s"
 
 [announcer]
 # Announcer nodes poll the builders' repositories this often (0s: never).
@@ -150,6 +153,7 @@ struct WorkerForm {
     work_dir: Option<PathBuf>,
     lease: Option<String>,
     claim_step: Option<String>,
+    confirm_wait: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -230,6 +234,8 @@ pub struct WorkerSettings {
     pub lease: Duration,
     /// Rank step. Default 500 ms.
     pub claim_step: Duration,
+    /// How long a red's confirmation waits for another host. Default 10 s.
+    pub confirm_wait: Duration,
     /// The `buildmesh` binary that supervises step processes (default: this program, when it
     /// is `buildmesh`).
     pub supervisor: Option<PathBuf>,
@@ -379,6 +385,11 @@ impl NodeConfig {
                 "worker.claim_step",
                 &form.worker.claim_step,
                 Duration::from_millis(500),
+            )?,
+            confirm_wait: duration(
+                "worker.confirm_wait",
+                &form.worker.confirm_wait,
+                Duration::from_secs(10),
             )?,
             supervisor,
         };

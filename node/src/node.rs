@@ -252,6 +252,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             lease: config.worker.lease,
             step: config.worker.claim_step,
             liveness_window: config.mesh.liveness_window,
+            confirm_wait: config.worker.confirm_wait,
         },
         executor: ExecutorConfig {
             work_dir: config.worker.work_dir.clone(),

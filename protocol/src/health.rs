@@ -31,7 +31,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::keys::Hash;
+use crate::keys::{Hash, NodeId};
+use crate::record::BuildState;
 
 /// How a builder's reds are confirmed (the builder key `confirm`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -262,6 +263,48 @@ pub fn assess(
     h.unreproduced = window.iter().filter(|(u, _)| *u).count() as u32;
     h.exceptions_in_row = exceptions.len() as u32;
     h
+}
+
+/// A worker's health as the views show it (`buildmesh nodes`, `/api/v1/nodes`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HealthView {
+    /// `healthy` or `quarantined`.
+    pub state: String,
+    /// Why it is quarantined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The builds that put it in quarantine, with what the other hosts found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub builds: Vec<Incident>,
+    /// Green re-validation builds of this quarantine.
+    pub revalidated: u32,
+    /// Green re-validation builds that end a quarantine.
+    pub revalidations_needed: u32,
+    /// Reds within its window that other hosts did not reproduce.
+    pub unreproduced: u32,
+    /// Exceptions of its own in a row.
+    pub exceptions_in_row: u32,
+    /// Results in a row that nobody questioned (trust: slow to earn, lost at once).
+    pub streak: u32,
+    /// Quarantines so far.
+    pub quarantines: u32,
+}
+
+/// One build that counted against a worker.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Incident {
+    /// The build id.
+    pub build: String,
+    /// Builder.
+    pub builder: String,
+    /// Branch.
+    pub branch: String,
+    /// Commit.
+    pub sha: String,
+    /// The worker whose build disagreed with it, if another built it.
+    pub other_worker: Option<NodeId>,
+    /// What that build found.
+    pub other_result: Option<BuildState>,
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use buildmesh_node::BuildView;
 use buildmesh_protocol::Timestamp;
+use buildmesh_protocol::record::Purpose;
 use buildmesh_protocol::wire::{ApiAction, SignedRequest};
 use std::io::IsTerminal;
 
@@ -77,6 +78,7 @@ fn colour(result: &str) -> &'static str {
         "success" => "\x1b[32m",
         "warnings" | "flaky" => "\x1b[33m",
         "failure" => "\x1b[31m",
+        "unconfirmed" | "host-fault" => "\x1b[91m",
         "exception" => "\x1b[35m",
         "running" => "\x1b[36m",
         _ => "\x1b[2m",
@@ -85,9 +87,9 @@ fn colour(result: &str) -> &'static str {
 
 fn paint(result: &str, tty: bool) -> String {
     if tty {
-        format!("{}{result:<9}\x1b[0m", colour(result))
+        format!("{}{result:<11}\x1b[0m", colour(result))
     } else {
-        format!("{result:<9}")
+        format!("{result:<11}")
     }
 }
 
@@ -99,7 +101,7 @@ pub fn status(args: Status) -> anyhow::Result<ExitCode> {
     }
     let tty = std::io::stdout().is_terminal();
     println!(
-        "{:<24} {:<12} {:<9} {:<12} {:<20} WORKER",
+        "{:<24} {:<12} {:<11} {:<12} {:<20} WORKER",
         "BUILDER", "BRANCH", "RESULT", "COMMIT", "BUILD"
     );
     let rows: Vec<buildmesh_node::api::StatusRow> = serde_json::from_value(value)?;
@@ -140,7 +142,7 @@ pub fn builds(args: Builds) -> anyhow::Result<ExitCode> {
     let builds: Vec<BuildView> = serde_json::from_value(value)?;
     let tty = std::io::stdout().is_terminal();
     println!(
-        "{:<20} {:<24} {:<12} {:<12} {:<9} {:>7}  WORKER",
+        "{:<20} {:<24} {:<12} {:<12} {:<11} {:>7}  WORKER",
         "BUILD", "BUILDER", "BRANCH", "COMMIT", "RESULT", "SECONDS"
     );
     for b in builds {
@@ -159,6 +161,29 @@ pub fn builds(args: Builds) -> anyhow::Result<ExitCode> {
             secs,
             worker
         );
+        match b.purpose {
+            Purpose::Build => {}
+            Purpose::Confirm { job, attempt, .. } => println!(
+                "{:<20}   confirms the red of build {}-{attempt}",
+                "",
+                &job.to_string()[..16]
+            ),
+            Purpose::Revalidate { worker, n, .. } => println!(
+                "{:<20}   re-validation {n} of quarantined worker {}",
+                "",
+                worker.short()
+            ),
+        }
+        if let Some(c) = &b.confirmation {
+            let by = c.worker.map(|w| w.short()).unwrap_or_else(|| "-".into());
+            let what = match c.result.as_str() {
+                "failure" if c.same_host => "reproduced on the same host only".to_string(),
+                "failure" => "reproduced on another host".to_string(),
+                "pending" | "running" => "confirming on another host".to_string(),
+                other => format!("not reproduced: {other} on another host"),
+            };
+            println!("{:<20}   {what} (build {}, worker {by})", "", c.build);
+        }
         for st in &b.steps {
             if st.result != buildmesh_protocol::record::ResultCode::Success {
                 println!(

@@ -186,6 +186,27 @@ pub fn nodes(args: Nodes) -> anyhow::Result<ExitCode> {
                 ""
             );
         }
+        if let Some(h) = &n.health {
+            if h.state == "quarantined" {
+                println!(
+                    "{:<14} QUARANTINED: {} (re-validated {}/{}); builds: {}",
+                    "",
+                    h.reason.as_deref().unwrap_or("?"),
+                    h.revalidated,
+                    h.revalidations_needed,
+                    h.builds
+                        .iter()
+                        .map(|b| b.build.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            } else if h.unreproduced > 0 || h.exceptions_in_row > 0 {
+                println!(
+                    "{:<14} health: {} unreproduced red(s) in its window, {} exception(s) in a row",
+                    "", h.unreproduced, h.exceptions_in_row
+                );
+            }
+        }
         if n.misbehaving > 0 {
             println!(
                 "{:<14} misbehaving: {} record(s) it was not entitled to, last: {}",

@@ -14,7 +14,10 @@
 //! driver; they are decisions, and belong in `protocol` where the election simulator can call
 //! them instead of its copy.
 
+mod alert;
 mod mail;
+
+use alert::Alert;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use std::time::Duration;
 
 use buildmesh_protocol::docs::Role;
 use buildmesh_protocol::election::{Ballot, Election, ElectionSettings, Standing};
-use buildmesh_protocol::record::{Body, NotificationSent, Record};
+use buildmesh_protocol::record::{Body, BuildState, NotificationSent, Record, ResultCode};
 use buildmesh_protocol::transitions::{self, Transition};
 use buildmesh_protocol::wire::{HolderSignal, Request, Response, Signal};
 use buildmesh_protocol::{Hash, NodeId, Timestamp};
@@ -60,6 +63,10 @@ pub struct NotifierView {
     pub sent_here: u64,
     /// Transitions waiting for a mail (only on the holder).
     pub waiting: usize,
+    /// Transitions kept from the list because their red was not reproduced on another host
+    /// (counted by this node while it held the lease).
+    #[serde(default)]
+    pub suppressed: u64,
 }
 
 enum Query {
@@ -91,7 +98,7 @@ impl std::fmt::Debug for Query {
 }
 
 struct Waiting {
-    transition: Transition,
+    alert: Alert,
     next_try: Instant,
     tries: u32,
     in_flight: bool,
@@ -137,6 +144,8 @@ pub(crate) struct Notifier {
     sent_rx: mpsc::Receiver<(Hash, Result<(), String>)>,
     recorded: HashSet<Hash>,
     waiting: BTreeMap<Hash, Waiting>,
+    // Transitions that an unreproduced red would have made, and that were not mailed.
+    suppressed: HashSet<Hash>,
     sent_here: u64,
     heard: Option<(NodeId, u64, Timestamp, Timestamp)>,
     last_signal: Instant,
@@ -177,6 +186,7 @@ impl Notifier {
             sent_rx,
             recorded: HashSet::new(),
             waiting: BTreeMap::new(),
+            suppressed: HashSet::new(),
             sent_here: 0,
             heard: None,
             last_signal: Instant::now(),
@@ -259,6 +269,7 @@ impl Notifier {
                         self.dirty = false;
                         self.find_transitions().await;
                         self.find_missing_workers().await;
+                        self.find_quarantined_workers().await;
                     }
                     self.send_due();
                 }
@@ -380,7 +391,8 @@ impl Notifier {
             .collect();
         let mut groups: BTreeMap<(String, String), Vec<&BuildView>> = BTreeMap::new();
         for b in &builds {
-            if stable.contains(b.builder.as_str()) {
+            // Confirmation and re-validation builds are folded into the build they are about.
+            if stable.contains(b.builder.as_str()) && b.purpose.is_build() {
                 groups
                     .entry((b.builder.clone(), b.branch.clone()))
                     .or_default()
@@ -397,22 +409,82 @@ impl Notifier {
                     settled: b.result.is_settled(),
                 })
                 .collect();
-            for t in transitions::find(&builder, &branch, &input, self.settings.mode) {
-                let key = t.key();
-                if self.recorded.contains(&key) || self.waiting.contains_key(&key) {
-                    continue;
+            let found = transitions::find(&builder, &branch, &input, self.settings.mode);
+            // What the list would have been sent had every red been believed: the
+            // difference is what confirmation kept from it.
+            if list.iter().any(|b| b.result == BuildState::HostFault) {
+                let believed: Vec<transitions::Build> = list
+                    .iter()
+                    .zip(&input)
+                    .map(|(b, i)| transitions::Build {
+                        verdict: if b.result == BuildState::HostFault {
+                            Some(ResultCode::Failure)
+                        } else {
+                            i.verdict
+                        },
+                        ..i.clone()
+                    })
+                    .collect();
+                let real: HashSet<Hash> = found.iter().map(Transition::key).collect();
+                for t in transitions::find(&builder, &branch, &believed, self.settings.mode) {
+                    let key = t.key();
+                    if !real.contains(&key) && self.suppressed.insert(key) {
+                        tracing::info!(builder = %t.builder, branch = %t.branch, sha = %t.sha, "red not reproduced on another host: not mailed to the list");
+                    }
                 }
-                tracing::info!(builder = %t.builder, branch = %t.branch, sha = %t.sha, kind = %t.kind, "transition to mail");
-                self.waiting.insert(
-                    key,
-                    Waiting {
-                        transition: t,
-                        next_try: Instant::now(),
-                        tries: 0,
-                        in_flight: false,
-                    },
-                );
             }
+            for t in found {
+                tracing::info!(builder = %t.builder, branch = %t.branch, sha = %t.sha, kind = %t.kind, "transition to mail");
+                self.queue(Alert::Transition(t));
+            }
+        }
+    }
+
+    // Queues a mail unless it was sent or is queued.
+    fn queue(&mut self, alert: Alert) {
+        let key = alert.key();
+        if self.recorded.contains(&key) || self.waiting.contains_key(&key) {
+            return;
+        }
+        self.waiting.insert(
+            key,
+            Waiting {
+                alert,
+                next_try: Instant::now(),
+                tries: 0,
+                in_flight: false,
+            },
+        );
+    }
+
+    // A worker that entered quarantine gets one mail to its owner per quarantine.
+    async fn find_quarantined_workers(&mut self) {
+        let Ok(health) = self.claimer.health().await else {
+            return;
+        };
+        if !health.values().any(|h| h.state == "quarantined") {
+            return;
+        }
+        let Ok(nodes) = self.replica.nodes().await else {
+            return;
+        };
+        for n in nodes {
+            let (Some(owner), Some(h)) = (n.owner.clone(), health.get(&n.id)) else {
+                continue;
+            };
+            if h.state != "quarantined" || n.revoked {
+                continue;
+            }
+            let alert = Alert::Quarantined {
+                name: n.name.clone(),
+                id: n.id,
+                owner,
+                health: Box::new(h.clone()),
+            };
+            if !self.recorded.contains(&alert.key()) && !self.waiting.contains_key(&alert.key()) {
+                tracing::info!(worker = %n.name, "worker quarantined: mailing its owner");
+            }
+            self.queue(alert);
         }
     }
 
@@ -437,28 +509,18 @@ impl Notifier {
             if !missing {
                 continue;
             }
-            let t = Transition {
-                builder: format!("worker {}", n.name),
-                branch: owner,
-                sha: format!("{}:{}", n.id, n.records),
-                kind: transitions::Kind::Broken,
-                previous: None,
-                result: buildmesh_protocol::record::ResultCode::Exception,
+            let alert = Alert::Missing {
+                name: n.name.clone(),
+                id: n.id,
+                owner,
+                records: n.records,
             };
-            let key = t.key();
+            let key = alert.key();
             if self.recorded.contains(&key) || self.waiting.contains_key(&key) {
                 continue;
             }
             tracing::info!(worker = %n.name, "worker missing: mailing its owner");
-            self.waiting.insert(
-                key,
-                Waiting {
-                    transition: t,
-                    next_try: Instant::now(),
-                    tries: 0,
-                    in_flight: false,
-                },
-            );
+            self.queue(alert);
         }
     }
 
@@ -532,7 +594,7 @@ impl Notifier {
             let w = self.waiting.get_mut(&key).expect("listed");
             w.in_flight = true;
             w.tries += 1;
-            let t = w.transition.clone();
+            let alert = w.alert.clone();
             let settings = self.settings.clone();
             let (host, port) = (host.clone(), port);
             let replica = self.replica.clone();
@@ -543,27 +605,24 @@ impl Notifier {
             tokio::spawn(
                 async move {
                 let outcome =
-                    mail::send(&settings, &host, port, &t, &claimer, &replica, &hint).await;
+                    mail::send(&settings, &host, port, &alert, &claimer, &replica, &hint).await;
+                let t = alert.as_transition();
                 if outcome.is_ok() {
                     let body = Body::NotificationSent(NotificationSent {
-                        transition: t.key(),
+                        transition: alert.key(),
                         builder: t.builder.clone(),
                         branch: t.branch.clone(),
                         sha: t.sha.clone(),
-                        message_id: t.message_id(),
-                        to: if t.builder.starts_with("worker ") && t.branch.contains('@') {
-                            vec![t.branch.clone()]
-                        } else {
-                            settings.to.clone()
-                        },
+                        message_id: alert.message_id(),
+                        to: alert.recipients(&settings.to),
                         term,
                     });
                     if let Err(e) = replica.author(body).await {
                         tracing::error!(error = %e, "mail sent but not recorded");
                     }
-                    tracing::info!(builder = %t.builder, sha = %t.sha, by = %me.short(), "red transition mailed");
+                    tracing::info!(builder = %t.builder, sha = %t.sha, by = %me.short(), "mailed");
                 }
-                let _ = tx.send((t.key(), outcome)).await;
+                let _ = tx.send((alert.key(), outcome)).await;
                 }
                 .in_current_span(),
             );
@@ -611,6 +670,7 @@ impl Notifier {
             voters: self.election.voters().iter().copied().collect(),
             sent_here: self.sent_here,
             waiting: self.waiting.len(),
+            suppressed: self.suppressed.len() as u64,
         }
     }
 }

@@ -51,6 +51,10 @@ pub struct NodeView {
     /// The reason of the last of them (`unentitled-commit`, `unclaimed-result`, …).
     #[serde(default)]
     pub misbehaviour: Option<String>,
+    /// A worker's health and quarantine, derived from the results every node holds (left out
+    /// for a node with no result yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<buildmesh_protocol::health::HealthView>,
 }
 
 /// What an author did that it was not entitled to, as far as this node saw.
@@ -129,6 +133,7 @@ pub(super) fn nodes(
                 owner: a.owner.clone(),
                 misbehaving: misbehaving.get(&a.node).map_or(0, |m| m.count),
                 misbehaviour: misbehaving.get(&a.node).map(|m| m.last.clone()),
+                health: None,
             }
         })
         .collect()
