@@ -303,7 +303,11 @@ async fn go<W: Write>(demo: &mut Demo<'_, W>, dir: &Path) -> Result<(), DemoErro
         let builds: Vec<BuildView> = demo
             .wait("both builders to finish", 40, async || {
                 let all = first.builds().await.ok()?;
-                let mine: Vec<BuildView> = all.into_iter().filter(|b| b.sha == sha).collect();
+                // Ordinary builds only: a red's confirmation is folded into its build.
+                let mine: Vec<BuildView> = all
+                    .into_iter()
+                    .filter(|b| b.sha == sha && b.purpose.is_build())
+                    .collect();
                 (mine.len() == 2
                     && mine.iter().all(|b| {
                         matches!(
@@ -326,6 +330,14 @@ async fn go<W: Write>(demo: &mut Demo<'_, W>, dir: &Path) -> Result<(), DemoErro
                 b.attempt,
                 b.result
             ))?;
+            if let Some(c) = &b.confirmation {
+                demo.say(format!(
+                    "  {:<16} reproduced by {} before the list hears of it: {}",
+                    "",
+                    demo.name(c.worker),
+                    c.result
+                ))?;
+            }
         }
     }
 
@@ -351,7 +363,7 @@ async fn go<W: Write>(demo: &mut Demo<'_, W>, dir: &Path) -> Result<(), DemoErro
     for n in &demo.nodes {
         let builds = n.builds().await.map_err(step)?;
         let mut latest: Vec<(String, String, String)> = Vec::new();
-        for b in builds {
+        for b in builds.into_iter().filter(|b| b.purpose.is_build()) {
             if !latest.iter().any(|(name, _, _)| *name == b.builder) {
                 latest.push((
                     b.builder.clone(),

@@ -16,6 +16,7 @@ use libp2p::Multiaddr;
 pub mod peer;
 pub mod sim;
 pub mod sim_election;
+pub mod sim_health;
 
 /// Installs a test log subscriber once (RUST_LOG selects; quiet by default).
 pub fn logs() {
@@ -492,7 +493,12 @@ impl Mesh {
             let builds = self.node(i).builds().await.unwrap_or_default();
             if let Some(b) = builds
                 .into_iter()
-                .find(|b| b.builder == builder && b.sha == sha && done(b.result.as_str()))
+                .find(|b| {
+                    b.purpose.is_build()
+                        && b.builder == builder
+                        && b.sha == sha
+                        && done(b.result.as_str())
+                })
             {
                 return b;
             }
@@ -533,7 +539,7 @@ impl Mesh {
                 let builds = n.builds().await.unwrap_or_default();
                 let Some(b) = builds
                     .into_iter()
-                    .find(|b| b.builder == builder && b.sha == sha)
+                    .find(|b| b.purpose.is_build() && b.builder == builder && b.sha == sha)
                 else {
                     return false;
                 };

@@ -3,6 +3,7 @@
 //! claim and election simulators), `SIM_ROGUE_SEEDS=N` more of the worlds with a rogue worker.
 
 use buildmesh_tests::sim::{World, run_rogue_seeds, run_seeds};
+use buildmesh_tests::sim_health::{HealthWorld, run_health_seeds};
 
 #[test]
 fn a_thousand_seeds_keep_every_invariant() {
@@ -109,4 +110,47 @@ fn beyond_the_drift_bound_two_holders_can_overlap() {
     // A holder whose clock runs at a quarter of real speed keeps holding long after the grants
     // behind its lease ran out, and the others elect a second holder meanwhile.
     assert!(beyond_the_drift_bound(0.25));
+}
+
+// A lying worker (spurious reds at 20 to 90 %) among honest ones, with real regressions: the
+// list hears exactly the regressions, the liar is quarantined by its third unreproduced red,
+// honest workers never are, and every job ends with a verdict. `SIM_HEALTH_SEED=N` replays one.
+#[test]
+fn a_lying_worker_costs_no_false_mail_and_hides_no_regression_over_a_thousand_seeds() {
+    if let Some(seed) = std::env::var("SIM_HEALTH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        match HealthWorld::new(seed).run() {
+            Ok(o) => println!("seed {seed}: {o:?}"),
+            Err(v) => panic!("{v}"),
+        }
+        return;
+    }
+    let n: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let half = n / 2;
+    let a = std::thread::spawn(move || run_health_seeds(0, half));
+    let b = run_health_seeds(half, n);
+    let outcomes = match (a.join().expect("no panic"), b) {
+        (Ok(a), Ok(b)) => [a, b].concat(),
+        (Err(v), _) | (_, Err(v)) => panic!("{v}"),
+    };
+    let mails: usize = outcomes.iter().map(|o| o.mails).sum();
+    let regressions: usize = outcomes.iter().map(|o| o.regressions).sum();
+    let faults: usize = outcomes.iter().map(|o| o.unreproduced).sum();
+    let quarantined = outcomes.iter().filter(|o| o.quarantined).count();
+    assert_eq!(mails, regressions);
+    assert!(faults > 0 && quarantined > 0, "the liars did lie");
+    let mut before: Vec<usize> = outcomes
+        .iter()
+        .filter_map(|o| o.results_before_quarantine)
+        .collect();
+    before.sort();
+    println!(
+        "{n} seeds: {regressions} regressions, {mails} mails, {faults} unreproduced reds kept from the list, {quarantined} liars quarantined after a median of {} results",
+        before.get(before.len() / 2).copied().unwrap_or(0)
+    );
 }

@@ -2,6 +2,7 @@
 //! area; the harness is the `buildmesh-tests` library.
 
 mod builds;
+mod health;
 mod mesh;
 mod misbehaviour;
 mod notifier;

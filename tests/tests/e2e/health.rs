@@ -1,0 +1,305 @@
+//! Bad hardware, end to end with real `buildmesh` processes, a real git repository and a real
+//! SMTP server: a worker that fails while the code is fine costs its own coverage, never a mail
+//! to the list, and cannot hide a real regression.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use buildmesh_node::smtp_sink;
+use buildmesh_protocol::SecretKey;
+use buildmesh_protocol::docs::{Genesis, SignedDoc};
+use buildmesh_protocol::wire::{ApiAction, SignedRequest};
+use buildmesh_tests::{GitRepo, binary, free_port_base, wait_for};
+
+const LONG: Duration = Duration::from_secs(120);
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn json(url: String) -> Option<serde_json::Value> {
+    reqwest::get(url).await.ok()?.json().await.ok()
+}
+
+// The step fails on node-2 whatever the commit (its "bad memory"), and everywhere once the
+// commit says red: decided by the worker and the commit, so the test itself is not random.
+const CI: &str = "if [ \"$BUILDMESH_WORKER_NAME\" = node-2 ] || [ \"$(cat state)\" = red ]; then\n  echo 'FAIL: test_memory'; exit 1\nfi\necho ok\n";
+
+// One builder mails the list; two more confirm their reds without mailing, so that the bad
+// worker meets enough builds to show what it is.
+fn builders(repo: &str) -> String {
+    let mut t = String::from("version = 1\n");
+    for (name, extra) in [
+        ("stable", "tags = [\"stable\"]\n"),
+        ("extra-a", "confirm = \"other-host\"\n"),
+        ("extra-b", "confirm = \"other-host\"\n"),
+    ] {
+        t.push_str(&format!(
+            "[[builder]]\nname = \"{name}\"\nrepo = \"{repo}\"\nbranches = [\"main\"]\n{extra}\
+             [[builder.step]]\nname = \"test\"\nrun = \"sh ci.sh\"\n"
+        ));
+    }
+    t
+}
+
+// The ordinary builds of `sha` on the node at `api`, once all three are settled (no confirmation
+// still open): builder → result.
+async fn settled(api: &str, sha: &str) -> Option<Vec<(String, String)>> {
+    let v = json(format!("http://{api}/api/v1/builds?commit={sha}")).await?;
+    let ordinary: Vec<(String, String)> = v
+        .as_array()?
+        .iter()
+        .filter(|b| b.get("purpose").is_none())
+        .map(|b| {
+            (
+                b["builder"].as_str().unwrap_or("").to_string(),
+                b["result"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let done = ordinary.len() == 3
+        && ordinary.iter().all(|(_, r)| {
+            matches!(
+                r.as_str(),
+                "success" | "warnings" | "failure" | "flaky" | "host-fault"
+            )
+        });
+    done.then_some(ordinary)
+}
+
+fn quarantined(nodes: &serde_json::Value, name: &str) -> bool {
+    nodes.as_array().is_some_and(|a| {
+        a.iter()
+            .any(|n| n["name"] == name && n["health"]["state"] == "quarantined")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_the_regression() {
+    buildmesh_tests::logs();
+    let (smtp, mailbox) = smtp_sink::bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_base(4);
+    let t = buildmesh_node::testnet::generate(&dir.path().join("mesh"), 4, base).unwrap();
+    for n in &t.nodes {
+        let mut c = std::fs::read_to_string(&n.config).unwrap();
+        c.push_str(&format!(
+            "[worker]\nconfirm_wait = \"2s\"\n[notifier]\nsmtp = \"127.0.0.1:{}\"\nto = [\"list@localhost\"]\n",
+            smtp.port()
+        ));
+        std::fs::write(&n.config, c).unwrap();
+    }
+    let _procs: Vec<Proc> = t
+        .nodes
+        .iter()
+        .map(|n| {
+            Proc(
+                Command::new(binary())
+                    .args(["run", "--config"])
+                    .arg(&n.config)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("buildmesh runs"),
+            )
+        })
+        .collect();
+    let apis: Vec<String> = t.nodes.iter().map(|n| n.api.clone()).collect();
+    for api in &apis {
+        wait_for("four live nodes", LONG, || async {
+            json(format!("http://{api}/api/v1/nodes"))
+                .await
+                .and_then(|v| {
+                    v.as_array()
+                        .map(|a| a.len() == 4 && a.iter().all(|n| n["live"] == true))
+                })
+                .unwrap_or(false)
+        })
+        .await;
+    }
+    let maintainer =
+        SecretKey::from_file_text(&std::fs::read_to_string(&t.maintainer_key).unwrap()).unwrap();
+    let genesis =
+        Genesis::verify(&SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap()).unwrap())
+            .unwrap();
+    let repo = GitRepo::new(dir.path().join("repo"));
+    let config =
+        buildmesh_protocol::builders::BuilderConfig::from_toml(genesis.mesh, &builders(&repo.url()))
+            .unwrap();
+    let mut doc = SignedDoc::new(&config).unwrap();
+    doc.sign(&maintainer);
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("http://{}/api/v1/publish", apis[0]))
+        .body(doc.to_bytes())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    for api in &apis {
+        wait_for("the configuration everywhere", LONG, || async {
+            json(format!("http://{api}/api/v1/health"))
+                .await
+                .is_some_and(|h| h["config_version"] == 1)
+        })
+        .await;
+    }
+    let submit = |sha: String| {
+        let req = SignedRequest::sign(
+            &maintainer,
+            ApiAction::Submit {
+                repo: repo.url(),
+                branch: "main".into(),
+                sha,
+            },
+            buildmesh_protocol::Timestamp::now(),
+        );
+        let client = client.clone();
+        let api = apis[0].clone();
+        async move {
+            let r = client
+                .post(format!("http://{api}/api/v1/submit"))
+                .body(req.to_bytes())
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        }
+    };
+
+    // Good commits, one at a time, until every node holds node-2 quarantined.
+    let mut faults = 0;
+    let mut good = 0;
+    loop {
+        good += 1;
+        assert!(good <= 20, "node-2 not quarantined after {good} good commits");
+        let sha = repo.commit(
+            "main",
+            &[("ci.sh", CI), ("state", &format!("green {good}"))],
+            "fine",
+        );
+        submit(sha.clone()).await;
+        let found = std::sync::Mutex::new(Vec::new());
+        wait_for("the commit's builds settled", LONG, || async {
+            match settled(&apis[0], &sha).await {
+                Some(b) => {
+                    *found.lock().unwrap() = b;
+                    true
+                }
+                None => false,
+            }
+        })
+        .await;
+        let found = found.into_inner().unwrap();
+        // The code is fine: no build of it is red, whoever ran it.
+        assert!(
+            found.iter().all(|(_, r)| r != "failure"),
+            "a red on good code reached the views: {found:?}"
+        );
+        faults += found.iter().filter(|(_, r)| r == "host-fault").count();
+        let nodes = json(format!("http://{}/api/v1/nodes", apis[0]))
+            .await
+            .unwrap_or_default();
+        if quarantined(&nodes, "node-2") {
+            break;
+        }
+    }
+    assert!(faults >= 3, "quarantined after {faults} host faults");
+    for api in &apis {
+        wait_for("node-2 quarantined on every node", LONG, || async {
+            json(format!("http://{api}/api/v1/nodes"))
+                .await
+                .is_some_and(|n| quarantined(&n, "node-2"))
+        })
+        .await;
+    }
+    let nodes = json(format!("http://{}/api/v1/nodes", apis[3])).await.unwrap();
+    let bad = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node-2")
+        .unwrap();
+    let reason = bad["health"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("not reproduced"), "{reason}");
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["name"] != "node-2")
+            .all(|n| n["health"]["state"] != "quarantined"),
+        "{nodes:#}"
+    );
+    assert!(mailbox.all().iter().all(|m| m.to != vec!["list@localhost".to_string()]));
+
+    // A real regression: red on every worker. The others build it, confirm it, and the list
+    // gets one mail; node-2 runs no ordinary build of it.
+    let sha = repo.commit("main", &[("ci.sh", CI), ("state", "red")], "break it");
+    submit(sha.clone()).await;
+    wait_for("the regression's builds settled", LONG, || async {
+        settled(&apis[0], &sha)
+            .await
+            .is_some_and(|b| b.iter().all(|(_, r)| r == "failure"))
+    })
+    .await;
+    let builds = json(format!("http://{}/api/v1/builds?commit={sha}", apis[0]))
+        .await
+        .unwrap();
+    let node2 = t.nodes[1].id.to_string();
+    for b in builds.as_array().unwrap() {
+        if b.get("purpose").is_none() {
+            assert_ne!(b["worker"].as_str(), Some(node2.as_str()), "{b:#}");
+            assert_eq!(b["confirmation"]["result"], "failure", "{b:#}");
+        }
+    }
+    wait_for("the list's mail and the owner's", LONG, || async {
+        mailbox.len() >= 2
+    })
+    .await;
+    // Let any further mail (there must be none) arrive before counting.
+    wait_for("the mail records everywhere", LONG, || async {
+        let mut ok = true;
+        for api in &apis {
+            let n = json(format!("http://{api}/api/v1/notifications"))
+                .await
+                .and_then(|v| v.as_array().map(|a| a.len()))
+                .unwrap_or(0);
+            ok &= n == 2;
+        }
+        ok
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mails = mailbox.all();
+    let subjects: Vec<&String> = mails.iter().map(|m| &m.subject).collect();
+    let list: Vec<_> = mails
+        .iter()
+        .filter(|m| m.to == vec!["list@localhost".to_string()])
+        .collect();
+    assert_eq!(list.len(), 1, "{subjects:#?}");
+    assert!(list[0].subject.contains("stable on main is red"), "{subjects:#?}");
+    assert!(list[0].subject.contains("reproduced on"), "{subjects:#?}");
+    assert!(list[0].body.contains("Confirmed: reproduced on another host"), "{}", list[0].body);
+    let owner: Vec<_> = mails
+        .iter()
+        .filter(|m| m.to == vec!["node-2-owner@localhost".to_string()])
+        .collect();
+    assert_eq!(owner.len(), 1, "{subjects:#?}");
+    assert!(owner[0].subject.contains("worker node-2 is quarantined"));
+    assert!(owner[0].body.contains("not reproduced"), "{}", owner[0].body);
+    assert_eq!(mails.len(), 2, "{subjects:#?}");
+    // /metrics counts it.
+    let metrics = reqwest::get(format!("http://{}/metrics", apis[0]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("buildmesh_workers_quarantined 1"), "{metrics}");
+}
