@@ -21,7 +21,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use buildmesh_protocol::claims::{Action, ClaimSettings, Claims, JobSpec};
+use buildmesh_protocol::claims::{Action, ClaimSettings, Claims, JobSpec, JobState};
 use buildmesh_protocol::health::ConfirmMode;
 use buildmesh_protocol::record::{BuildState, JobKey, Purpose, ResultCode};
 use buildmesh_protocol::transitions::{self, Kind, Mode};
@@ -32,7 +32,7 @@ use crate::sim::Rng;
 const TICK_MS: u64 = 100;
 const AE_MS: u64 = 1_000;
 const HEARTBEAT_MS: u64 = 1_000;
-const COMMIT_GAP_MS: u64 = 9_000;
+const COMMIT_GAP_MS: u64 = 6_000;
 const BUILDERS: usize = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -70,7 +70,8 @@ pub struct HealthOutcome {
     pub unreproduced: usize,
     /// Whether the liar ended quarantined (or was at some point).
     pub quarantined: bool,
-    /// The liar's results (verdicts) before it was quarantined, if it was.
+    /// The liar's results (ordinary and confirmation builds) before it was quarantined, if
+    /// it was.
     pub results_before_quarantine: Option<usize>,
 }
 
@@ -113,12 +114,12 @@ fn ids(seed: u64, n: usize) -> Vec<NodeId> {
 }
 
 impl HealthWorld {
-    /// The world of `seed`: 3 to 8 workers, one of them lying at 20 to 90 %, 8 to 30 commits
+    /// The world of `seed`: 3 to 8 workers, one of them lying at 20 to 90 %, 8 to 20 commits
     /// with up to three red ranges.
     pub fn new(seed: u64) -> Self {
         let mut rng = Rng::new(seed ^ 0x4ea1_74);
         let workers = rng.range(3, 8) as usize;
-        let commits = rng.range(8, 30) as usize;
+        let commits = rng.range(8, 20) as usize;
         let rate = rng.range(20, 90) as f64 / 100.0;
         let loss = rng.range(0, 10) as f64 / 100.0;
         let mut red = vec![false; commits];
@@ -322,7 +323,7 @@ impl HealthWorld {
                     .expect("a job it ran is known");
                 let truth = self.red[self.commit_of(&key)];
                 let spurious = n == self.liar && !truth && self.rng.chance(self.rate);
-                if n == self.liar && key.purpose.is_build() {
+                if n == self.liar && !matches!(key.purpose, Purpose::Revalidate { .. }) {
                     self.liar_results.push((job, spurious));
                 }
                 let me = self.nodes[n].id;
@@ -334,7 +335,7 @@ impl HealthWorld {
     /// Runs the seed; an error names the broken invariant and the seed.
     pub fn run(mut self) -> Result<HealthOutcome, String> {
         let commits = self.red.len();
-        let end = 1_000 + commits as u64 * COMMIT_GAP_MS + 60_000;
+        let end = 1_000 + commits as u64 * COMMIT_GAP_MS + 20_000;
         while let Some(Reverse((t, _, ev))) = self.queue.pop() {
             if t > end {
                 break;
@@ -437,12 +438,25 @@ impl HealthWorld {
             .iter()
             .filter(|(j, _)| m0.build_state(j) == Some(BuildState::HostFault))
             .count();
-        let first_ten_faults = self
+        // The liar's results that stand (it won the attempt; a confirmation still asked for),
+        // in commit order: its first ten, and the reds among them no other host reproduced.
+        let mut stand: Vec<(u64, Hash, bool)> = self
             .liar_results
             .iter()
-            .take(10)
-            .filter(|(j, _)| m0.build_state(j) == Some(BuildState::HostFault))
-            .count();
+            .filter_map(|(j, _)| {
+                let spec = m0.spec(j)?;
+                let won = matches!(m0.state(j), Some(JobState::Done { worker, .. }) if worker == liar);
+                let asked = match spec.key.purpose {
+                    Purpose::Confirm { job, .. } => m0.confirmation(&job).job() == Some(*j),
+                    _ => true,
+                };
+                (won && asked).then(|| {
+                    (spec.order, *j, m0.build_state(j) == Some(BuildState::HostFault))
+                })
+            })
+            .collect();
+        stand.sort();
+        let first_ten_faults = stand.iter().take(10).filter(|(.., f)| *f).count();
         let episodes = m0.health().get(&liar).map_or(0, |h| h.episodes);
         if first_ten_faults >= 3 && episodes == 0 {
             return fail(format!(

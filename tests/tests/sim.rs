@@ -114,7 +114,8 @@ fn beyond_the_drift_bound_two_holders_can_overlap() {
 
 // A lying worker (spurious reds at 20 to 90 %) among honest ones, with real regressions: the
 // list hears exactly the regressions, the liar is quarantined by its third unreproduced red,
-// honest workers never are, and every job ends with a verdict. `SIM_HEALTH_SEED=N` replays one.
+// honest workers never are, and every job ends with a verdict. `SIM_HEALTH_SEED=N` replays one,
+// `SIM_HEALTH_SEEDS=N` runs more.
 #[test]
 fn a_lying_worker_costs_no_false_mail_and_hides_no_regression_over_a_thousand_seeds() {
     if let Some(seed) = std::env::var("SIM_HEALTH_SEED")
@@ -127,7 +128,7 @@ fn a_lying_worker_costs_no_false_mail_and_hides_no_regression_over_a_thousand_se
         }
         return;
     }
-    let n: u64 = std::env::var("SIM_SEEDS")
+    let n: u64 = std::env::var("SIM_HEALTH_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);

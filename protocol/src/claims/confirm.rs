@@ -286,6 +286,14 @@ impl Claims {
                 }
                 continue;
             }
+            // A confirmation counts only while it is the one its red asks for: a red that a
+            // crossed claim later gave to another winner leaves its confirmation job behind,
+            // known to some nodes only.
+            if let Purpose::Confirm { job: origin, .. } = j.spec.key.purpose
+                && self.confirmation(&origin).job() != Some(*id)
+            {
+                continue;
+            }
             let current = j.current();
             for (&a, _) in &j.counted {
                 let Some(w) = j.winner(a) else {
@@ -335,10 +343,19 @@ impl Claims {
     // Recomputes every worker's health if results changed, and opens the re-validation jobs
     // that quarantined workers need.
     pub(super) fn refresh_health(&mut self, now: Timestamp) {
-        if !self.health_dirty {
-            return;
+        // A re-validation job opened here may replay results held for it, which changes the
+        // health again: go round until it is still (each round opens at most one job per
+        // quarantined worker, so a few rounds suffice).
+        for _ in 0..8 {
+            if !self.health_dirty {
+                return;
+            }
+            self.health_dirty = false;
+            self.refresh_health_once(now);
         }
-        self.health_dirty = false;
+    }
+
+    fn refresh_health_once(&mut self, now: Timestamp) {
         let settings = self.health_settings;
         self.health = self
             .events()
