@@ -294,6 +294,7 @@ fn make() -> Fixtures {
                 capacity: 2,
                 head: 2,
                 addrs: vec!["/ip4/127.0.0.1/tcp/7701".into()],
+                paused: None,
             }),
         ),
         SignedSignal::sign(

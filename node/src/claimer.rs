@@ -31,19 +31,26 @@ use buildmesh_store::Store;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::NodeError;
 use crate::executor::{self, BuildSpec, ExecutorConfig};
 use crate::liveness::Membership;
 use crate::replica::ReplicaClient;
+use crate::selfcheck::SelfCheck;
+
+/// How often a worker checks itself (free disk, its check command).
+const SELF_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// What this node's worker is doing, for its heartbeats.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Load {
     /// Builds running.
     pub running: u32,
-    /// Builds it may run at once.
+    /// Builds it may run at once (0 while paused).
     pub capacity: u32,
+    /// Why it claims nothing now: a self-check failed.
+    pub paused: Option<String>,
 }
 
 /// One build (a job, in its current attempt) as the API shows it.
@@ -202,6 +209,7 @@ pub(crate) struct ClaimerParts {
     pub signals: broadcast::Receiver<Signal>,
     pub load: watch::Sender<Load>,
     pub membership: watch::Receiver<Membership>,
+    pub selfcheck: SelfCheck,
     pub cancel: CancellationToken,
 }
 
@@ -229,6 +237,12 @@ pub(crate) struct Claimer {
     done_rx: mpsc::Receiver<(Hash, u32, bool)>,
     cancel: CancellationToken,
     stats: Arc<ClaimerStats>,
+    // The worker's checks of itself, the slots it has when they pass, and why it is paused.
+    selfcheck: Arc<SelfCheck>,
+    capacity: u32,
+    paused: Option<String>,
+    checks_tx: mpsc::Sender<Option<String>>,
+    checks_rx: mpsc::Receiver<Option<String>>,
 }
 
 impl Claimer {
@@ -236,6 +250,7 @@ impl Claimer {
         let (tx, queries) = mpsc::channel(64);
         let (done_tx, done_rx) = mpsc::channel(64);
         let machine = Claims::new(parts.me, parts.settings, parts.capacity);
+        let (checks_tx, checks_rx) = mpsc::channel(1);
         let claimer = Claimer {
             me: parts.me,
             name: parts.name,
@@ -256,6 +271,11 @@ impl Claimer {
             done_rx,
             cancel: parts.cancel,
             stats: Arc::new(ClaimerStats::default()),
+            selfcheck: Arc::new(parts.selfcheck),
+            capacity: parts.capacity,
+            paused: None,
+            checks_tx,
+            checks_rx,
         };
         let stats = claimer.stats.clone();
         (claimer, ClaimerClient { tx, stats })
@@ -270,9 +290,13 @@ impl Claimer {
         self.publish_load();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval(SELF_CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
+                _ = check.tick(), if self.capacity > 0 => self.start_self_check(),
+                Some(paused) = self.checks_rx.recv() => self.on_self_check(paused),
                 r = self.records.recv() => match r {
                     Ok(record) => {
                         self.on_record(&record).await;
@@ -333,7 +357,35 @@ impl Claimer {
         let _ = self.load.send(Load {
             running: self.machine.running().count() as u32,
             capacity: self.machine.capacity(),
+            paused: self.paused.clone(),
         });
+    }
+
+    // Runs the self-checks off the loop (a check command may take a while); the answer comes
+    // back on `checks_rx`.
+    fn start_self_check(&self) {
+        let check = self.selfcheck.clone();
+        let tx = self.checks_tx.clone();
+        tokio::spawn(
+            async move {
+                let _ = tx.try_send(check.run().await);
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn on_self_check(&mut self, paused: Option<String>) {
+        if paused == self.paused {
+            return;
+        }
+        match &paused {
+            Some(why) => tracing::warn!(reason = %why, "self-check failed: claiming nothing until it passes"),
+            None => tracing::info!("self-checks pass again: claiming"),
+        }
+        self.machine
+            .set_capacity(if paused.is_some() { 0 } else { self.capacity });
+        self.paused = paused;
+        self.publish_load();
     }
 
     // Workers and their labels, and keys revoked as compromised, from the published trust.
@@ -638,7 +690,6 @@ impl Claimer {
         let store = self.store.clone();
         let done = self.done_tx.clone();
         let me = self.me;
-        use tracing::Instrument;
         tokio::spawn(
             async move {
                 let reported =

@@ -84,6 +84,11 @@ claim_step = "500ms"
 # A red waits this long for another host to reproduce it before the worker that failed may
 # rerun it itself (when another host could run the builder at all).
 confirm_wait = "10s"
+# The worker stops claiming while its work directory has less free disk than this ("4GiB",
+# "10%", "0" for no check; default the smaller of 4 GiB and 10 %), or while this command, run
+# with sh in the work directory every 10 s, exits non-zero. It says why in its heartbeat.
+# min_free_disk = "4GiB"
+# check_command = "test -w /tmp"
 
 [announcer]
 # Announcer nodes poll the builders' repositories this often (0s: never).
@@ -154,6 +159,8 @@ struct WorkerForm {
     lease: Option<String>,
     claim_step: Option<String>,
     confirm_wait: Option<String>,
+    min_free_disk: Option<String>,
+    check_command: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,6 +243,10 @@ pub struct WorkerSettings {
     pub claim_step: Duration,
     /// How long a red's confirmation waits for another host. Default 10 s.
     pub confirm_wait: Duration,
+    /// The free-disk floor of the work directory. Default the smaller of 4 GiB and 10 %.
+    pub min_free_disk: crate::selfcheck::DiskFloor,
+    /// A command that must exit 0 for the worker to claim.
+    pub check_command: Option<String>,
     /// The `buildmesh` binary that supervises step processes (default: this program, when it
     /// is `buildmesh`).
     pub supervisor: Option<PathBuf>,
@@ -391,6 +402,17 @@ impl NodeConfig {
                 &form.worker.confirm_wait,
                 Duration::from_secs(10),
             )?,
+            min_free_disk: match &form.worker.min_free_disk {
+                None => crate::selfcheck::DiskFloor::Default,
+                Some(s) => s
+                    .parse()
+                    .map_err(|e: String| invalid("worker.min_free_disk", e))?,
+            },
+            check_command: form
+                .worker
+                .check_command
+                .clone()
+                .filter(|c| !c.trim().is_empty()),
             supervisor,
         };
         let poll = zero_ok("announcer.poll_interval", &form.announcer.poll_interval)?

@@ -35,6 +35,7 @@ pub mod network;
 pub mod node;
 pub mod notifier;
 mod replica;
+pub mod selfcheck;
 pub mod smtp_sink;
 pub mod sources;
 pub mod testnet;

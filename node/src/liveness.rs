@@ -40,6 +40,8 @@ pub(crate) struct Live {
     pub last_time: Timestamp,
     pub running: u32,
     pub capacity: u32,
+    /// Why its worker claims nothing, as it says.
+    pub paused: Option<String>,
     /// Where it listens, as it says.
     pub addrs: Vec<Multiaddr>,
 }
@@ -99,6 +101,7 @@ impl Liveness {
                 last_time: h.time,
                 running: h.running,
                 capacity: h.capacity,
+                paused: h.paused.clone(),
                 addrs,
             },
         );
@@ -252,6 +255,7 @@ mod tests {
             capacity: 1,
             head: 0,
             addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            paused: None,
         }
     }
 

@@ -224,10 +224,11 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (load_tx, load_rx) = tokio::sync::watch::channel(Load {
         running: 0,
         capacity,
+        paused: None,
     });
     let load = Box::new(move || {
-        let l = *load_rx.borrow();
-        (l.running, l.capacity)
+        let l = load_rx.borrow();
+        (l.running, l.capacity, l.paused.clone())
     });
     let (replica, replica_client, membership) = Replica::new(ReplicaParts {
         key: key.clone(),
@@ -265,6 +266,11 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         signals: signals.subscribe(),
         load: load_tx,
         membership: membership.clone(),
+        selfcheck: crate::selfcheck::SelfCheck {
+            work_dir: config.worker.work_dir.clone(),
+            floor: config.worker.min_free_disk,
+            command: config.worker.check_command.clone(),
+        },
         cancel: claims_cancel.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.api)

@@ -207,7 +207,11 @@ pub fn generate_with(
              data_dir = \"data\"\n\
              listen = [\"/ip4/{ip}/tcp/{p}\", \"/ip4/{ip}/udp/{p}/quic-v1\"]\n\
              bootstrap = [{bootstrap}]\n\
-             api = \"{api}\"\n",
+             api = \"{api}\"\n\
+             \n\
+             [worker]\n\
+             # Many nodes share this machine's disk: a low floor, so that a test's nodes build.\n\
+             min_free_disk = \"64MiB\"\n",
             p = port(i, 1),
             bootstrap = bootstrap.join(", "),
         );

@@ -163,6 +163,10 @@ pub struct Heartbeat {
     pub head: u64,
     /// Addresses the sender listens on, so that others can dial it.
     pub addrs: Vec<String>,
+    /// Why its worker claims nothing now (a self-check failed: low disk, a failing check
+    /// command). Not written when it claims, so heartbeats encode as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 impl Signal {
@@ -318,6 +322,7 @@ mod tests {
             capacity: 2,
             head: 9,
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            paused: None,
         });
         let s = SignedSignal::sign(&k, &hb);
         assert_eq!(s.verify().unwrap(), hb);

@@ -186,6 +186,9 @@ pub fn nodes(args: Nodes) -> anyhow::Result<ExitCode> {
                 ""
             );
         }
+        if let Some(why) = &n.paused {
+            println!("{:<14} paused: {why}", "");
+        }
         if let Some(h) = &n.health {
             if h.state == "quarantined" {
                 println!(

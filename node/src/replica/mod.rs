@@ -212,10 +212,10 @@ impl ReplicaClient {
     }
 }
 
-/// This node's worker load for its heartbeats: (builds running, builds it may run at once).
-/// Read through a function so that the replica does not name the claimer's types: the claimer
-/// talks to the replica, not the other way round.
-pub(crate) type LoadGauge = Box<dyn Fn() -> (u32, u32) + Send + Sync>;
+/// This node's worker load for its heartbeats: (builds running, builds it may run at once, why
+/// it claims nothing if a self-check failed). Read through a function so that the replica does
+/// not name the claimer's types: the claimer talks to the replica, not the other way round.
+pub(crate) type LoadGauge = Box<dyn Fn() -> (u32, u32, Option<String>) + Send + Sync>;
 
 /// The replica task. Built by `node::start`, run with [`Replica::run`].
 pub(crate) struct Replica {

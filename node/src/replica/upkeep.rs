@@ -17,7 +17,7 @@ impl Replica {
     pub(super) async fn heartbeat(&mut self) {
         let now = Timestamp::now();
         let head = self.store.head_of(&self.me).map(|(s, _)| s).unwrap_or(0);
-        let (running, capacity) = (self.load)();
+        let (running, capacity, paused) = (self.load)();
         let h = Heartbeat {
             node: self.me,
             time: now,
@@ -25,6 +25,7 @@ impl Replica {
             capacity,
             head,
             addrs: self.listen.iter().map(|a| a.to_string()).collect(),
+            paused,
         };
         // This node is live to itself; the addresses it gossips are for others to dial.
         let own = Heartbeat {

@@ -55,6 +55,10 @@ pub struct NodeView {
     /// for a node with no result yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<buildmesh_protocol::health::HealthView>,
+    /// Why its worker claims nothing now, from its heartbeat (a self-check failed: low disk,
+    /// a failing check command); left out while it claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 /// What an author did that it was not entitled to, as far as this node saw.
@@ -134,6 +138,7 @@ pub(super) fn nodes(
                 misbehaving: misbehaving.get(&a.node).map_or(0, |m| m.count),
                 misbehaviour: misbehaving.get(&a.node).map(|m| m.last.clone()),
                 health: None,
+                paused: live.and_then(|l| l.paused.clone()),
             }
         })
         .collect()

@@ -624,6 +624,12 @@ impl Claims {
         self.capacity
     }
 
+    /// Changes this node's capacity (0: claim nothing, as while a self-check fails). Builds
+    /// running go on.
+    pub fn set_capacity(&mut self, capacity: u32) {
+        self.capacity = capacity;
+    }
+
     /// The winner of (job, attempt) among the claims seen.
     pub fn winner(&self, job: &Hash, attempt: u32) -> Option<NodeId> {
         self.jobs.get(job).and_then(|j| j.winner(attempt))

@@ -87,9 +87,11 @@ async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_th
     let base = free_port_base(4);
     let t = buildmesh_node::testnet::generate(&dir.path().join("mesh"), 4, base).unwrap();
     for n in &t.nodes {
-        let mut c = std::fs::read_to_string(&n.config).unwrap();
+        let mut c = std::fs::read_to_string(&n.config)
+            .unwrap()
+            .replace("[worker]\n", "[worker]\nconfirm_wait = \"2s\"\n");
         c.push_str(&format!(
-            "[worker]\nconfirm_wait = \"2s\"\n[notifier]\nsmtp = \"127.0.0.1:{}\"\nto = [\"list@localhost\"]\n",
+            "[notifier]\nsmtp = \"127.0.0.1:{}\"\nto = [\"list@localhost\"]\n",
             smtp.port()
         ));
         std::fs::write(&n.config, c).unwrap();
@@ -302,4 +304,61 @@ async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_th
         .await
         .unwrap();
     assert!(metrics.contains("buildmesh_workers_quarantined 1"), "{metrics}");
+}
+
+// A worker whose check command fails claims nothing and says why in its heartbeat, which every
+// node shows; once the check passes it claims again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_failing_its_self_check_stops_claiming_says_why_and_resumes() {
+    let mut mesh = buildmesh_tests::Mesh::start_some(2, 0).await;
+    let flag = mesh.dir.path().join("healthy");
+    for i in 0..2 {
+        let c = mesh.config_mut(i);
+        // Node 1 (index 0) announces; node 2 is the only worker of the builder and must pass
+        // its check to build.
+        c.worker.check_command = (i == 1).then(|| format!("test -e {}", flag.display()));
+    }
+    for i in 0..2 {
+        mesh.start_node(i).await;
+    }
+    let me = mesh.id(1);
+    wait_for("node 2 paused, as node 1 sees it", LONG, || async {
+        mesh.node(0)
+            .nodes()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|n| n.id == me && n.paused.as_deref().is_some_and(|p| p.contains("check command")))
+    })
+    .await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    // Only node 2 (aarch64) may run it.
+    mesh.publish_builders(
+        0,
+        &format!(
+            "version = 1\n[[builder]]\nname = \"arm\"\nrepo = \"{}\"\nbranches = [\"main\"]\nrequires = {{ arch = \"aarch64\" }}\n[[builder.step]]\nname = \"s\"\nrun = \"true\"\n",
+            repo.url()
+        ),
+    )
+    .await;
+    let sha = repo.commit("main", &[("f", "1")], "one");
+    mesh.announce(0, &repo.url(), "main", &sha).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = mesh.wait_build(0, "arm", &sha, LONG, |_| true).await;
+    assert_eq!(b.result, "pending", "a paused worker claims nothing: {b:?}");
+    std::fs::write(&flag, "").unwrap();
+    let b = mesh
+        .wait_build(0, "arm", &sha, LONG, |r| r == "success")
+        .await;
+    assert_eq!(b.worker, Some(me));
+    wait_for("the pause gone from node 1's view", LONG, || async {
+        mesh.node(0)
+            .nodes()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|n| n.id == me && n.paused.is_none() && n.live)
+    })
+    .await;
+    mesh.shutdown().await;
 }

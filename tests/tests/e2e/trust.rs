@@ -459,6 +459,7 @@ async fn far_future_records_replayed_signals_fork_floods_and_unknown_kinds_are_b
             capacity: 1,
             head: 0,
             addrs: vec![],
+            paused: None,
         }),
     );
     publish(0, Gossip::Signal(hb).to_bytes()).await;
