@@ -215,6 +215,11 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         m.caught_up as u64,
     );
     gauge(
+        "buildmesh_own_records_unacknowledged",
+        "Records of this node's own log that no peer is known to hold yet.",
+        m.unacknowledged,
+    );
+    gauge(
         "buildmesh_records_gossiped_total",
         "Records accepted from gossip.",
         m.gossip_records,

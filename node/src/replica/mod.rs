@@ -19,6 +19,7 @@
 //! store's chain checks. Nothing is forwarded or stored before it passed.
 
 mod blobs;
+mod catchup;
 mod door;
 mod gate;
 mod ingest;
@@ -234,7 +235,7 @@ pub(crate) struct Replica {
     liveness: Liveness,
     cut: HashSet<PeerId>,
     listen: Vec<Multiaddr>,
-    caught_up: bool,
+    catch_up: catchup::CatchUp,
     revoked: bool,
     refused: BTreeMap<&'static str, u64>,
     logged: HashSet<(Option<PeerId>, &'static str)>,
@@ -283,14 +284,10 @@ impl Replica {
     pub(crate) fn new(parts: ReplicaParts) -> (Self, ReplicaClient, watch::Receiver<Membership>) {
         let (tx, commands) = mpsc::channel(1024);
         let me = parts.key.id();
-        let own_log_empty = parts
-            .store
-            .head_of(&me)
-            .map(|(s, _)| s == 0)
-            .unwrap_or(true);
-        // A node whose store holds nothing of its own log may have lost its disk: it authors
-        // nothing until a peer told it what it had (unless it is alone, with no one to ask).
-        let caught_up = !own_log_empty || parts.bootstrap.is_empty();
+        // A node's store may be behind what the mesh holds of its own log (a lost disk, a
+        // restored copy, a power cut before sled wrote): it authors nothing until a majority
+        // of its peers told it what it had (unless it is alone, with no one to ask).
+        let catch_up = catchup::CatchUp::new(parts.bootstrap.is_empty());
         let (membership, membership_rx) = watch::channel(Membership {
             trust: parts.trust.clone(),
             live: Default::default(),
@@ -311,7 +308,7 @@ impl Replica {
             self_tx: tx.clone(),
             cut: HashSet::new(),
             listen: Vec::new(),
-            caught_up,
+            catch_up,
             revoked: false,
             refused: BTreeMap::new(),
             logged: HashSet::new(),
@@ -333,10 +330,10 @@ impl Replica {
 
     /// Runs until the node shuts down.
     pub(crate) async fn run(mut self) -> Result<(), NodeError> {
-        if self.caught_up {
+        if self.catch_up.is_done() {
             self.on_caught_up().await;
         } else {
-            tracing::info!("own log is empty here: recovering it from peers before authoring");
+            tracing::info!("learning this node's own log from its peers before authoring");
         }
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat_interval);
         let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
@@ -473,14 +470,22 @@ impl Replica {
                 Err(e) => tracing::debug!(%peer, error = %e, "hello not answered"),
             },
             Command::SyncDone { peer, theirs } => {
+                let node = self.door.all().find(|(p, _)| **p == peer).and_then(|(_, p)| p.node);
                 self.door.end_sync(&peer);
-                if theirs.is_some() {
+                if let (Some(theirs), Some(node)) = (theirs, node) {
                     self.metrics.syncs += 1;
-                    if !self.caught_up {
-                        self.caught_up = true;
-                        let own = self.store.head_of(&self.me).map(|(s, _)| s).unwrap_or(0);
-                        tracing::info!(own_records = own, "caught up with the mesh");
+                    let ours = self.store.head_of(&self.me).map(|(s, _)| s).unwrap_or(0);
+                    let live = self.liveness.live_at(Instant::now());
+                    let seen = self
+                        .door
+                        .admitted()
+                        .count()
+                        .max(live.len().saturating_sub(usize::from(live.contains(&self.me))));
+                    if self.catch_up.synced(node, theirs.get(&self.me), ours, seen) {
+                        tracing::info!(own_records = ours, "caught up with the mesh");
                         self.on_caught_up().await;
+                    } else if !self.catch_up.is_done() {
+                        tracing::info!(waiting_for = %self.catch_up.waiting_for(ours, seen), "not caught up yet");
                     }
                 }
             }
@@ -577,7 +582,7 @@ impl Replica {
         if self.revoked {
             return Err(NodeError::Revoked);
         }
-        if !self.caught_up {
+        if !self.catch_up.is_done() {
             return Err(NodeError::NotCaughtUp);
         }
         let record = tokio::task::block_in_place(|| {
@@ -613,7 +618,13 @@ impl Replica {
             pending: self.store.pending_count() as u64,
             peers_connected: self.door.all().count() as u64,
             peers_admitted: self.door.admitted().count() as u64,
-            caught_up: self.caught_up,
+            caught_up: self.catch_up.is_done(),
+            unacknowledged: self
+                .store
+                .head_of(&self.me)
+                .map(|(s, _)| s)
+                .unwrap_or(0)
+                .saturating_sub(self.catch_up.held_by_peers()),
             refused: self
                 .refused
                 .iter()

@@ -105,7 +105,11 @@ impl Replica {
         }
         let result = match request {
             Request::Hello(_) => unreachable!("answered above"),
-            Request::VersionVector(_) => self.store.version_vector().map(Response::VersionVector),
+            Request::VersionVector(theirs) => {
+                // The peer says how much of this node's log it holds.
+                self.catch_up.peer_holds(theirs.get(&self.me));
+                self.store.version_vector().map(Response::VersionVector)
+            }
             Request::Pull { author, from, max } => self.pull_answer(&author, from, max),
             Request::Blob(hash) => self
                 .store

@@ -85,6 +85,10 @@ pub struct Metrics {
     pub peers_admitted: u64,
     /// Whether the node caught up with the mesh and may author records.
     pub caught_up: bool,
+    /// Records of its own log no peer is known to hold yet (not safe: sled does not fsync
+    /// every write; peers pull them by anti-entropy).
+    #[serde(default)]
+    pub unacknowledged: u64,
     /// Refused messages by reason.
     pub refused: BTreeMap<String, u64>,
     /// Records accepted from gossip.

@@ -362,3 +362,74 @@ async fn a_worker_failing_its_self_check_stops_claiming_says_why_and_resumes() {
     .await;
     mesh.shutdown().await;
 }
+
+// A tripped breaker: sled does not fsync every write, so a power cut can take the last records
+// off a worker's disk while its peers hold them. Simulated by putting back an older copy of the
+// store: the worker learns its own newer records from its peers before it authors anything, so
+// it never signs a second record for a sequence number it used, and nobody flags it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_back_from_a_power_cut_with_an_older_store_rejoins_without_a_fork() {
+    let mut mesh = buildmesh_tests::Mesh::start(3).await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    // Only node 2 (aarch64) builds: its log grows with every commit.
+    mesh.publish_builders(
+        0,
+        &format!(
+            "version = 1\n[[builder]]\nname = \"arm\"\nrepo = \"{}\"\nbranches = [\"main\"]\nrequires = {{ arch = \"aarch64\" }}\n[[builder.step]]\nname = \"s\"\nrun = \"true\"\n",
+            repo.url()
+        ),
+    )
+    .await;
+    let me = mesh.id(1);
+    let build = async |mesh: &buildmesh_tests::Mesh, n: &str| {
+        let sha = repo.commit("main", &[("f", n)], n);
+        mesh.announce(0, &repo.url(), "main", &sha).await;
+        let b = mesh.wait_build(0, "arm", &sha, LONG, |r| r == "success").await;
+        assert_eq!(b.worker, Some(me));
+    };
+    build(&mesh, "1").await;
+    // The copy a power cut leaves behind: the store as it was then.
+    mesh.stop_node(1).await;
+    let data = mesh.data_dir(1);
+    let old = mesh.dir.path().join("old-store");
+    let cp = |from: &std::path::Path, to: &std::path::Path| {
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    cp(&data, &old);
+    mesh.start_node(1).await;
+    let before = mesh.node(1).version_vector().unwrap().get(&me);
+    build(&mesh, "2").await;
+    build(&mesh, "3").await;
+    let head = mesh.node(1).version_vector().unwrap().get(&me);
+    assert!(head > before + 2, "it authored claims and results: {before} -> {head}");
+    mesh.wait_replicated(me, head, LONG).await;
+    // The breaker trips: the newest records are gone from its disk, not from its peers'.
+    mesh.stop_node(1).await;
+    std::fs::remove_dir_all(&data).unwrap();
+    cp(&old, &data);
+    mesh.start_node(1).await;
+    wait_for("its own newer records back from its peers", LONG, || async {
+        mesh.node(1)
+            .version_vector()
+            .is_ok_and(|v| v.get(&me) >= head)
+    })
+    .await;
+    // Its next records chain on: it builds again, every node takes them, none flags it.
+    build(&mesh, "4").await;
+    let after = mesh.node(1).version_vector().unwrap().get(&me);
+    assert!(after > head);
+    mesh.wait_replicated(me, after, LONG).await;
+    for i in 0..3 {
+        let nodes = mesh.node(i).nodes().await.unwrap();
+        let n = nodes.iter().find(|n| n.id == me).unwrap();
+        assert!(!n.flagged, "node {i} flags it as an equivocator: {n:?}");
+    }
+    mesh.shutdown().await;
+}
