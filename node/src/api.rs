@@ -33,6 +33,7 @@ use axum::{Json, Router};
 use buildmesh_protocol::docs::SignedDoc;
 use buildmesh_protocol::record::BuildState;
 use buildmesh_protocol::record::CommitSeen;
+use buildmesh_protocol::record::Purpose;
 use buildmesh_protocol::{NodeId, Timestamp};
 use buildmesh_store::Store;
 use serde::{Deserialize, Serialize};
@@ -380,12 +381,23 @@ struct BuildsQuery {
     builder: Option<String>,
     branch: Option<String>,
     limit: Option<usize>,
+    // Absent: ordinary builds only (a red's confirmation is in its `confirmation`); `all`, or
+    // `confirm` / `revalidate` for those builds.
+    purpose: Option<String>,
 }
 
 fn matches(b: &BuildView, q: &BuildsQuery) -> bool {
-    q.commit
-        .as_deref()
-        .is_none_or(|c| !c.is_empty() && b.sha.starts_with(c))
+    let purpose = matches!(
+        (&b.purpose, q.purpose.as_deref()),
+        (_, Some("all"))
+            | (Purpose::Build, None | Some("build"))
+            | (Purpose::Confirm { .. }, Some("confirm"))
+            | (Purpose::Revalidate { .. }, Some("revalidate"))
+    );
+    purpose
+        && q.commit
+            .as_deref()
+            .is_none_or(|c| !c.is_empty() && b.sha.starts_with(c))
         && q.builder.as_deref().is_none_or(|x| b.builder == x)
         && q.branch.as_deref().is_none_or(|x| b.branch == x)
 }

@@ -15,9 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use buildmesh_protocol::builders::BuilderConfig;
-use buildmesh_protocol::claims::{
-    Action, ClaimSettings, Claims, Confirmation, JobSpec, JobState,
-};
+use buildmesh_protocol::claims::{Action, ClaimSettings, Claims, Confirmation, JobSpec, JobState};
 use buildmesh_protocol::docs::{DocKind, RevocationReason, Role};
 use buildmesh_protocol::entitle::{self, Refusal};
 use buildmesh_protocol::health::{HealthView, Incident};
@@ -106,7 +104,6 @@ pub struct ConfirmationView {
     /// Whether it ran on the same machine as the red (no other host was available).
     pub same_host: bool,
 }
-
 
 /// One claimed attempt and how it ended.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -379,7 +376,9 @@ impl Claimer {
             return;
         }
         match &paused {
-            Some(why) => tracing::warn!(reason = %why, "self-check failed: claiming nothing until it passes"),
+            Some(why) => {
+                tracing::warn!(reason = %why, "self-check failed: claiming nothing until it passes")
+            }
             None => tracing::info!("self-checks pass again: claiming"),
         }
         self.machine
@@ -485,9 +484,12 @@ impl Claimer {
                 let first = *self.commits.entry(key).or_insert(t);
                 self.derive_jobs(&repo, &branch, &sha, first);
             }
-            Ok(Body::Claim(Claim { job, attempt, .. })) if !self.distrusted.contains(&author) => {
+            Ok(Body::Claim(Claim {
+                job, attempt, key, ..
+            })) if !self.distrusted.contains(&author) => {
                 self.note_non_worker(record);
-                self.machine.claim(author, job, attempt, now);
+                self.machine.claim_keyed(author, &key, job, attempt, now);
+                self.replay_new_jobs();
                 self.report_misbehaviour();
             }
             Ok(Body::BuildResult(r)) if !self.distrusted.contains(&author) => {
@@ -740,7 +742,12 @@ impl Claimer {
                     })
                     .unwrap_or_default();
                 let view = HealthView {
-                    state: if q.is_some() { "quarantined" } else { "healthy" }.to_string(),
+                    state: if q.is_some() {
+                        "quarantined"
+                    } else {
+                        "healthy"
+                    }
+                    .to_string(),
                     reason: q.map(|q| q.reason(settings)),
                     builds,
                     revalidated: q.map_or(0, |q| q.revalidated),

@@ -37,9 +37,9 @@ impl std::str::FromStr for DiskFloor {
             .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(t.len());
         let (n, unit) = t.split_at(split);
-        let n: f64 = n
-            .parse()
-            .map_err(|_| format!("`{s}` is not a size such as \"4GiB\" or a share such as \"10%\""))?;
+        let n: f64 = n.parse().map_err(|_| {
+            format!("`{s}` is not a size such as \"4GiB\" or a share such as \"10%\"")
+        })?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "K" | "KB" => 1_000,
@@ -50,7 +50,11 @@ impl std::str::FromStr for DiskFloor {
             "GiB" => GIB,
             "T" | "TB" => 1_000_000_000_000,
             "TiB" => 1 << 40,
-            other => return Err(format!("unknown unit `{other}` in `{s}` (B, MB, MiB, GB, GiB, …)")),
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` in `{s}` (B, MB, MiB, GB, GiB, …)"
+                ));
+            }
         };
         Ok(DiskFloor::Bytes((n * mult as f64) as u64))
     }
@@ -100,10 +104,7 @@ fn disk_space(dir: &Path) -> std::io::Result<(u64, u64)> {
     }
     let s = nix::sys::statvfs::statvfs(at).map_err(std::io::Error::from)?;
     let unit = s.fragment_size() as u64;
-    Ok((
-        s.blocks_available() as u64 * unit,
-        s.blocks() as u64 * unit,
-    ))
+    Ok((s.blocks_available() as u64 * unit, s.blocks() as u64 * unit))
 }
 
 impl SelfCheck {
@@ -187,7 +188,12 @@ mod tests {
         assert_eq!("500 MB".parse(), Ok(DiskFloor::Bytes(500_000_000)));
         assert_eq!("10%".parse(), Ok(DiskFloor::Percent(10.0)));
         assert_eq!("0".parse(), Ok(DiskFloor::Bytes(0)));
-        assert!("4 parsecs".parse::<DiskFloor>().unwrap_err().contains("unknown unit"));
+        assert!(
+            "4 parsecs"
+                .parse::<DiskFloor>()
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!("120%".parse::<DiskFloor>().is_err());
         assert_eq!(DiskFloor::Default.bytes(100 * GIB), 4 * GIB);
         assert_eq!(DiskFloor::Default.bytes(10 * GIB), GIB);

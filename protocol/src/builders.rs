@@ -559,26 +559,46 @@ retries = 1
     fn confirm_and_health_keys_default_in_one_place_and_bad_ones_name_their_line() {
         let c = BuilderConfig::from_toml(Hash::ZERO, GOOD).unwrap();
         assert_eq!(c.builders[0].confirm, None);
-        assert_eq!(c.builders[0].confirm_mode(), ConfirmMode::OtherHost, "stable mails");
+        assert_eq!(
+            c.builders[0].confirm_mode(),
+            ConfirmMode::OtherHost,
+            "stable mails"
+        );
         assert!(c.health.is_default());
         // Without the keys, the configuration encodes as before they existed.
         let bytes = crate::codec::encode("config", &c).unwrap();
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains("confirm") && !text.contains("health"));
-        let set = GOOD.replace("retries = 1\n", "retries = 1\n")
-            .replace("requires = { os = \"linux\" }\n", "requires = { os = \"linux\" }\nconfirm = \"same-host\"\n")
-            + "\n[health]\nunreproduced_reds = 2\nwindow = 5\n";
+        let set = GOOD.replace(
+            "requires = { os = \"linux\" }\n",
+            "requires = { os = \"linux\" }\nconfirm = \"same-host\"\n",
+        ) + "\n[health]\nunreproduced_reds = 2\nwindow = 5\n";
         let c = BuilderConfig::from_toml(Hash::ZERO, &set).unwrap();
         assert_eq!(c.builders[0].confirm_mode(), ConfirmMode::SameHost);
-        assert_eq!((c.health.unreproduced_reds, c.health.window, c.health.revalidations), (2, 5, 3));
-        let bad = GOOD.replace("requires = { os = \"linux\" }\n", "requires = { os = \"linux\" }\nconfirm = \"elsewhere\"\n");
+        assert_eq!(
+            (
+                c.health.unreproduced_reds,
+                c.health.window,
+                c.health.revalidations
+            ),
+            (2, 5, 3)
+        );
+        let bad = GOOD.replace(
+            "requires = { os = \"linux\" }\n",
+            "requires = { os = \"linux\" }\nconfirm = \"elsewhere\"\n",
+        );
         let e = BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (10, "confirm"), "{e}");
         let bad = format!("{GOOD}\n[health]\nunreproduced_reds = 11\n");
         let e = BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err();
         assert_eq!(e.field, "unreproduced_reds", "{e}");
         let bad = format!("{GOOD}\n[health]\nwindow = 0\n");
-        assert_eq!(BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err().field, "window");
+        assert_eq!(
+            BuilderConfig::from_toml(Hash::ZERO, &bad)
+                .unwrap_err()
+                .field,
+            "window"
+        );
     }
 
     #[test]

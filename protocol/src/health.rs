@@ -351,10 +351,18 @@ mod tests {
     fn five_own_exceptions_in_a_row_quarantine_and_a_verdict_between_resets() {
         let s = HealthSettings::default();
         let exc = |n| Event::Exception { job: job(n) };
-        let h = assess(&[exc(1), exc(2), exc(3), exc(4), Event::Good, exc(5)], &BTreeMap::new(), &s);
+        let h = assess(
+            &[exc(1), exc(2), exc(3), exc(4), Event::Good, exc(5)],
+            &BTreeMap::new(),
+            &s,
+        );
         assert!(h.quarantine.is_none());
         assert_eq!(h.exceptions_in_row, 1);
-        let h = assess(&[exc(1), exc(2), exc(3), exc(4), exc(5)], &BTreeMap::new(), &s);
+        let h = assess(
+            &[exc(1), exc(2), exc(3), exc(4), exc(5)],
+            &BTreeMap::new(),
+            &s,
+        );
         assert_eq!(h.quarantine.unwrap().cause, Cause::Exceptions);
     }
 
@@ -390,8 +398,16 @@ mod tests {
 
     #[test]
     fn modes_parse_and_default_by_whether_the_builder_mails() {
-        assert_eq!("same-host".parse::<ConfirmMode>(), Ok(ConfirmMode::SameHost));
-        assert!("elsewhere".parse::<ConfirmMode>().unwrap_err().contains("other-host"));
+        assert_eq!(
+            "same-host".parse::<ConfirmMode>(),
+            Ok(ConfirmMode::SameHost)
+        );
+        assert!(
+            "elsewhere"
+                .parse::<ConfirmMode>()
+                .unwrap_err()
+                .contains("other-host")
+        );
         assert_eq!(ConfirmMode::default_for(true), ConfirmMode::OtherHost);
         assert_eq!(ConfirmMode::default_for(false), ConfirmMode::None);
     }

@@ -491,15 +491,12 @@ impl Mesh {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let builds = self.node(i).builds().await.unwrap_or_default();
-            if let Some(b) = builds
-                .into_iter()
-                .find(|b| {
-                    b.purpose.is_build()
-                        && b.builder == builder
-                        && b.sha == sha
-                        && done(b.result.as_str())
-                })
-            {
+            if let Some(b) = builds.into_iter().find(|b| {
+                b.purpose.is_build()
+                    && b.builder == builder
+                    && b.sha == sha
+                    && done(b.result.as_str())
+            }) {
                 return b;
             }
             if tokio::time::Instant::now() >= deadline {

@@ -38,7 +38,7 @@ const BUILDERS: usize = 2;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Rec {
     Job(usize),
-    Claim(NodeId, Hash, u32),
+    Claim(NodeId, Hash, u32, Box<JobKey>),
     Result(NodeId, Hash, u32, bool),
 }
 
@@ -117,7 +117,7 @@ impl HealthWorld {
     /// The world of `seed`: 3 to 8 workers, one of them lying at 20 to 90 %, 8 to 20 commits
     /// with up to three red ranges.
     pub fn new(seed: u64) -> Self {
-        let mut rng = Rng::new(seed ^ 0x4ea1_74);
+        let mut rng = Rng::new(seed ^ 0x004e_a174);
         let workers = rng.range(3, 8) as usize;
         let commits = rng.range(8, 20) as usize;
         let rate = rng.range(20, 90) as f64 / 100.0;
@@ -211,7 +211,7 @@ impl HealthWorld {
         let m = &mut self.nodes[n].machine;
         match rec {
             Rec::Job(k) => m.job(self.jobs[k].clone(), now),
-            Rec::Claim(w, job, a) => m.claim(w, job, a, now),
+            Rec::Claim(w, job, a, key) => m.claim_keyed(w, &key, job, a, now),
             Rec::Result(w, job, a, red) => {
                 let code = if red {
                     ResultCode::Failure
@@ -288,12 +288,14 @@ impl HealthWorld {
                 let actions = self.nodes[n].machine.tick(now);
                 for a in actions {
                     match a {
-                        Action::Claim { job, attempt, .. } => {
+                        Action::Claim {
+                            job, attempt, key, ..
+                        } => {
                             let me = self.nodes[n].id;
                             self.nodes[n].running.insert((job, attempt), self.now);
                             let d = self.rng.range(200, 2_000);
                             self.at(self.now + d, Ev::Done(n, job, attempt));
-                            self.publish(n, Rec::Claim(me, job, attempt));
+                            self.publish(n, Rec::Claim(me, job, attempt, Box::new(key)));
                         }
                         Action::Abandon { job, attempt } => {
                             self.nodes[n].running.remove(&(job, attempt));
@@ -366,6 +368,41 @@ impl HealthWorld {
         // The same health and states everywhere.
         for n in &self.nodes[1..] {
             if n.machine.health() != m0.health() {
+                if std::env::var_os("SIM_TRACE").is_some() {
+                    let a: BTreeMap<Hash, String> = m0
+                        .jobs()
+                        .map(|(s, st)| {
+                            (
+                                s.id,
+                                format!("{:?} {st:?} {:?}", s.key.purpose, m0.confirmation(&s.id)),
+                            )
+                        })
+                        .collect();
+                    let b: BTreeMap<Hash, String> = n
+                        .machine
+                        .jobs()
+                        .map(|(s, st)| {
+                            (
+                                s.id,
+                                format!(
+                                    "{:?} {st:?} {:?}",
+                                    s.key.purpose,
+                                    n.machine.confirmation(&s.id)
+                                ),
+                            )
+                        })
+                        .collect();
+                    for (k, v) in &a {
+                        if b.get(k) != Some(v) {
+                            eprintln!("node0 {} {v}\n  other {:?}", k.short(), b.get(k));
+                        }
+                    }
+                    for (k, v) in &b {
+                        if !a.contains_key(k) {
+                            eprintln!("other only {} {v}", k.short());
+                        }
+                    }
+                }
                 return fail(format!(
                     "health differs between nodes: {:?} vs {:?}",
                     m0.health(),
@@ -445,13 +482,18 @@ impl HealthWorld {
             .iter()
             .filter_map(|(j, _)| {
                 let spec = m0.spec(j)?;
-                let won = matches!(m0.state(j), Some(JobState::Done { worker, .. }) if worker == liar);
+                let won =
+                    matches!(m0.state(j), Some(JobState::Done { worker, .. }) if worker == liar);
                 let asked = match spec.key.purpose {
                     Purpose::Confirm { job, .. } => m0.confirmation(&job).job() == Some(*j),
                     _ => true,
                 };
                 (won && asked).then(|| {
-                    (spec.order, *j, m0.build_state(j) == Some(BuildState::HostFault))
+                    (
+                        spec.order,
+                        *j,
+                        m0.build_state(j) == Some(BuildState::HostFault),
+                    )
                 })
             })
             .collect();

@@ -109,6 +109,9 @@ mod tests {
             result: ResultCode::Exception,
         };
         assert_eq!(a.key(), old.key());
-        assert_eq!(a.recipients(&["list@example.org".into()]), ["o@example.org"]);
+        assert_eq!(
+            a.recipients(&["list@example.org".into()]),
+            ["o@example.org"]
+        );
     }
 }

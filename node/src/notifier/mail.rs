@@ -14,9 +14,9 @@ use buildmesh_protocol::transitions::{Kind, Transition};
 
 use super::Alert;
 use crate::claimer::ClaimerClient;
-use buildmesh_protocol::health::HealthView;
 use crate::config::NotifierSettings;
 use crate::replica::ReplicaClient;
+use buildmesh_protocol::health::HealthView;
 
 const TAIL_LINES: usize = 40;
 
@@ -93,11 +93,7 @@ async fn body(
             };
             text.push_str(&format!("Confirmed: {line}\n"));
         }
-        if let Some(step) = b
-            .steps
-            .iter()
-            .find(|s| s.result != ResultCode::Success)
-        {
+        if let Some(step) = b.steps.iter().find(|s| s.result != ResultCode::Success) {
             text.push_str(&format!(
                 "\nFailing step: {} (exit code {})\n",
                 step.name,
@@ -157,7 +153,9 @@ async fn quarantine_body(
     let mut text = format!(
         "The buildmesh worker {name} ({id}) is quarantined: {}.\n\n\
          The builds that put it there, and what other workers found on the same commits:\n\n",
-        h.reason.as_deref().unwrap_or("its results disagree with other hosts")
+        h.reason
+            .as_deref()
+            .unwrap_or("its results disagree with other hosts")
     );
     for i in &h.builds {
         let other = match (&i.other_worker, &i.other_result) {

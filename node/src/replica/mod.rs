@@ -470,17 +470,20 @@ impl Replica {
                 Err(e) => tracing::debug!(%peer, error = %e, "hello not answered"),
             },
             Command::SyncDone { peer, theirs } => {
-                let node = self.door.all().find(|(p, _)| **p == peer).and_then(|(_, p)| p.node);
+                let node = self
+                    .door
+                    .all()
+                    .find(|(p, _)| **p == peer)
+                    .and_then(|(_, p)| p.node);
                 self.door.end_sync(&peer);
                 if let (Some(theirs), Some(node)) = (theirs, node) {
                     self.metrics.syncs += 1;
                     let ours = self.store.head_of(&self.me).map(|(s, _)| s).unwrap_or(0);
                     let live = self.liveness.live_at(Instant::now());
-                    let seen = self
-                        .door
-                        .admitted()
-                        .count()
-                        .max(live.len().saturating_sub(usize::from(live.contains(&self.me))));
+                    let seen = self.door.admitted().count().max(
+                        live.len()
+                            .saturating_sub(usize::from(live.contains(&self.me))),
+                    );
                     if self.catch_up.synced(node, theirs.get(&self.me), ours, seen) {
                         tracing::info!(own_records = ours, "caught up with the mesh");
                         self.on_caught_up().await;

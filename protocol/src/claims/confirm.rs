@@ -14,6 +14,10 @@ const CONFIRM_PRIORITY: i32 = 1 << 20;
 /// A re-validation job goes after every ordinary job.
 const REVALIDATE_PRIORITY: i32 = -(1 << 20);
 
+// A worker's events as (commit order, job, attempt, event), and its green re-validations per
+// quarantine episode.
+type WorkerEvents = (Vec<(u64, Hash, u32, Event)>, BTreeMap<u32, u32>);
+
 /// Where the confirmation of a job's red stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Confirmation {
@@ -259,12 +263,12 @@ impl Claims {
     }
 
     // Each worker's events, in commit order, and its green re-validations per episode.
-    fn events(&self) -> BTreeMap<NodeId, (Vec<(u64, Hash, u32, Event)>, BTreeMap<u32, u32>)> {
+    fn events(&self) -> BTreeMap<NodeId, WorkerEvents> {
         // Commits on which more than one worker threw: the origin, the configuration or the
         // commit, not a host.
         let mut threw: BTreeMap<(&str, &str), BTreeSet<NodeId>> = BTreeMap::new();
         for j in self.jobs.values() {
-            for (&a, _) in &j.counted {
+            for &a in j.counted.keys() {
                 if let Some(w) = j.winner(a)
                     && j.results.get(&(a, w)) == Some(&ResultCode::Exception)
                 {
@@ -275,9 +279,12 @@ impl Claims {
                 }
             }
         }
-        let mut out: BTreeMap<NodeId, (Vec<_>, BTreeMap<u32, u32>)> = BTreeMap::new();
+        let mut out: BTreeMap<NodeId, WorkerEvents> = BTreeMap::new();
         for (id, j) in &self.jobs {
-            if let Purpose::Revalidate { worker, episode, .. } = j.spec.key.purpose {
+            if let Purpose::Revalidate {
+                worker, episode, ..
+            } = j.spec.key.purpose
+            {
                 if let Some((_, w, code)) = j.current()
                     && w == worker
                     && code != ResultCode::Failure
@@ -295,7 +302,7 @@ impl Claims {
                 continue;
             }
             let current = j.current();
-            for (&a, _) in &j.counted {
+            for &a in j.counted.keys() {
                 let Some(w) = j.winner(a) else {
                     continue;
                 };
@@ -375,9 +382,51 @@ impl Claims {
         }
     }
 
+    /// A claim record with the job key it names. A re-validation job is chosen by its worker
+    /// alone (other nodes may see its quarantine a moment later, with other commits at hand),
+    /// so the others learn the job from its worker's claim: its spec follows the ordinary job
+    /// of the same builder and commit.
+    pub fn claim_keyed(
+        &mut self,
+        worker: NodeId,
+        key: &JobKey,
+        job: Hash,
+        attempt: u32,
+        now: Timestamp,
+    ) {
+        if !self.jobs.contains_key(&job)
+            && key.id() == job
+            && matches!(key.purpose, Purpose::Revalidate { worker: w, .. } if w == worker)
+        {
+            let base = JobKey {
+                purpose: Purpose::Build,
+                ..key.clone()
+            }
+            .id();
+            if let Some(b) = self.jobs.get(&base) {
+                let spec = JobSpec {
+                    id: job,
+                    key: key.clone(),
+                    requires: b.spec.requires.clone(),
+                    priority: b.spec.priority.saturating_add(REVALIDATE_PRIORITY),
+                    order: b.spec.order,
+                    max_attempts: b.spec.max_attempts,
+                    confirm: ConfirmMode::None,
+                };
+                self.job(spec, now);
+                self.new_jobs.push(job);
+            }
+        }
+        self.claim(worker, job, attempt, now);
+    }
+
     // Opens the next re-validation job of `worker`'s quarantine `q`, one at a time, until it
-    // has enough greens or has tried `max_revalidations`; then it waits for a maintainer.
+    // has enough greens or has tried `max_revalidations`; then it waits for a maintainer. Only
+    // the quarantined worker's own machine opens them; the others learn them from its claims.
     fn revalidate(&mut self, worker: NodeId, q: &health::Quarantine, now: Timestamp) {
+        if worker != self.me {
+            return;
+        }
         let settings = self.health_settings;
         if q.revalidated >= settings.revalidations {
             return;
@@ -464,7 +513,9 @@ mod tests {
     }
 
     fn ids(n: u8) -> Vec<NodeId> {
-        (1..=n).map(|i| SecretKey::from_seed([i; 32]).id()).collect()
+        (1..=n)
+            .map(|i| SecretKey::from_seed([i; 32]).id())
+            .collect()
     }
 
     fn spec(n: u64, confirm: ConfirmMode) -> JobSpec {
@@ -538,7 +589,9 @@ mod tests {
     #[test]
     fn a_red_not_reproduced_elsewhere_is_a_host_fault_and_counts_against_the_host() {
         let w = ids(3);
-        let mut m = machine(w[2], &w, &[]);
+        // The bad worker's own machine: it alone opens its re-validation jobs.
+        let mut m = machine(w[0], &w, &[]);
+        let mut other = machine(w[2], &w, &[]);
         for n in 1..=3 {
             let job = spec(n, ConfirmMode::OtherHost);
             m.job(job.clone(), at(n * 100));
@@ -549,7 +602,15 @@ mod tests {
             m.result(w[1], cid, 1, ResultCode::Success, at(n * 100 + 3));
             assert_eq!(m.build_state(&job.id), Some(BuildState::HostFault));
             m.tick(at(n * 100 + 4));
+            other.job(job.clone(), at(n * 100));
+            other.claim(w[0], job.id, 1, at(n * 100));
+            other.result(w[0], job.id, 1, ResultCode::Failure, at(n * 100 + 1));
+            other.claim(w[1], cid, 1, at(n * 100 + 2));
+            other.result(w[1], cid, 1, ResultCode::Success, at(n * 100 + 3));
+            other.tick(at(n * 100 + 4));
         }
+        assert!(other.is_quarantined(&w[0]), "every node derives the same");
+        assert_eq!(other.health(), m.health());
         let h = &m.health()[&w[0]];
         let q = h.quarantine.as_ref().expect("quarantined at the third");
         assert_eq!(q.jobs.len(), 3);
@@ -566,7 +627,14 @@ mod tests {
             .collect();
         assert_eq!(reval.len(), 1, "one re-validation at a time");
         let rid = reval[0].id;
-        assert_eq!(m.order(&rid, at(1000)), vec![w[0]]);
+        let rkey = reval[0].key.clone();
+        // Its own machine claimed it in the tick that opened it; others never rank for it.
+        assert!(m.running().any(|(j, _)| *j == rid));
+        assert!(!other.order(&rid, at(1000)).contains(&w[2]));
+        // Another node learns it from the worker's claim, and counts its result the same.
+        assert!(!other.knows(&rid));
+        other.claim_keyed(w[0], &rkey, rid, 1, at(1500));
+        assert!(other.knows(&rid));
         // Three greens let it out.
         let mut rid = rid;
         for k in 0..3 {
@@ -606,7 +674,10 @@ mod tests {
         m.result(w[1], cid, 1, ResultCode::Failure, at(3 + wait));
         assert!(matches!(
             m.confirmation(&job.id),
-            Confirmation::Reproduced { same_host: true, .. }
+            Confirmation::Reproduced {
+                same_host: true,
+                ..
+            }
         ));
         // With no other host known at all, there is nothing to wait for.
         let mut alone = machine(w[0], &w[..1], &[]);

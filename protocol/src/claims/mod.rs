@@ -678,13 +678,7 @@ impl Claims {
             return Vec::new();
         };
         let mut order = self.eligible(&j.spec, now, busy);
-        order.sort_by_key(|w| {
-            (
-                self.is_late(&j.spec, w),
-                j.avoid.contains(w),
-                score(job, w),
-            )
-        });
+        order.sort_by_key(|w| (self.is_late(&j.spec, w), j.avoid.contains(w), score(job, w)));
         order
     }
 
@@ -798,7 +792,9 @@ impl Claims {
             }
             let wait = self.late_wait(&id, now);
             let j = self.jobs.get_mut(&id).expect("listed above");
-            let due = j.open_since.plus((self.settings.step * rank as u32).max(wait));
+            let due = j
+                .open_since
+                .plus((self.settings.step * rank as u32).max(wait));
             if now < due {
                 continue;
             }

@@ -130,9 +130,11 @@ async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_th
         Genesis::verify(&SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap()).unwrap())
             .unwrap();
     let repo = GitRepo::new(dir.path().join("repo"));
-    let config =
-        buildmesh_protocol::builders::BuilderConfig::from_toml(genesis.mesh, &builders(&repo.url()))
-            .unwrap();
+    let config = buildmesh_protocol::builders::BuilderConfig::from_toml(
+        genesis.mesh,
+        &builders(&repo.url()),
+    )
+    .unwrap();
     let mut doc = SignedDoc::new(&config).unwrap();
     doc.sign(&maintainer);
     let client = reqwest::Client::new();
@@ -179,7 +181,10 @@ async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_th
     let mut good = 0;
     loop {
         good += 1;
-        assert!(good <= 20, "node-2 not quarantined after {good} good commits");
+        assert!(
+            good <= 20,
+            "node-2 not quarantined after {good} good commits"
+        );
         let sha = repo.commit(
             "main",
             &[("ci.sh", CI), ("state", &format!("green {good}"))],
@@ -220,7 +225,9 @@ async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_th
         })
         .await;
     }
-    let nodes = json(format!("http://{}/api/v1/nodes", apis[3])).await.unwrap();
+    let nodes = json(format!("http://{}/api/v1/nodes", apis[3]))
+        .await
+        .unwrap();
     let bad = nodes
         .as_array()
         .unwrap()
@@ -238,7 +245,12 @@ async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_th
             .all(|n| n["health"]["state"] != "quarantined"),
         "{nodes:#}"
     );
-    assert!(mailbox.all().iter().all(|m| m.to != vec!["list@localhost".to_string()]));
+    assert!(
+        mailbox
+            .all()
+            .iter()
+            .all(|m| m.to != vec!["list@localhost".to_string()])
+    );
 
     // A real regression: red on every worker. The others build it, confirm it, and the list
     // gets one mail; node-2 runs no ordinary build of it.
@@ -285,16 +297,29 @@ async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_th
         .filter(|m| m.to == vec!["list@localhost".to_string()])
         .collect();
     assert_eq!(list.len(), 1, "{subjects:#?}");
-    assert!(list[0].subject.contains("stable on main is red"), "{subjects:#?}");
+    assert!(
+        list[0].subject.contains("stable on main is red"),
+        "{subjects:#?}"
+    );
     assert!(list[0].subject.contains("reproduced on"), "{subjects:#?}");
-    assert!(list[0].body.contains("Confirmed: reproduced on another host"), "{}", list[0].body);
+    assert!(
+        list[0]
+            .body
+            .contains("Confirmed: reproduced on another host"),
+        "{}",
+        list[0].body
+    );
     let owner: Vec<_> = mails
         .iter()
         .filter(|m| m.to == vec!["node-2-owner@localhost".to_string()])
         .collect();
     assert_eq!(owner.len(), 1, "{subjects:#?}");
     assert!(owner[0].subject.contains("worker node-2 is quarantined"));
-    assert!(owner[0].body.contains("not reproduced"), "{}", owner[0].body);
+    assert!(
+        owner[0].body.contains("not reproduced"),
+        "{}",
+        owner[0].body
+    );
     assert_eq!(mails.len(), 2, "{subjects:#?}");
     // /metrics counts it.
     let metrics = reqwest::get(format!("http://{}/metrics", apis[0]))
@@ -303,7 +328,10 @@ async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_th
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("buildmesh_workers_quarantined 1"), "{metrics}");
+    assert!(
+        metrics.contains("buildmesh_workers_quarantined 1"),
+        "{metrics}"
+    );
 }
 
 // A worker whose check command fails claims nothing and says why in its heartbeat, which every
@@ -328,7 +356,12 @@ async fn a_worker_failing_its_self_check_stops_claiming_says_why_and_resumes() {
             .await
             .unwrap_or_default()
             .iter()
-            .any(|n| n.id == me && n.paused.as_deref().is_some_and(|p| p.contains("check command")))
+            .any(|n| {
+                n.id == me
+                    && n.paused
+                        .as_deref()
+                        .is_some_and(|p| p.contains("check command"))
+            })
     })
     .await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
@@ -384,7 +417,9 @@ async fn a_worker_back_from_a_power_cut_with_an_older_store_rejoins_without_a_fo
     let build = async |mesh: &buildmesh_tests::Mesh, n: &str| {
         let sha = repo.commit("main", &[("f", n)], n);
         mesh.announce(0, &repo.url(), "main", &sha).await;
-        let b = mesh.wait_build(0, "arm", &sha, LONG, |r| r == "success").await;
+        let b = mesh
+            .wait_build(0, "arm", &sha, LONG, |r| r == "success")
+            .await;
         assert_eq!(b.worker, Some(me));
     };
     build(&mesh, "1").await;
@@ -408,18 +443,25 @@ async fn a_worker_back_from_a_power_cut_with_an_older_store_rejoins_without_a_fo
     build(&mesh, "2").await;
     build(&mesh, "3").await;
     let head = mesh.node(1).version_vector().unwrap().get(&me);
-    assert!(head > before + 2, "it authored claims and results: {before} -> {head}");
+    assert!(
+        head > before + 2,
+        "it authored claims and results: {before} -> {head}"
+    );
     mesh.wait_replicated(me, head, LONG).await;
     // The breaker trips: the newest records are gone from its disk, not from its peers'.
     mesh.stop_node(1).await;
     std::fs::remove_dir_all(&data).unwrap();
     cp(&old, &data);
     mesh.start_node(1).await;
-    wait_for("its own newer records back from its peers", LONG, || async {
-        mesh.node(1)
-            .version_vector()
-            .is_ok_and(|v| v.get(&me) >= head)
-    })
+    wait_for(
+        "its own newer records back from its peers",
+        LONG,
+        || async {
+            mesh.node(1)
+                .version_vector()
+                .is_ok_and(|v| v.get(&me) >= head)
+        },
+    )
     .await;
     // Its next records chain on: it builds again, every node takes them, none flags it.
     build(&mesh, "4").await;
