@@ -114,12 +114,12 @@ fn ids(seed: u64, n: usize) -> Vec<NodeId> {
 }
 
 impl HealthWorld {
-    /// The world of `seed`: 3 to 8 workers, one of them lying at 20 to 90 %, 8 to 20 commits
+    /// The world of `seed`: 3 to 8 workers, one of them lying at 20 to 90 %, 6 to 14 commits
     /// with up to three red ranges.
     pub fn new(seed: u64) -> Self {
         let mut rng = Rng::new(seed ^ 0x004e_a174);
         let workers = rng.range(3, 8) as usize;
-        let commits = rng.range(8, 20) as usize;
+        let commits = rng.range(6, 14) as usize;
         let rate = rng.range(20, 90) as f64 / 100.0;
         let loss = rng.range(0, 10) as f64 / 100.0;
         let mut red = vec![false; commits];
