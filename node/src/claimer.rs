@@ -497,6 +497,15 @@ impl Claimer {
                 self.machine.result(author, r.job, r.attempt, r.result, now);
                 self.report_misbehaviour();
             }
+            Ok(Body::Publish(p)) if p.doc.kind == DocKind::Release => {
+                match self.membership.borrow().trust.check_release(&p.doc) {
+                    Ok(r) => {
+                        tracing::info!(worker = %r.subject, episode = r.episode, "a maintainer released a quarantined worker");
+                        self.machine.release(r.subject, r.episode);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "a release that does not verify"),
+                }
+            }
             Ok(Body::Publish(p)) if p.doc.kind == DocKind::BuilderConfig => {
                 if let Ok(c) = p.doc.body::<BuilderConfig>()
                     && self

@@ -60,6 +60,8 @@ pub enum DocKind {
     Revocation,
     /// The builders every worker runs.
     BuilderConfig,
+    /// Lets a quarantined worker out.
+    Release,
 }
 
 impl DocKind {
@@ -70,6 +72,7 @@ impl DocKind {
             DocKind::Admission => Domain::Admission,
             DocKind::Revocation => Domain::Revocation,
             DocKind::BuilderConfig => Domain::BuilderConfig,
+            DocKind::Release => Domain::Release,
         }
     }
 }
@@ -81,6 +84,7 @@ impl fmt::Display for DocKind {
             DocKind::Admission => "admission",
             DocKind::Revocation => "revocation",
             DocKind::BuilderConfig => "builder-config",
+            DocKind::Release => "release",
         })
     }
 }
@@ -170,6 +174,7 @@ impl SignedDoc {
             DocKind::Admission => Doc::Admission(self.body()?),
             DocKind::Revocation => Doc::Revocation(self.body()?),
             DocKind::BuilderConfig => Doc::BuilderConfig(self.body()?),
+            DocKind::Release => Doc::Release(self.body()?),
         })
     }
 }
@@ -194,6 +199,8 @@ pub enum Doc {
     Revocation(Revocation),
     /// See [`BuilderConfig`].
     BuilderConfig(BuilderConfig),
+    /// See [`Release`].
+    Release(Release),
 }
 
 /// The founding document of a mesh. Its id is the mesh id.
@@ -385,6 +392,26 @@ pub struct Revocation {
 impl DocBody for Revocation {
     const KIND: DocKind = DocKind::Revocation;
     const NAME: &'static str = "revocation";
+}
+
+/// A maintainer's release of a quarantined worker: it ends that quarantine on every node (the
+/// worker's health is derived, so no node authors a state; this is the one input a person
+/// gives). A later quarantine needs a release of its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The mesh it is for.
+    pub mesh: Hash,
+    /// The quarantined worker.
+    pub subject: NodeId,
+    /// Which of its quarantines ends (`quarantines` in `buildmesh nodes`).
+    pub episode: u32,
+    /// When it was issued.
+    pub issued: Timestamp,
+}
+
+impl DocBody for Release {
+    const KIND: DocKind = DocKind::Release;
+    const NAME: &'static str = "release";
 }
 
 impl DocBody for BuilderConfig {

@@ -26,7 +26,7 @@
 //! The claim machine ([`crate::claims`]) holds the jobs and calls this; the simulator drives
 //! both.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -193,12 +193,14 @@ impl Quarantine {
 
 /// Folds a worker's events (in commit order) into its health. `revalidated` gives, per
 /// quarantine episode, how many of its re-validation builds came back green; a quarantine
-/// ends, before the next event, once it has [`HealthSettings::revalidations`] of them.
+/// ends, before the next event, once it has [`HealthSettings::revalidations`] of them, or once
+/// a maintainer released that episode (`released`, from signed release documents).
 /// Events while quarantined (builds it was running when it entered) are not counted, and
 /// a worker let out starts with an empty window.
 pub fn assess(
     events: &[Event],
     revalidated: &BTreeMap<u32, u32>,
+    released: &BTreeSet<u32>,
     settings: &HealthSettings,
 ) -> Health {
     let mut h = Health::default();
@@ -208,7 +210,7 @@ pub fn assess(
     let released = |h: &mut Health, window: &mut VecDeque<(bool, Hash)>| {
         if let Some(q) = &mut h.quarantine {
             q.revalidated = revalidated.get(&q.episode).copied().unwrap_or(0);
-            if q.revalidated >= settings.revalidations.max(1) {
+            if q.revalidated >= settings.revalidations.max(1) || released.contains(&q.episode) {
                 h.quarantine = None;
                 window.clear();
             }
@@ -323,11 +325,11 @@ mod tests {
     fn three_unreproduced_reds_in_ten_quarantine_and_not_two() {
         let s = HealthSettings::default();
         let mut events = vec![Event::Good, red(1), Event::Good, red(2)];
-        let h = assess(&events, &BTreeMap::new(), &s);
+        let h = assess(&events, &BTreeMap::new(), &BTreeSet::new(), &s);
         assert_eq!((h.quarantine.is_none(), h.unreproduced), (true, 2));
         events.extend([Event::Good; 3]);
         events.push(red(3));
-        let h = assess(&events, &BTreeMap::new(), &s);
+        let h = assess(&events, &BTreeMap::new(), &BTreeSet::new(), &s);
         let q = h.quarantine.expect("quarantined at the third");
         assert!(q.reason(&s).contains("3 reds in its last 10"));
         assert_eq!(
@@ -342,7 +344,7 @@ mod tests {
         let mut events = vec![red(1), red(2)];
         events.extend([Event::Good; 9]);
         events.push(red(3));
-        let h = assess(&events, &BTreeMap::new(), &s);
+        let h = assess(&events, &BTreeMap::new(), &BTreeSet::new(), &s);
         assert!(h.quarantine.is_none());
         assert_eq!(h.unreproduced, 1);
     }
@@ -354,6 +356,7 @@ mod tests {
         let h = assess(
             &[exc(1), exc(2), exc(3), exc(4), Event::Good, exc(5)],
             &BTreeMap::new(),
+            &BTreeSet::new(),
             &s,
         );
         assert!(h.quarantine.is_none());
@@ -361,6 +364,7 @@ mod tests {
         let h = assess(
             &[exc(1), exc(2), exc(3), exc(4), exc(5)],
             &BTreeMap::new(),
+            &BTreeSet::new(),
             &s,
         );
         assert_eq!(h.quarantine.unwrap().cause, Cause::Exceptions);
@@ -370,9 +374,15 @@ mod tests {
     fn trust_is_slow_to_earn_and_fast_to_lose() {
         let s = HealthSettings::default();
         let mut events = vec![Event::Good; 10];
-        assert_eq!(assess(&events, &BTreeMap::new(), &s).streak, 10);
+        assert_eq!(
+            assess(&events, &BTreeMap::new(), &BTreeSet::new(), &s).streak,
+            10
+        );
         events.push(red(1));
-        assert_eq!(assess(&events, &BTreeMap::new(), &s).streak, 0);
+        assert_eq!(
+            assess(&events, &BTreeMap::new(), &BTreeSet::new(), &s).streak,
+            0
+        );
     }
 
     #[test]
@@ -381,19 +391,39 @@ mod tests {
         let mut events = vec![red(1), red(2), red(3), red(4)];
         let mut greens = BTreeMap::new();
         greens.insert(1, 2);
-        let h = assess(&events, &greens, &s);
+        let h = assess(&events, &greens, &BTreeSet::new(), &s);
         assert_eq!(h.quarantine.as_ref().map(|q| q.revalidated), Some(2));
         greens.insert(1, 3);
-        let h = assess(&events, &greens, &s);
+        let h = assess(&events, &greens, &BTreeSet::new(), &s);
         assert!(h.quarantine.is_none(), "released");
         // The greens are not dated: a release takes effect before the next result, so the
         // red after the third counts in the fresh window.
         assert_eq!(h.unreproduced, 1);
         events.push(red(5));
-        assert!(assess(&events, &greens, &s).quarantine.is_none());
+        assert!(
+            assess(&events, &greens, &BTreeSet::new(), &s)
+                .quarantine
+                .is_none()
+        );
         events.push(red(6));
-        let h = assess(&events, &greens, &s);
+        let h = assess(&events, &greens, &BTreeSet::new(), &s);
         assert_eq!(h.quarantine.map(|q| q.episode), Some(2));
+    }
+
+    #[test]
+    fn a_maintainers_release_ends_that_quarantine_only() {
+        let s = HealthSettings::default();
+        let mut events = vec![red(1), red(2), red(3)];
+        let released = BTreeSet::from([1]);
+        let h = assess(&events, &BTreeMap::new(), &released, &s);
+        assert!(h.quarantine.is_none());
+        events.extend([red(4), red(5), red(6)]);
+        let h = assess(&events, &BTreeMap::new(), &released, &s);
+        assert_eq!(
+            h.quarantine.map(|q| q.episode),
+            Some(2),
+            "a new quarantine needs its own"
+        );
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub enum Domain {
     Ephemeral,
     /// Requests that a client signs for a node's write API.
     Request,
+    /// A [`crate::docs::Release`] document.
+    Release,
 }
 
 impl Domain {
@@ -84,6 +86,7 @@ impl Domain {
             Domain::Publish => b"buildmesh/v1/record/publish",
             Domain::Ephemeral => b"buildmesh/v1/ephemeral",
             Domain::Request => b"buildmesh/v1/request",
+            Domain::Release => b"buildmesh/v1/doc/release",
         }
     }
 

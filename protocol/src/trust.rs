@@ -124,6 +124,9 @@ pub enum Applied {
     AlreadyRevoked(NodeId),
     /// A newer builder configuration.
     Config(u64),
+    /// A quarantined worker's release (worker, quarantine episode); the claim machine applies
+    /// it.
+    Released(NodeId, u32),
 }
 
 /// Genesis, admissions and revocations, folded.
@@ -320,6 +323,17 @@ impl Trust {
         Ok(r)
     }
 
+    /// Checks a release document: maintainers signed it, enough of them, for this mesh, about
+    /// an admitted key.
+    pub fn check_release(&self, doc: &SignedDoc) -> Result<crate::docs::Release, TrustError> {
+        let signers = doc.verify_signatures()?;
+        let r: crate::docs::Release = doc.body()?;
+        self.check_mesh(doc.kind, r.mesh)?;
+        let have = self.count_maintainers(doc, &signers, r.issued, None)?;
+        self.enough(doc.kind, have)?;
+        Ok(r)
+    }
+
     /// Checks a builder configuration document against this trust, without applying it.
     pub fn check_config(&self, doc: &SignedDoc) -> Result<BuilderConfig, TrustError> {
         let signers = doc.verify_signatures()?;
@@ -387,6 +401,10 @@ impl Trust {
                 let v = c.version;
                 self.config = Some(c);
                 Ok(Applied::Config(v))
+            }
+            DocKind::Release => {
+                let r = self.check_release(doc)?;
+                Ok(Applied::Released(r.subject, r.episode))
             }
         }
     }

@@ -534,3 +534,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_release_counts_from_maintainers_only() {
+    let m = key(1);
+    let (_, g) = genesis(&[&m], 1);
+    let mut trust = Trust::new(g.clone());
+    let release = buildmesh_protocol::docs::Release {
+        mesh: g.mesh,
+        subject: key(2).id(),
+        episode: 1,
+        issued: Timestamp::now(),
+    };
+    let doc = signed(&release, &[&m]);
+    assert!(matches!(
+        trust.apply(&doc),
+        Ok(buildmesh_protocol::trust::Applied::Released(w, 1)) if w == key(2).id()
+    ));
+    let forged = signed(&release, &[&key(2)]);
+    assert!(matches!(
+        trust.check_release(&forged),
+        Err(TrustError::SignerNotMaintainer { .. })
+    ));
+    // It round-trips as a document of its own kind.
+    let back = SignedDoc::from_bytes(&doc.to_bytes()).unwrap();
+    assert_eq!(back.kind, buildmesh_protocol::docs::DocKind::Release);
+}

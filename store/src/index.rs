@@ -33,6 +33,7 @@ fn doc_order(kind: DocKind) -> u8 {
         DocKind::Admission => 1,
         DocKind::BuilderConfig => 2,
         DocKind::Genesis => 3,
+        DocKind::Release => 4,
     }
 }
 

@@ -154,7 +154,11 @@ async fn main() {
     // and with `confirm = "none"` (mailed as it comes) for the difference.
     for (branch, builder, what) in [
         ("red-green", "mailer", "confirmed on another host"),
-        ("red-green-none", "mailer-none", "unconfirmed (confirm = \"none\")"),
+        (
+            "red-green-none",
+            "mailer-none",
+            "unconfirmed (confirm = \"none\")",
+        ),
     ] {
         let mut mail_lat = Vec::new();
         for k in 0..6 {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use buildmesh_protocol::builders::BuilderConfig;
 use buildmesh_protocol::docs::{
-    Admission, Doc, DocKind, Genesis, Revocation, RevocationReason, Role, SignedDoc,
+    Admission, Doc, DocKind, Genesis, Release, Revocation, RevocationReason, Role, SignedDoc,
 };
 use buildmesh_protocol::record::Record;
 use buildmesh_protocol::trust::Trust;
@@ -87,6 +87,25 @@ pub struct Revoke {
     /// From when its records are refused (RFC 3339; default now).
     #[arg(long)]
     effective: Option<Timestamp>,
+    #[command(flatten)]
+    out: Out,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReleaseArgs {
+    /// The mesh's genesis.
+    #[arg(long)]
+    genesis: PathBuf,
+    /// The maintainer's secret key.
+    #[arg(long, short)]
+    key: PathBuf,
+    /// The quarantined worker's id.
+    #[arg(long)]
+    subject: NodeId,
+    /// Which of its quarantines ends (`quarantines` in `buildmesh nodes --json`, or the
+    /// number `buildmesh nodes` prints).
+    #[arg(long)]
+    episode: u32,
     #[command(flatten)]
     out: Out,
 }
@@ -275,6 +294,27 @@ pub fn revoke(args: Revoke) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
+    let g = files::read_genesis(&args.genesis)?;
+    let trust = Trust::new(g.clone());
+    let key = files::read_key(&args.key)?;
+    require_maintainer(&trust, &key)?;
+    let r = Release {
+        mesh: g.mesh,
+        subject: args.subject,
+        episode: args.episode,
+        issued: Timestamp::now(),
+    };
+    let mut doc = SignedDoc::new(&r)?;
+    doc.sign(&key);
+    write_doc(&args.out, &doc)?;
+    eprintln!(
+        "released {} from quarantine {}; publish it through any node (buildmesh publish)",
+        r.subject, r.episode
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn read_builders(path: &Path, mesh: buildmesh_protocol::Hash) -> anyhow::Result<BuilderConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -387,6 +427,10 @@ pub fn verify(args: Verify) -> anyhow::Result<ExitCode> {
             DocKind::BuilderConfig => trust
                 .check_config(doc)
                 .map(|c| format!("builder configuration version {}", c.version))
+                .map_err(Into::into),
+            DocKind::Release => trust
+                .check_release(doc)
+                .map(|r| format!("release of {} from quarantine {}", r.subject, r.episode))
                 .map_err(Into::into),
             DocKind::Revocation => unreachable!("handled above"),
         };

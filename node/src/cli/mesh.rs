@@ -192,8 +192,9 @@ pub fn nodes(args: Nodes) -> anyhow::Result<ExitCode> {
         if let Some(h) = &n.health {
             if h.state == "quarantined" {
                 println!(
-                    "{:<14} QUARANTINED: {} (re-validated {}/{}); builds: {}",
+                    "{:<14} QUARANTINED (quarantine {}): {} (re-validated {}/{}); builds: {}",
                     "",
+                    h.quarantines,
                     h.reason.as_deref().unwrap_or("?"),
                     h.revalidated,
                     h.revalidations_needed,

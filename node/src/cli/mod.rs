@@ -46,6 +46,8 @@ enum Command {
     Admit(docs::Admit),
     /// Write a revocation of a key, signed by a maintainer.
     Revoke(docs::Revoke),
+    /// Release a quarantined worker (a signed document, published like a revocation).
+    Release(docs::ReleaseArgs),
     /// Builder configuration documents.
     #[command(subcommand)]
     Config(docs::ConfigCommand),
@@ -91,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sign(a) => docs::sign(a),
         Command::Admit(a) => docs::admit(a),
         Command::Revoke(a) => docs::revoke(a),
+        Command::Release(a) => docs::release(a),
         Command::Config(c) => docs::config(c),
         Command::Verify(a) => docs::verify(a),
         Command::Inspect(a) => docs::inspect(a),

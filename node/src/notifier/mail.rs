@@ -176,8 +176,11 @@ async fn quarantine_body(
          While quarantined, {name} claims no ordinary builds, only re-validation builds of\n\
          commits other hosts built green, at low priority. It leaves quarantine by itself once\n\
          {} of them come back green, so check the host (memory, disk, power), then watch:\n\n\
-         \x20   buildmesh nodes --node {api_hint}\n",
-        h.revalidations_needed
+         \x20   buildmesh nodes --node {api_hint}\n\n\
+         A maintainer who knows the host is sound again can release it at once:\n\n\
+         \x20   buildmesh release --genesis genesis.bm --key maintainer.key --subject {id} --episode {} --out release.bm\n\
+         \x20   buildmesh publish --node {api_hint} release.bm\n",
+        h.revalidations_needed, h.quarantines
     ));
     text
 }

@@ -82,6 +82,13 @@ impl Claims {
         &self.health_settings
     }
 
+    /// A maintainer released `worker` from its quarantine `episode` (a signed release document).
+    pub fn release(&mut self, worker: NodeId, episode: u32) {
+        if self.released.entry(worker).or_default().insert(episode) {
+            self.health_dirty = true;
+        }
+    }
+
     /// Every worker's health as of the last tick (workers with no result yet are absent).
     pub fn health(&self) -> &BTreeMap<NodeId, Health> {
         &self.health
@@ -369,7 +376,8 @@ impl Claims {
             .into_iter()
             .map(|(w, (events, greens))| {
                 let events: Vec<Event> = events.into_iter().map(|(.., e)| e).collect();
-                (w, health::assess(&events, &greens, &settings))
+                let released = self.released.get(&w).cloned().unwrap_or_default();
+                (w, health::assess(&events, &greens, &released, &settings))
             })
             .collect();
         let quarantined: Vec<(NodeId, health::Quarantine)> = self

@@ -238,6 +238,8 @@ pub struct Claims {
     health_settings: HealthSettings,
     health: BTreeMap<NodeId, Health>,
     health_dirty: bool,
+    // Quarantine episodes maintainers released, per worker.
+    released: BTreeMap<NodeId, BTreeSet<u32>>,
     // Jobs this machine derived (confirmations, re-validations) since the last
     // `take_new_jobs`: the node replays their stored claims and results.
     new_jobs: Vec<Hash>,
@@ -268,6 +270,7 @@ impl Claims {
             health_settings: HealthSettings::default(),
             health: BTreeMap::new(),
             health_dirty: false,
+            released: BTreeMap::new(),
             new_jobs: Vec::new(),
         }
     }

@@ -332,6 +332,33 @@ async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_th
         metrics.contains("buildmesh_workers_quarantined 1"),
         "{metrics}"
     );
+
+    // A maintainer who knows the host is sound releases it with a signed document: every node
+    // shows it healthy again.
+    let episode = bad["health"]["quarantines"].as_u64().unwrap() as u32;
+    let release = buildmesh_protocol::docs::Release {
+        mesh: genesis.mesh,
+        subject: t.nodes[1].id,
+        episode,
+        issued: buildmesh_protocol::Timestamp::now(),
+    };
+    let mut doc = SignedDoc::new(&release).unwrap();
+    doc.sign(&maintainer);
+    let r = client
+        .post(format!("http://{}/api/v1/publish", apis[2]))
+        .body(doc.to_bytes())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    for api in &apis {
+        wait_for("node-2 released on every node", LONG, || async {
+            json(format!("http://{api}/api/v1/nodes"))
+                .await
+                .is_some_and(|n| !quarantined(&n, "node-2"))
+        })
+        .await;
+    }
 }
 
 // A worker whose check command fails claims nothing and says why in its heartbeat, which every
