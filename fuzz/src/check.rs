@@ -148,6 +148,7 @@ pub fn doc(d: &SignedDoc) {
         DocKind::Admission => trust.check_admission(d).is_ok(),
         DocKind::Revocation => trust.check_revocation(d).is_ok(),
         DocKind::BuilderConfig => trust.check_config(d).is_ok(),
+        DocKind::Release => trust.check_release(d).is_ok(),
     };
     let applied = trust.apply(d).is_ok();
     if checked || applied {

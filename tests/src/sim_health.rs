@@ -352,7 +352,7 @@ impl HealthWorld {
                 self.apply(n, *id);
             }
             let now = self.ts();
-            self.nodes[n].machine.tick(now);
+            self.nodes[n].machine.settle_health(now);
         }
         self.check()
     }

@@ -9,6 +9,9 @@ use crate::keys::{Hash, NodeId};
 use crate::record::{BuildState, JobKey, Purpose, ResultCode};
 use crate::time::Timestamp;
 
+/// How often a tick recomputes health, at most.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A confirmation job goes before every ordinary job.
 const CONFIRM_PRIORITY: i32 = 1 << 20;
 /// A re-validation job goes after every ordinary job.
@@ -356,7 +359,21 @@ impl Claims {
 
     // Recomputes every worker's health if results changed, and opens the re-validation jobs
     // that quarantined workers need.
-    pub(super) fn refresh_health(&mut self, now: Timestamp) {
+    // At a tick: health follows the results at most once a second of this node's clock (it
+    // walks every job; a quarantine a second late changes nothing that matters).
+    pub(super) fn refresh_health_at_tick(&mut self, now: Timestamp) {
+        let due = self
+            .health_at
+            .is_none_or(|t| now < t || now.since(t) >= HEALTH_EVERY);
+        if self.health_dirty && due {
+            self.settle_health(now);
+        }
+    }
+
+    /// Brings every worker's health up to date with the results held now (a tick does it at
+    /// most once a second).
+    pub fn settle_health(&mut self, now: Timestamp) {
+        self.health_at = Some(now);
         // A re-validation job opened here may replay results held for it, which changes the
         // health again: go round until it is still (each round opens at most one job per
         // quarantined worker, so a few rounds suffice).
@@ -609,13 +626,14 @@ mod tests {
             m.claim(w[1], cid, 1, at(n * 100 + 2));
             m.result(w[1], cid, 1, ResultCode::Success, at(n * 100 + 3));
             assert_eq!(m.build_state(&job.id), Some(BuildState::HostFault));
+            m.settle_health(at(n * 100 + 4));
             m.tick(at(n * 100 + 4));
             other.job(job.clone(), at(n * 100));
             other.claim(w[0], job.id, 1, at(n * 100));
             other.result(w[0], job.id, 1, ResultCode::Failure, at(n * 100 + 1));
             other.claim(w[1], cid, 1, at(n * 100 + 2));
             other.result(w[1], cid, 1, ResultCode::Success, at(n * 100 + 3));
-            other.tick(at(n * 100 + 4));
+            other.settle_health(at(n * 100 + 4));
         }
         assert!(other.is_quarantined(&w[0]), "every node derives the same");
         assert_eq!(other.health(), m.health());
@@ -648,7 +666,7 @@ mod tests {
         for k in 0..3 {
             m.claim(w[0], rid, 1, at(2000 + k * 10));
             m.result(w[0], rid, 1, ResultCode::Success, at(2001 + k * 10));
-            m.tick(at(2002 + k * 10));
+            m.settle_health(at(2002 + k * 10));
             if k < 2 {
                 assert!(m.is_quarantined(&w[0]));
                 rid = m
@@ -699,7 +717,7 @@ mod tests {
         // Green on the rerun of the same host: flaky, and not against the host.
         alone.result(w[0], cid, 1, ResultCode::Success, at(3));
         assert_eq!(alone.build_state(&job.id), Some(BuildState::Flaky));
-        alone.tick(at(4));
+        alone.settle_health(at(4));
         assert_eq!(alone.health()[&w[0]].unreproduced, 0);
     }
 
@@ -748,7 +766,7 @@ mod tests {
             m.claim(w[1], job.id, 2, at(n));
             m.result(w[1], job.id, 2, ResultCode::Exception, at(n));
         }
-        m.tick(at(100));
+        m.settle_health(at(100));
         assert!(m.health().values().all(|h| h.quarantine.is_none()));
         assert_eq!(m.health().get(&w[0]).map_or(0, |h| h.exceptions_in_row), 0);
         // Alone on its commits, five in a row quarantine it.
@@ -760,7 +778,7 @@ mod tests {
             m.claim(w[1], job.id, 2, at(n));
             m.result(w[1], job.id, 2, ResultCode::Success, at(n));
         }
-        m.tick(at(200));
+        m.settle_health(at(200));
         assert!(m.is_quarantined(&w[0]));
     }
 }

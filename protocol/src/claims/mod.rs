@@ -238,6 +238,7 @@ pub struct Claims {
     health_settings: HealthSettings,
     health: BTreeMap<NodeId, Health>,
     health_dirty: bool,
+    health_at: Option<Timestamp>,
     // Quarantine episodes maintainers released, per worker.
     released: BTreeMap<NodeId, BTreeSet<u32>>,
     // Jobs this machine derived (confirmations, re-validations) since the last
@@ -270,6 +271,7 @@ impl Claims {
             health_settings: HealthSettings::default(),
             health: BTreeMap::new(),
             health_dirty: false,
+            health_at: None,
             released: BTreeMap::new(),
             new_jobs: Vec::new(),
         }
@@ -709,7 +711,7 @@ impl Claims {
     pub fn tick(&mut self, now: Timestamp) -> Vec<Action> {
         let mut actions = Vec::new();
         let lease = self.settings.lease;
-        self.refresh_health(now);
+        self.refresh_health_at_tick(now);
 
         // Leases and crossed claims.
         for (id, j) in self.jobs.iter_mut() {
