@@ -4,10 +4,14 @@
 //!
 //! Jobs come from commits: every entitled `CommitSeen` record, crossed with the builder
 //! configuration in force, gives one job per matching builder ([`buildmesh_protocol::jobs`]).
+//! The machine derives confirmation and re-validation jobs itself
+//! ([`buildmesh_protocol::health`]); the claimer replays what the store holds of them, shows
+//! every worker's health, and pauses claiming while this worker's self-checks fail
+//! ([`crate::selfcheck`]).
 //!
 //! Long because it also builds the API's view of every job from the store (`BuildView`, with
-//! its attempts); that view moves to a read model kept per record, which leaves this module the
-//! driver it is meant to be.
+//! its attempts, confirmation and health); that view moves to a read model kept per record
+//! (issue 12), which leaves this module the driver it is meant to be.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
