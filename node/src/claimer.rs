@@ -10,8 +10,8 @@
 //! ([`crate::selfcheck`]).
 //!
 //! Long because it also builds the API's view of every job from the store (`BuildView`, with
-//! its attempts, confirmation and health); that view moves to a read model kept per record
-//! (issue 12), which leaves this module the driver it is meant to be.
+//! its attempts, confirmation and health); that view moves to a read model kept per record,
+//! which leaves this module the driver it is meant to be.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
