@@ -289,7 +289,17 @@ async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_th
         ok
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing more is queued anywhere: a duplicate would have to be waiting on some notifier.
+    wait_for("no mail waiting on any notifier", LONG, || async {
+        let mut idle = true;
+        for api in &apis {
+            idle &= json(format!("http://{api}/api/v1/notifier"))
+                .await
+                .is_some_and(|v| v["waiting"] == 0);
+        }
+        idle
+    })
+    .await;
     let mails = mailbox.all();
     let subjects: Vec<&String> = mails.iter().map(|m| &m.subject).collect();
     let list: Vec<_> = mails
@@ -403,7 +413,29 @@ async fn a_worker_failing_its_self_check_stops_claiming_says_why_and_resumes() {
     .await;
     let sha = repo.commit("main", &[("f", "1")], "one");
     mesh.announce(0, &repo.url(), "main", &sha).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Node 2 knows the job (it would claim it at its next tick, the only worker that may), and
+    // a heartbeat it sent after that, still paused and running nothing, reaches node 1.
+    mesh.wait_build(1, "arm", &sha, LONG, |_| true).await;
+    let known_at = buildmesh_protocol::Timestamp::now();
+    wait_for(
+        "a heartbeat of node 2 sent after it knew the job",
+        LONG,
+        || async {
+            mesh.node(0)
+                .nodes()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .any(|n| {
+                    n.id == me
+                        && n.last_heard
+                            .is_some_and(|t| t > known_at.plus(Duration::from_millis(200)))
+                        && n.paused.is_some()
+                        && n.running == 0
+                })
+        },
+    )
+    .await;
     let b = mesh.wait_build(0, "arm", &sha, LONG, |_| true).await;
     assert_eq!(b.result, "pending", "a paused worker claims nothing: {b:?}");
     std::fs::write(&flag, "").unwrap();
