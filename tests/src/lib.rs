@@ -14,6 +14,7 @@ use buildmesh_protocol::{NodeId, SecretKey};
 use libp2p::Multiaddr;
 
 pub mod peer;
+pub mod procs;
 pub mod sim;
 pub mod sim_election;
 pub mod sim_health;

@@ -2,29 +2,16 @@
 //! SMTP server: a worker that fails while the code is fine costs its own coverage, never a mail
 //! to the list, and cannot hide a real regression.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use buildmesh_node::smtp_sink;
 use buildmesh_protocol::SecretKey;
 use buildmesh_protocol::docs::{Genesis, SignedDoc};
 use buildmesh_protocol::wire::{ApiAction, SignedRequest};
-use buildmesh_tests::{GitRepo, binary, free_port_base, wait_for};
+use buildmesh_tests::procs::{Proc, json, run};
+use buildmesh_tests::{GitRepo, free_port_base, wait_for};
 
 const LONG: Duration = Duration::from_secs(120);
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn json(url: String) -> Option<serde_json::Value> {
-    reqwest::get(url).await.ok()?.json().await.ok()
-}
 
 // The step fails on node-2 whatever the commit (its "bad memory"), and everywhere once the
 // commit says red: decided by the worker and the commit, so the test itself is not random.
@@ -96,21 +83,7 @@ async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_th
         ));
         std::fs::write(&n.config, c).unwrap();
     }
-    let _procs: Vec<Proc> = t
-        .nodes
-        .iter()
-        .map(|n| {
-            Proc(
-                Command::new(binary())
-                    .args(["run", "--config"])
-                    .arg(&n.config)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("buildmesh runs"),
-            )
-        })
-        .collect();
+    let _procs: Vec<Proc> = t.nodes.iter().map(|n| run(&n.config)).collect();
     let apis: Vec<String> = t.nodes.iter().map(|n| n.api.clone()).collect();
     for api in &apis {
         wait_for("four live nodes", LONG, || async {

@@ -1,30 +1,9 @@
 //! Real `buildmesh` processes: killed with SIGKILL and restarted on the same directory.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use buildmesh_tests::{binary, free_port_base, wait_for};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(config: &std::path::Path) -> Proc {
-    Proc(
-        Command::new(binary())
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("buildmesh runs"),
-    )
-}
+use buildmesh_tests::procs::{Proc, json, run};
+use buildmesh_tests::{free_port_base, wait_for};
 
 async fn vv_of(api: &str, id: &str) -> Option<u64> {
     let v: serde_json::Value = reqwest::get(format!("http://{api}/api/v1/vv"))
@@ -121,10 +100,6 @@ async fn a_killed_node_loses_no_record_it_had_flushed() {
             .all(|n| n["flagged"] == false),
         "{nodes}"
     );
-}
-
-async fn json(url: String) -> Option<serde_json::Value> {
-    reqwest::get(url).await.ok()?.json().await.ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,34 @@
+//! Real `buildmesh` processes for the tests that run them: started on a config file, killed
+//! (SIGKILL) when dropped, and the JSON API read without failing the test on a node still
+//! starting.
+
+use std::process::{Child, Command, Stdio};
+
+/// A running `buildmesh run`; killed and reaped when dropped.
+#[derive(Debug)]
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `buildmesh run --config CONFIG` with its output discarded.
+pub fn run(config: &std::path::Path) -> Proc {
+    Proc(
+        Command::new(crate::binary())
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("buildmesh runs"),
+    )
+}
+
+/// GET `url` as JSON; `None` while the node does not answer or answers something else.
+pub async fn json(url: String) -> Option<serde_json::Value> {
+    reqwest::get(url).await.ok()?.json().await.ok()
+}
