@@ -4,8 +4,7 @@
 //! otherwise fork its own log and flag an honest host as an equivocator).
 //!
 //! Sans-IO. "Caught up" means: sync rounds finished with a majority of the peers it can see
-//! (admitted and connected, heard live, or named in its bootstrap list, whichever is most; at
-//! least one), and its own log
+//! (admitted and connected, or heard live, whichever is more; at least one), and its own log
 //! here reaches the highest sequence number any of them holds of it. A first round that fails,
 //! or that reaches only peers lacking its newest records, does not count: the next rounds go
 //! on until a majority answered. A node configured with no peers to ask is caught up at once;

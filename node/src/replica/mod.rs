@@ -479,30 +479,11 @@ impl Replica {
                 if let (Some(theirs), Some(node)) = (theirs, node) {
                     self.metrics.syncs += 1;
                     let ours = self.store.head_of(&self.me).map(|(s, _)| s).unwrap_or(0);
-                    // The peers it can see: connected and admitted, heard live, or configured
-                    // to bootstrap from (right after a start few have connected yet, and the
-                    // first to answer may lack this node's newest records).
                     let live = self.liveness.live_at(Instant::now());
-                    let configured: HashSet<PeerId> = self
-                        .bootstrap
-                        .iter()
-                        .filter_map(|a| {
-                            a.iter().find_map(|p| match p {
-                                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                                _ => None,
-                            })
-                        })
-                        .filter(|id| *id != self.me.to_peer_id())
-                        .collect();
-                    let seen = self
-                        .door
-                        .admitted()
-                        .count()
-                        .max(
-                            live.len()
-                                .saturating_sub(usize::from(live.contains(&self.me))),
-                        )
-                        .max(configured.len());
+                    let seen = self.door.admitted().count().max(
+                        live.len()
+                            .saturating_sub(usize::from(live.contains(&self.me))),
+                    );
                     if self.catch_up.synced(node, theirs.get(&self.me), ours, seen) {
                         tracing::info!(own_records = ours, "caught up with the mesh");
                         self.on_caught_up().await;
