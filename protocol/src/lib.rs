@@ -15,6 +15,8 @@
 //! - [`jobs`]: which builders build an announced commit, and when its jobs open (pure).
 //! - [`election`]: electing the one notifier by majority-voted leases (sans-IO).
 //! - [`transitions`]: which results are red transitions that need a mail (pure).
+//! - [`outbox`]: what the notifier holder mails, to whom and when: alerts and their identity,
+//!   dedup across holders, the new holder's settle, backoff, missing workers (sans-IO).
 //! - [`record`]: the signed, hash-chained records of each node's log and their bodies.
 //! - [`vv`]: version vectors for anti-entropy.
 //! - [`trust`]: the fold of documents into "may key K act as role R at time T".
@@ -30,6 +32,7 @@ pub mod entitle;
 pub mod health;
 pub mod jobs;
 pub mod keys;
+pub mod outbox;
 pub mod record;
 pub mod time;
 pub mod transitions;

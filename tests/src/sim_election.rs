@@ -1,14 +1,19 @@
 //! The notifier election and its mail under the deterministic simulator: voters with clock
-//! offsets and drifting clock rates, lossy delayed messages, partitions, crashes and restarts.
-//! Checked after every event: at most one node holds the lease (in true time), no mail is sent
-//! for a transition whose record a connected node has long held; at the end, once every node is
-//! back and connected, every transition has been mailed.
+//! offsets and drifting clock rates, lossy delayed messages, partitions, crashes and restarts,
+//! SMTP outages. Each voter runs the node's own [`Election`] and [`Outbox`] (dedup, the new
+//! holder's sync round and settle, backoff). Checked after every event: at most one node holds
+//! the lease (in true time), no mail is sent for a transition whose record a connected node has
+//! long held; at the end, once every node is back and connected, every transition has been
+//! mailed.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use buildmesh_protocol::election::{Ballot, Election, ElectionSettings};
-use buildmesh_protocol::{NodeId, SecretKey, Timestamp};
+use buildmesh_protocol::outbox::{Alert, Outbox};
+use buildmesh_protocol::record::ResultCode;
+use buildmesh_protocol::transitions::{Kind, Transition};
+use buildmesh_protocol::{Hash, NodeId, SecretKey, Timestamp};
 
 use crate::sim::Rng;
 
@@ -16,7 +21,6 @@ const TICK_MS: u64 = 50;
 const AE_MS: u64 = 1_000;
 const ACTIVE_MS: u64 = 60_000;
 const QUIET_MS: u64 = 30_000;
-const SETTLE_MS: u64 = 1_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
@@ -24,7 +28,10 @@ enum Ev {
     Deliver(usize, usize, Ballot),
     Record(usize, usize),
     AntiEntropy(usize),
+    // A new holder's sync round (node, term) has come back.
+    SyncRound(usize, u64),
     Transition(usize),
+    SmtpDown(bool),
     Crash(usize),
     Restart(usize),
     Partition(Vec<usize>),
@@ -37,7 +44,10 @@ struct Voter {
     offset: i64,
     rate: f64,
     machine: Election,
-    // transition -> when this node learnt it was mailed
+    outbox: Outbox,
+    // The holder term whose sync round was started.
+    round: Option<u64>,
+    // transition -> when this node learnt it was mailed (its store: kept across a crash)
     sent: BTreeMap<usize, u64>,
 }
 
@@ -53,6 +63,11 @@ pub struct ElectionWorld {
     max_delay: u64,
     side: Option<BTreeSet<usize>>,
     known: Vec<u64>,
+    // Transition k's alert and its key.
+    alerts: Vec<(Alert, Hash)>,
+    keys: BTreeMap<Hash, usize>,
+    smtp_down: bool,
+    refused: usize,
     mails: BTreeMap<usize, Vec<(usize, u64)>>,
     settings: ElectionSettings,
     healed: bool,
@@ -72,6 +87,8 @@ pub struct ElectionOutcome {
     pub mailed: usize,
     /// Highest term reached.
     pub max_term: u64,
+    /// Mails the SMTP server refused (each tried again later).
+    pub refused: usize,
 }
 
 impl ElectionWorld {
@@ -101,6 +118,8 @@ impl ElectionWorld {
                     offset,
                     rate,
                     machine: Election::new(*id, set.clone(), settings.clone(), local),
+                    outbox: Outbox::new(),
+                    round: None,
                     sent: BTreeMap::new(),
                 }
             })
@@ -116,6 +135,10 @@ impl ElectionWorld {
             voters,
             side: None,
             known: Vec::new(),
+            alerts: Vec::new(),
+            keys: BTreeMap::new(),
+            smtp_down: false,
+            refused: 0,
             mails: BTreeMap::new(),
             settings,
             healed: false,
@@ -150,7 +173,27 @@ impl ElectionWorld {
             w.at(t, Ev::Partition(members));
             w.at(heal, Ev::Heal);
         }
+        // SMTP outages, over before the last ten seconds of activity so that the backoff
+        // (doubling from 1 s) retries well within the quiet time.
+        for _ in 0..w.rng.range(0, 2) {
+            let t = w.rng.range(2_000, ACTIVE_MS - 20_000);
+            let back = t + w.rng.range(1_000, 10_000);
+            w.at(t, Ev::SmtpDown(true));
+            w.at(back, Ev::SmtpDown(false));
+        }
         w
+    }
+
+    // Transition k as the notifier mails it.
+    fn alert(k: usize) -> Alert {
+        Alert::Transition(Transition {
+            builder: format!("builder {k}"),
+            branch: "main".into(),
+            sha: format!("{k:040x}"),
+            kind: Kind::Broken,
+            previous: Some(ResultCode::Success),
+            result: ResultCode::Failure,
+        })
     }
 
     fn at(&mut self, t: u64, ev: Ev) {
@@ -204,18 +247,36 @@ impl ElectionWorld {
     fn learn_sent(&mut self, v: usize, k: usize) {
         let now = self.now;
         self.voters[v].sent.entry(k).or_insert(now);
+        self.voters[v].outbox.recorded(self.alerts[k].1);
     }
 
     fn mail_due(&mut self, v: usize) -> Result<(), String> {
         let local = self.local(v);
-        // As the node does: a new holder lets a round of anti-entropy pass before it mails.
-        if self.voters[v].machine.holding(local).is_none()
-            || self.voters[v].machine.held_for(local) < std::time::Duration::from_millis(SETTLE_MS)
-        {
+        let Some(term) = self.voters[v].machine.holding(local) else {
             return Ok(());
+        };
+        // The holder finds every known transition (the node: from the builds it holds).
+        for (alert, key) in &self.alerts {
+            if !self.voters[v].outbox.knows(key) {
+                self.voters[v].outbox.queue(alert.clone(), local);
+            }
         }
-        for k in 0..self.known.len() {
-            if self.voters[v].sent.contains_key(&k) {
+        // A new holder's sync round: pulls what its connected peers hold, unless the round is
+        // lost (the outbox then goes on after its settle time).
+        if self.voters[v].outbox.needs_sync(term) && self.voters[v].round != Some(term) {
+            self.voters[v].round = Some(term);
+            if !self.rng.chance(self.loss) {
+                let d = 2 * self.rng.range(1, self.max_delay);
+                self.at(self.now + d, Ev::SyncRound(v, term));
+            }
+        }
+        let held_for = self.voters[v].machine.held_for(local);
+        for alert in self.voters[v].outbox.due(local, Some((term, held_for))) {
+            let key = alert.key();
+            let k = self.keys[&key];
+            if self.smtp_down {
+                self.refused += 1;
+                self.voters[v].outbox.failed(key, local);
                 continue;
             }
             // Fail if a node connected all along has long held this transition's record.
@@ -233,6 +294,7 @@ impl ElectionWorld {
                 }
             }
             self.mails.entry(k).or_default().push((v, self.now));
+            self.voters[v].outbox.sent(key);
             self.learn_sent(v, k);
             for to in 0..self.voters.len() {
                 if to != v && self.connected(v, to) && !self.rng.chance(self.loss) {
@@ -282,7 +344,29 @@ impl ElectionWorld {
                 }
                 self.at(self.now + AE_MS, Ev::AntiEntropy(v));
             }
-            Ev::Transition(_) => self.known.push(self.now),
+            Ev::SyncRound(v, term) => {
+                if self.voters[v].up && self.voters[v].round == Some(term) {
+                    let peers: Vec<usize> = (0..self.voters.len())
+                        .filter(|p| *p != v && self.connected(v, *p))
+                        .collect();
+                    for p in peers {
+                        let theirs: Vec<usize> = self.voters[p].sent.keys().copied().collect();
+                        for k in theirs {
+                            self.learn_sent(v, k);
+                        }
+                    }
+                    self.voters[v].outbox.synced(term);
+                }
+            }
+            Ev::Transition(_) => {
+                let k = self.known.len();
+                self.known.push(self.now);
+                let alert = Self::alert(k);
+                let key = alert.key();
+                self.keys.insert(key, k);
+                self.alerts.push((alert, key));
+            }
+            Ev::SmtpDown(down) => self.smtp_down = down,
             Ev::Crash(v) => {
                 self.voters[v].up = false;
                 self.refresh_links();
@@ -293,6 +377,12 @@ impl ElectionWorld {
                     let set: BTreeSet<NodeId> = self.voters.iter().map(|x| x.id).collect();
                     let id = self.voters[v].id;
                     self.voters[v].machine = Election::new(id, set, self.settings.clone(), local);
+                    // Memory is lost; the store is not: the node learns its records again.
+                    self.voters[v].outbox = Outbox::new();
+                    self.voters[v].round = None;
+                    for k in self.voters[v].sent.keys().copied().collect::<Vec<_>>() {
+                        self.voters[v].outbox.recorded(self.alerts[k].1);
+                    }
                     self.voters[v].up = true;
                     self.refresh_links();
                 }
@@ -371,6 +461,7 @@ impl ElectionWorld {
                 .map(|v| v.machine.term())
                 .max()
                 .unwrap_or(0),
+            refused: self.refused,
         })
     }
 }

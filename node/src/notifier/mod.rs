@@ -4,20 +4,16 @@
 //! - the election is [`buildmesh_protocol::election`], its ballots carried by request-response
 //!   between the notifier-role nodes, the holder announcing itself by a signed gossip signal;
 //! - transitions are [`buildmesh_protocol::transitions::find`] over the builds the claimer knows;
-//! - a mail is sent, then recorded as a `NotificationSent` record keyed by the transition; a new
-//!   holder skips what any node recorded, and its Message-ID is the transition's, so a resend
-//!   after a crash between the two steps is the same message to mail software;
-//! - a mail the SMTP server does not take is retried with backoff, never dropped.
+//! - what is mailed and when is [`buildmesh_protocol::outbox`] (dedup across holders, the new
+//!   holder's settle, backoff, missing workers), the code the election simulator drives too; a
+//!   mail is sent, then recorded as a `NotificationSent` record keyed by its alert, and its
+//!   Message-ID is the alert's, so a resend after a crash between the two steps is the same
+//!   message to mail software;
 //! - `mail`: building and sending the message with lettre.
-//!
-//! Long because the queue, settle, dedup and backoff rules still live here beside the election
-//! driver; they are decisions, and belong in `protocol` where the election simulator can call
-//! them instead of its copy.
 
-mod alert;
 mod mail;
 
-use alert::Alert;
+use buildmesh_protocol::outbox::{self, Alert, Outbox, WorkerSeen};
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -42,9 +38,6 @@ use crate::config::NotifierSettings;
 use crate::liveness::Membership;
 use crate::network::{self, BallotRequest};
 use crate::replica::ReplicaClient;
-
-/// The longest a new holder waits for its sync round before its first mail.
-const SETTLE: Duration = Duration::from_secs(1);
 
 /// The notifier as a node sees it (`GET /api/v1/notifier`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -97,13 +90,6 @@ impl std::fmt::Debug for Query {
     }
 }
 
-struct Waiting {
-    alert: Alert,
-    next_try: Instant,
-    tries: u32,
-    in_flight: bool,
-}
-
 /// What the notifier needs.
 pub(crate) struct NotifierParts {
     pub me: NodeId,
@@ -142,16 +128,14 @@ pub(crate) struct Notifier {
     answers_rx: mpsc::Receiver<(NodeId, Vec<Ballot>)>,
     sent_tx: mpsc::Sender<(Hash, Result<(), String>)>,
     sent_rx: mpsc::Receiver<(Hash, Result<(), String>)>,
-    recorded: HashSet<Hash>,
-    waiting: BTreeMap<Hash, Waiting>,
+    outbox: Outbox,
     // Transitions that an unreproduced red would have made, and that were not mailed.
     suppressed: HashSet<Hash>,
     sent_here: u64,
     heard: Option<(NodeId, u64, Timestamp, Timestamp)>,
     last_signal: Instant,
     dirty: bool,
-    // The term whose holder has pulled what its peers hold, and the round under way.
-    settled: Option<u64>,
+    // The sync round under way for a holder term.
     settling: Option<(u64, oneshot::Receiver<()>)>,
     api_hint: String,
     cancel: CancellationToken,
@@ -184,14 +168,12 @@ impl Notifier {
             answers_rx,
             sent_tx,
             sent_rx,
-            recorded: HashSet::new(),
-            waiting: BTreeMap::new(),
+            outbox: Outbox::new(),
             suppressed: HashSet::new(),
             sent_here: 0,
             heard: None,
             last_signal: Instant::now(),
             dirty: true,
-            settled: None,
             settling: None,
             api_hint: parts.api_hint,
             cancel: parts.cancel,
@@ -300,8 +282,7 @@ impl Notifier {
                     );
                     return false;
                 }
-                self.recorded.insert(n.transition);
-                self.waiting.remove(&n.transition);
+                self.outbox.recorded(n.transition);
                 true
             }
             Ok(Body::BuildResult(_)) => true,
@@ -435,26 +416,9 @@ impl Notifier {
             }
             for t in found {
                 tracing::info!(builder = %t.builder, branch = %t.branch, sha = %t.sha, kind = %t.kind, "transition to mail");
-                self.queue(Alert::Transition(t));
+                self.outbox.queue(Alert::Transition(t), Timestamp::now());
             }
         }
-    }
-
-    // Queues a mail unless it was sent or is queued.
-    fn queue(&mut self, alert: Alert) {
-        let key = alert.key();
-        if self.recorded.contains(&key) || self.waiting.contains_key(&key) {
-            return;
-        }
-        self.waiting.insert(
-            key,
-            Waiting {
-                alert,
-                next_try: Instant::now(),
-                tries: 0,
-                in_flight: false,
-            },
-        );
     }
 
     // A worker that entered quarantine gets one mail to its owner per quarantine.
@@ -481,10 +445,9 @@ impl Notifier {
                 owner,
                 health: Box::new(h.clone()),
             };
-            if !self.recorded.contains(&alert.key()) && !self.waiting.contains_key(&alert.key()) {
+            if self.outbox.queue(alert, Timestamp::now()) {
                 tracing::info!(worker = %n.name, "worker quarantined: mailing its owner");
             }
-            self.queue(alert);
         }
     }
 
@@ -502,11 +465,13 @@ impl Notifier {
             let Some(owner) = n.owner.clone() else {
                 continue;
             };
-            let missing = !n.live
-                && !n.revoked
-                && n.roles.contains(&Role::Worker)
-                && n.last_heard.is_some_and(|t| now.since(t) > after);
-            if !missing {
+            let seen = WorkerSeen {
+                live: n.live,
+                revoked: n.revoked,
+                worker: n.roles.contains(&Role::Worker),
+                last_heard: n.last_heard,
+            };
+            if !outbox::is_missing(seen, after, now) {
                 continue;
             }
             let alert = Alert::Missing {
@@ -515,18 +480,15 @@ impl Notifier {
                 owner,
                 records: n.records,
             };
-            let key = alert.key();
-            if self.recorded.contains(&key) || self.waiting.contains_key(&key) {
-                continue;
+            if self.outbox.queue(alert, now) {
+                tracing::info!(worker = %n.name, "worker missing: mailing its owner");
             }
-            tracing::info!(worker = %n.name, "worker missing: mailing its owner");
-            self.queue(alert);
         }
     }
 
-    // Whether the sync round of holder term `term` has ended; starts it if none is under way.
-    // Records it pulled are learnt before this says yes.
-    fn settle(&mut self, term: u64) -> bool {
+    // Drives the sync round of holder term `term`: starts it if none is under way, and once it
+    // ended learns the records it pulled and tells the outbox.
+    fn settle(&mut self, term: u64) {
         let done = match &mut self.settling {
             Some((t, rx)) if *t == term => {
                 !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
@@ -537,10 +499,9 @@ impl Notifier {
             }
         };
         if !done {
-            return false;
+            return;
         }
         self.settling = None;
-        self.settled = Some(term);
         loop {
             match self.records.try_recv() {
                 Ok(record) => {
@@ -558,8 +519,8 @@ impl Notifier {
                 Err(_) => break,
             }
         }
+        self.outbox.synced(term);
         tracing::debug!(term, "new holder synced with its peers");
-        true
     }
 
     fn send_due(&mut self) {
@@ -568,33 +529,24 @@ impl Notifier {
             return;
         };
         // A new holder first pulls what every peer holds beyond it (its predecessor's last
-        // NotificationSent records among them), so that it does not mail what was mailed;
-        // after SETTLE it goes on without the round.
-        if self.settled != Some(term) && !self.settle(term) && self.election.held_for(now) < SETTLE
-        {
-            return;
+        // NotificationSent records among them), so that it does not mail what was mailed.
+        if self.outbox.needs_sync(term) {
+            self.settle(term);
         }
         let Some((host, port)) = self.settings.smtp.clone() else {
-            if !self.waiting.is_empty() {
+            let dropped = self.outbox.drop_waiting();
+            if dropped > 0 {
                 tracing::warn!(
-                    waiting = self.waiting.len(),
+                    waiting = dropped,
                     "holding the notifier lease with no SMTP server configured"
                 );
-                self.waiting.clear();
             }
             return;
         };
-        let due: Vec<Hash> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| !w.in_flight && w.next_try <= Instant::now())
-            .map(|(k, _)| *k)
-            .collect();
-        for key in due {
-            let w = self.waiting.get_mut(&key).expect("listed");
-            w.in_flight = true;
-            w.tries += 1;
-            let alert = w.alert.clone();
+        for alert in self
+            .outbox
+            .due(now, Some((term, self.election.held_for(now))))
+        {
             let settings = self.settings.clone();
             let (host, port) = (host.clone(), port);
             let replica = self.replica.clone();
@@ -633,15 +585,11 @@ impl Notifier {
         match outcome {
             Ok(()) => {
                 self.sent_here += 1;
-                self.recorded.insert(key);
-                self.waiting.remove(&key);
+                self.outbox.sent(key);
             }
             Err(e) => {
-                if let Some(w) = self.waiting.get_mut(&key) {
-                    w.in_flight = false;
-                    let backoff = Duration::from_millis(500 * 2u64.pow(w.tries.min(7)));
-                    w.next_try = Instant::now() + backoff;
-                    tracing::warn!(error = %e, tries = w.tries, retry_in = ?backoff, "mail not accepted; will retry");
+                if let Some((tries, backoff)) = self.outbox.failed(key, Timestamp::now()) {
+                    tracing::warn!(error = %e, tries, retry_in = ?backoff, "mail not accepted; will retry");
                 }
             }
         }
@@ -669,7 +617,7 @@ impl Notifier {
             holding: holder == Some(self.me),
             voters: self.election.voters().iter().copied().collect(),
             sent_here: self.sent_here,
-            waiting: self.waiting.len(),
+            waiting: self.outbox.waiting(),
             suppressed: self.suppressed.len() as u64,
         }
     }
