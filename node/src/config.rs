@@ -51,7 +51,8 @@ genesis = "genesis.bm"
 admission = "node.adm"
 # Where the node keeps its database.
 data_dir = "data"
-# libp2p addresses to listen on (TCP and QUIC).
+# libp2p addresses to listen on (TCP and QUIC; "/memory/N" addresses alone run the node on
+# libp2p's in-process memory transport, for tests).
 listen = ["/ip4/0.0.0.0/tcp/7701", "/ip4/0.0.0.0/udp/7701/quic-v1"]
 # Peers to dial at start and whenever the connection drops; /p2p/ID may be left out.
 bootstrap = []
@@ -191,7 +192,7 @@ pub struct NodeConfig {
     pub admission: PathBuf,
     /// Database directory.
     pub data_dir: PathBuf,
-    /// libp2p listen addresses.
+    /// libp2p listen addresses (`/memory/N` ones alone select the in-process transport).
     pub listen: Vec<Multiaddr>,
     /// Peers dialled at start and redialled when lost.
     pub bootstrap: Vec<Multiaddr>,

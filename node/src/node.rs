@@ -198,6 +198,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (net, events, event_loop) = network::new(
         &key,
         NetworkConfig {
+            transport: network::Transport::for_addresses(&config.listen),
             listen: config.listen.clone(),
             mesh: genesis.mesh,
             request_timeout: std::time::Duration::from_secs(20),

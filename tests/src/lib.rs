@@ -60,6 +60,12 @@ pub struct Mesh {
     configs: Vec<NodeConfig>,
 }
 
+// An address the harness bootstraps other nodes from: TCP, or libp2p's memory transport.
+fn dialable(a: &Multiaddr) -> bool {
+    let a = a.to_string();
+    a.contains("/tcp/") || a.starts_with("/memory/")
+}
+
 /// Tunes a node's timing for tests: quick door, quick anti-entropy.
 fn tune(c: &mut NodeConfig) {
     c.mesh.door_timeout = Duration::from_secs(2);
@@ -147,12 +153,12 @@ impl Mesh {
         self.configs[i].data_dir.clone()
     }
 
-    /// The TCP addresses (with peer ids) of every running node.
+    /// The TCP or memory addresses (with peer ids) of every running node.
     pub async fn addrs(&self) -> Vec<Multiaddr> {
         let mut out = Vec::new();
         for node in self.nodes.iter().flatten() {
             for a in node.listen_addrs().await.unwrap_or_default() {
-                if a.to_string().contains("/tcp/") {
+                if dialable(&a) {
                     out.push(a.with(libp2p::multiaddr::Protocol::P2p(node.id.to_peer_id())));
                 }
             }
@@ -170,7 +176,7 @@ impl Mesh {
         wait_for("the node to listen", Duration::from_secs(10), || async {
             node.listen_addrs()
                 .await
-                .map(|a| a.iter().any(|a| a.to_string().contains("/tcp/")))
+                .map(|a| a.iter().any(dialable))
                 .unwrap_or(false)
         })
         .await;

@@ -30,6 +30,7 @@ impl Peer {
         let (client, mut events, event_loop) = network::new(
             key,
             NetworkConfig {
+                transport: network::Transport::Network,
                 listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
                 mesh,
                 request_timeout: Duration::from_secs(10),

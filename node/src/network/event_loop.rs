@@ -4,14 +4,19 @@
 use std::collections::HashMap;
 
 use futures::StreamExt;
+use libp2p::core::transport::MemoryTransport;
+use libp2p::core::upgrade;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identity, noise, request_response, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, Transport as _, gossipsub, identity, noise, request_response, tcp,
+    yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent, topic};
 use super::client::Command;
-use super::{BallotRequest, Event, NetworkConfig, NetworkError, Verdict};
+use super::{BallotRequest, Event, NetworkConfig, NetworkError, Transport, Verdict};
 use buildmesh_protocol::wire::{Request, Response};
 
 /// Owns the swarm. Run it with [`EventLoop::run`].
@@ -46,21 +51,41 @@ impl EventLoop {
     ) -> Result<Self, NetworkError> {
         let build = |e: &dyn std::fmt::Display| NetworkError::Build(e.to_string());
         let timeout = config.request_timeout;
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| build(&e))?
-            .with_quic()
-            .with_dns()
-            .map_err(|e| build(&e))?
-            .with_behaviour(|key| Behaviour::new(key, &config.mesh, timeout))
-            .map_err(|e| build(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
-            .build();
+        let behaviour = |key: &identity::Keypair| Behaviour::new(key, &config.mesh, timeout);
+        let swarm_config =
+            |c: libp2p::swarm::Config| c.with_idle_connection_timeout(config.idle_timeout);
+        let builder = libp2p::SwarmBuilder::with_existing_identity(keypair.clone()).with_tokio();
+        let mut swarm = match config.transport {
+            Transport::Network => builder
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .map_err(|e| build(&e))?
+                .with_quic()
+                .with_dns()
+                .map_err(|e| build(&e))?
+                .with_behaviour(behaviour)
+                .map_err(|e| build(&e))?
+                .with_swarm_config(swarm_config)
+                .build(),
+            // The same security and multiplexing over libp2p's in-process transport.
+            Transport::Memory => builder
+                .with_other_transport(|key| {
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                        MemoryTransport::default()
+                            .upgrade(upgrade::Version::V1)
+                            .authenticate(noise::Config::new(key)?)
+                            .multiplex(yamux::Config::default()),
+                    )
+                })
+                .map_err(|e| build(&e))?
+                .with_behaviour(behaviour)
+                .map_err(|e| build(&e))?
+                .with_swarm_config(swarm_config)
+                .build(),
+        };
         let topic = topic(&config.mesh);
         swarm
             .behaviour_mut()

@@ -114,9 +114,39 @@ pub struct BallotRequest {
     pub channel: request_response::ResponseChannel<Response>,
 }
 
+/// What carries the connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP and QUIC with DNS, Noise and Yamux: production.
+    Network,
+    /// libp2p's in-process memory transport (`/memory/N` addresses) with the same Noise and
+    /// Yamux: several nodes in one test process without ports.
+    Memory,
+}
+
+impl Transport {
+    /// The transport that can listen on `listen`: memory when every address is a `/memory/`
+    /// one (and there is at least one), the network otherwise.
+    pub fn for_addresses(listen: &[Multiaddr]) -> Transport {
+        let memory = |a: &Multiaddr| {
+            matches!(
+                a.iter().next(),
+                Some(libp2p::multiaddr::Protocol::Memory(_))
+            )
+        };
+        if !listen.is_empty() && listen.iter().all(memory) {
+            Transport::Memory
+        } else {
+            Transport::Network
+        }
+    }
+}
+
 /// How the network is set up.
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
+    /// What carries the connections.
+    pub transport: Transport,
     /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
     /// The mesh id (names the gossip topic).

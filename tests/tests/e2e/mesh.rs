@@ -70,6 +70,30 @@ async fn five_nodes_from_one_bootstrap_each_record_reaches_all() {
     mesh.shutdown().await;
 }
 
+// The transport is injected: nodes listening on `/memory/` addresses run over libp2p's
+// in-process transport, with the same Noise, Yamux, door, gossip and sync, and no port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_on_the_memory_transport_replicate_without_a_port() {
+    let mesh = Mesh::start_with(3, |_, c| {
+        c.listen = vec!["/memory/0".parse().expect("a memory address")];
+    })
+    .await;
+    for i in 0..3 {
+        caught_up(&mesh, i).await;
+        let addrs = mesh.node(i).listen_addrs().await.expect("listen addresses");
+        assert!(
+            !addrs.is_empty() && addrs.iter().all(|a| a.to_string().starts_with("/memory/")),
+            "node {i} listens on {addrs:?}"
+        );
+    }
+    for i in 0..3 {
+        let seq = author_n(&mesh, i, 2, 1_000 * (i as u64 + 1)).await;
+        mesh.wait_replicated(mesh.id(i), seq, LONG).await;
+    }
+    mesh.wait_converged(LONG).await;
+    mesh.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_started_after_ten_thousand_records_catches_up() {
     let mut mesh = Mesh::start_some(3, 2).await;
