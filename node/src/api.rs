@@ -9,7 +9,8 @@
 //!   was revoked as compromised).
 //! - `POST /api/v1/publish`: a signed document (the file's bytes) to publish in this node's log.
 //! - `GET /api/v1/status`: the latest result per builder and branch.
-//! - `GET /api/v1/builds?commit=SHA&builder=NAME`: builds (one per job, its current attempt).
+//! - `GET /api/v1/builds?commit=SHA&builder=NAME`: builds (one per job, its current attempt);
+//!   `NAME` as written (percent-encoded) or the builder's safe id.
 //! - `GET /api/v1/builds/{id}/log?step=NAME`: a build's step log, fetched from whoever holds it.
 //! - `POST /api/v1/submit`: a commit announcement signed by a key with the announcer or
 //!   maintainer role; the signed request travels inside the record it causes.
@@ -398,7 +399,9 @@ fn matches(b: &BuildView, q: &BuildsQuery) -> bool {
         && q.commit
             .as_deref()
             .is_none_or(|c| !c.is_empty() && b.sha.starts_with(c))
-        && q.builder.as_deref().is_none_or(|x| b.builder == x)
+        && q.builder.as_deref().is_none_or(|x| {
+            b.builder == x || buildmesh_protocol::builders::safe_id(&b.builder) == x
+        })
         && q.branch.as_deref().is_none_or(|x| b.branch == x)
 }
 

@@ -1,8 +1,14 @@
 //! The builder configuration: which builders exist, what they build and how.
 //!
 //! People write it as TOML ([`BuilderConfig::from_toml`]); it is signed and replicated as CBOR
-//! inside a [`crate::docs::SignedDoc`]. The newest `version` wins on every node. A bad file is
-//! refused with the line and the field named.
+//! inside a [`crate::docs::SignedDoc`]. The newest `version` wins on every node; a file may leave
+//! it out, and is then stamped with the time it is read (in milliseconds since the epoch, so it
+//! orders after every hand-numbered version). A bad file is refused with the line and the field
+//! named.
+//!
+//! Builder names are written as people write them ("AMD64 Debian root 3.x", "aarch64 Fedora
+//! Rawhide LTO + PGO 3.14"): shown as written, and mapped to a [`safe_id`] where a name must be
+//! a path or a URL segment.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -157,7 +163,8 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileToml {
-    version: Spanned<u64>,
+    #[serde(default)]
+    version: Option<Spanned<u64>>,
     #[serde(default, rename = "builder")]
     builders: Vec<BuilderToml>,
     #[serde(default)]
@@ -214,12 +221,73 @@ struct StepToml {
     flaky_exit_codes: Option<Spanned<Vec<i32>>>,
 }
 
+/// The longest builder name, in characters.
+pub const MAX_NAME_CHARS: usize = 120;
+
+// A builder name: any printable text up to MAX_NAME_CHARS, with no control characters.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a builder needs a name".into());
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(format!(
+            "a builder name is at most {MAX_NAME_CHARS} characters"
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "`{}` is not a builder name: it holds the control character {c:?}",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// The builder's safe id: the name itself when it is letters, digits and `. _ - +` (and not
+/// `.` or `..`), so older names keep their directories; otherwise every run of other
+/// characters becomes one `-` and a short hash of the name follows, so that two names never
+/// share an id ("AMD64 Debian root 3.x" -> "AMD64-Debian-root-3.x-1a2b3c4d"). It names the
+/// builder's workspace directory and stands for the name in URLs.
+pub fn safe_id(name: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "._-+".contains(c);
+    if name.chars().all(plain) && !matches!(name, "" | "." | "..") {
+        return name.to_string();
+    }
+    let mut id = String::with_capacity(name.len() + 9);
+    for c in name.chars() {
+        if plain(c) {
+            id.push(c);
+        } else if !id.is_empty() && !id.ends_with('-') {
+            id.push('-');
+        }
+    }
+    let id = id.trim_matches(['-', '.']);
+    let hash = Hash::of(name.as_bytes()).to_string();
+    if id.is_empty() {
+        format!("builder-{}", &hash[..8])
+    } else {
+        format!("{id}-{}", &hash[..8])
+    }
+}
+
 /// A step without a `timeout` gets this one.
 pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 20 * 60 * 1000;
 
 impl BuilderConfig {
-    /// Parses and checks the TOML that people write, for the mesh `mesh`.
+    /// Parses and checks the TOML that people write, for the mesh `mesh`; a file without a
+    /// `version` gets the present time's (see [`BuilderConfig::from_toml_at`]).
     pub fn from_toml(mesh: Hash, text: &str) -> Result<Self, ConfigError> {
+        Self::from_toml_at(mesh, text, crate::Timestamp::now()).map(|(c, _)| c)
+    }
+
+    /// Parses and checks the TOML that people write, for the mesh `mesh`. A file that leaves
+    /// `version` out is stamped with `now` in milliseconds since the epoch; the flag says
+    /// whether it was.
+    pub fn from_toml_at(
+        mesh: Hash,
+        text: &str,
+        now: crate::Timestamp,
+    ) -> Result<(Self, bool), ConfigError> {
         let err = |span: Option<Range<usize>>, field: &str, message: String| {
             let (line, column) = span.map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError {
@@ -249,16 +317,8 @@ impl BuilderConfig {
         let mut builders = Vec::new();
         for b in file.builders {
             let name = b.name.get_ref().trim().to_string();
-            let valid_name = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
-            if !valid_name {
-                return Err(err(
-                    Some(b.name.span()),
-                    "name",
-                    format!("`{name}` is not a builder name (letters, digits, . _ - +)"),
-                ));
+            if let Err(why) = check_name(&name) {
+                return Err(err(Some(b.name.span()), "name", why));
             }
             if !names.insert(name.clone()) {
                 return Err(err(
@@ -430,12 +490,23 @@ impl BuilderConfig {
                 health
             }
         };
-        Ok(BuilderConfig {
-            mesh,
-            version: file.version.into_inner(),
-            builders,
-            health,
-        })
+        let stamped = file.version.is_none();
+        let version = file.version.map_or(now.millis(), Spanned::into_inner);
+        Ok((
+            BuilderConfig {
+                mesh,
+                version,
+                builders,
+                health,
+            },
+            stamped,
+        ))
+    }
+
+    /// The builder named `name`, as written or as its [`safe_id`].
+    pub fn find(&self, name: &str) -> Option<&Builder> {
+        self.builder(name)
+            .or_else(|| self.builders.iter().find(|b| safe_id(&b.name) == name))
     }
 
     /// The builder named `name`.
@@ -629,6 +700,58 @@ retries = 1
         let e = BuilderConfig::from_toml(Hash::ZERO, &twice).unwrap_err();
         assert!(e.message.contains("defined twice"), "{e}");
         assert_eq!(e.line, 19, "{e}");
+    }
+
+    #[test]
+    fn cpython_builder_names_are_taken_as_written_and_get_distinct_safe_ids() {
+        let names = [
+            "AMD64 Debian root 3.x",
+            "aarch64 Fedora Rawhide LTO + PGO 3.14",
+            "AMD64 Debian root 3.14",
+            "x86 Gentoo Non-Debug with X 3.x",
+        ];
+        let mut toml = String::new();
+        for n in names {
+            toml.push_str(&format!(
+                "[[builder]]\nname = \"{n}\"\nrepo = \"r\"\nbranches = [\"main\"]\n[[builder.step]]\nname = \"s\"\nrun = \"true\"\n"
+            ));
+        }
+        let now = crate::Timestamp(1_764_000_000_000);
+        // No `version`: stamped with the time it is read, and said so.
+        let (c, stamped) = BuilderConfig::from_toml_at(Hash::ZERO, &toml, now).unwrap();
+        assert!(stamped);
+        assert_eq!(c.version, now.millis());
+        let written: Vec<&str> = c.builders.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(written, names);
+        let ids: BTreeSet<String> = names.iter().map(|n| safe_id(n)).collect();
+        assert_eq!(ids.len(), names.len(), "{ids:?}");
+        for (n, id) in names.iter().map(|n| (n, safe_id(n))) {
+            assert!(
+                id.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c)),
+                "{id}"
+            );
+            assert!(id.starts_with(&n[..5].replace(' ', "-")), "{n} -> {id}");
+            assert_eq!(c.find(&id).map(|b| b.name.as_str()), Some(*n));
+            assert_eq!(c.find(n).map(|b| b.name.as_str()), Some(*n));
+        }
+        // A name that was valid before is its own id; a written version is kept as it is.
+        assert_eq!(safe_id("linux-debug"), "linux-debug");
+        let (c, stamped) = BuilderConfig::from_toml_at(Hash::ZERO, GOOD, now).unwrap();
+        assert!(!stamped);
+        assert_eq!(c.version, 1);
+    }
+
+    #[test]
+    fn a_builder_name_with_a_control_character_or_too_long_is_refused_on_its_line() {
+        let e = BuilderConfig::from_toml(Hash::ZERO, &GOOD.replace("linux-debug", "a\\tb"))
+            .unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (5, "name"), "{e}");
+        assert!(e.message.contains("control character"), "{e}");
+        let long = "x".repeat(MAX_NAME_CHARS + 1);
+        let e =
+            BuilderConfig::from_toml(Hash::ZERO, &GOOD.replace("linux-debug", &long)).unwrap_err();
+        assert_eq!(e.field, "name", "{e}");
     }
 
     #[test]

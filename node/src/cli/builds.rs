@@ -126,14 +126,18 @@ pub fn status(args: Status) -> anyhow::Result<ExitCode> {
 }
 
 pub fn builds(args: Builds) -> anyhow::Result<ExitCode> {
-    let mut query = Vec::new();
-    if let Some(c) = &args.commit {
-        query.push(format!("commit={c}"));
+    // Builder names are written as people write them ("AMD64 Debian root 3.x"): encoded.
+    let mut url = reqwest::Url::parse("http://node/api/v1/builds").expect("a constant URL");
+    {
+        let mut query = url.query_pairs_mut();
+        if let Some(c) = &args.commit {
+            query.append_pair("commit", c);
+        }
+        if let Some(b) = &args.builder {
+            query.append_pair("builder", b);
+        }
     }
-    if let Some(b) = &args.builder {
-        query.push(format!("builder={b}"));
-    }
-    let path = format!("/api/v1/builds?{}", query.join("&"));
+    let path = format!("/api/v1/builds?{}", url.query().unwrap_or_default());
     let value = runtime()?.block_on(get_json(&args.node.addr, &path))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);

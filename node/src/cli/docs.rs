@@ -315,24 +315,49 @@ pub fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn read_builders(path: &Path, mesh: buildmesh_protocol::Hash) -> anyhow::Result<BuilderConfig> {
+// The file's configuration, and whether its version was stamped from the present time (the
+// file leaves `version` out).
+fn read_builders(
+    path: &Path,
+    mesh: buildmesh_protocol::Hash,
+) -> anyhow::Result<(BuilderConfig, bool)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    BuilderConfig::from_toml(mesh, &text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    BuilderConfig::from_toml_at(mesh, &text, Timestamp::now())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+// How a version reads in what `config check` and `config sign` print.
+fn version_note(c: &BuilderConfig, stamped: bool) -> String {
+    if stamped {
+        format!(
+            "version {} (stamped: the file has no `version`, so the signing time in milliseconds, which orders after every earlier one)",
+            c.version
+        )
+    } else {
+        format!("version {}", c.version)
+    }
 }
 
 pub fn config(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ConfigCommand::Check(args) => {
-            let c = read_builders(&args.toml, buildmesh_protocol::Hash::ZERO)?;
+            let (c, stamped) = read_builders(&args.toml, buildmesh_protocol::Hash::ZERO)?;
             println!(
-                "{}: version {}, {} builder(s): {}",
+                "{}: {}, {} builder(s): {}",
                 args.toml.display(),
-                c.version,
+                version_note(&c, stamped),
                 c.builders.len(),
                 c.builders
                     .iter()
-                    .map(|b| b.name.as_str())
+                    .map(|b| {
+                        let id = buildmesh_protocol::builders::safe_id(&b.name);
+                        if id == b.name {
+                            b.name.clone()
+                        } else {
+                            format!("{} (id {id})", b.name)
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -342,13 +367,13 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
             let trust = Trust::new(g.clone());
             let key = files::read_key(&args.key)?;
             require_maintainer(&trust, &key)?;
-            let c = read_builders(&args.toml, g.mesh)?;
+            let (c, stamped) = read_builders(&args.toml, g.mesh)?;
             let mut doc = SignedDoc::new(&c)?;
             doc.sign(&key);
             write_doc(&args.out, &doc)?;
             eprintln!(
-                "signed builder configuration version {} ({} builders)",
-                c.version,
+                "signed builder configuration {} ({} builders)",
+                version_note(&c, stamped),
                 c.builders.len()
             );
         }

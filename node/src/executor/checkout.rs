@@ -89,16 +89,17 @@ pub(crate) fn cache_dir(work_dir: &Path, url: &str) -> PathBuf {
     work_dir.join("cache").join(format!("{}.git", &hash[..16]))
 }
 
-/// `work_dir/builds/<builder>/src`, refusing names that would leave `builds`.
+/// `work_dir/builds/<the builder's safe id>/src` (a name as people write it, "AMD64 Debian root
+/// 3.x", is mapped; the id never leaves `builds`).
 pub(crate) fn workspace_dir(work_dir: &Path, builder: &str) -> Result<PathBuf, CheckoutError> {
-    let usable =
-        !builder.is_empty() && builder != "." && builder != ".." && !builder.contains(['/', '\0']);
+    let id = buildmesh_protocol::builders::safe_id(builder);
+    let usable = !id.is_empty() && id != "." && id != ".." && !id.contains(['/', '\0']);
     if !usable {
         return Err(CheckoutError::Invalid(format!(
             "builder name `{builder}` cannot name a directory"
         )));
     }
-    Ok(work_dir.join("builds").join(builder).join("src"))
+    Ok(work_dir.join("builds").join(id).join("src"))
 }
 
 /// Checks that `sha` is a commit id and not, say, an option for git.
@@ -456,10 +457,34 @@ mod tests {
     }
 
     #[test]
-    fn names_that_escape_or_inject_are_refused() {
-        assert!(workspace_dir(Path::new("/w"), "..").is_err());
-        assert!(workspace_dir(Path::new("/w"), "a/b").is_err());
-        assert!(workspace_dir(Path::new("/w"), "linux-3.x").is_ok());
+    fn names_that_escape_are_mapped_inside_builds_and_shas_that_inject_are_refused() {
+        let w = Path::new("/w");
+        for name in [
+            "..",
+            ".",
+            "a/b",
+            "../../etc",
+            "AMD64 Debian root 3.x",
+            "x\\y",
+        ] {
+            let d = workspace_dir(w, name).expect("every name gets a directory");
+            assert_eq!(
+                d.parent().unwrap().parent().unwrap(),
+                w.join("builds"),
+                "{name}"
+            );
+            assert_eq!(d.file_name().unwrap(), "src");
+        }
+        assert_ne!(
+            workspace_dir(w, "a/b").unwrap(),
+            workspace_dir(w, "a b").unwrap(),
+            "two names share a workspace"
+        );
+        // A name that was valid before keeps its directory.
+        assert_eq!(
+            workspace_dir(w, "linux-3.x").unwrap(),
+            Path::new("/w/builds/linux-3.x/src")
+        );
         assert!(check_sha("--upload-pack=x").is_err());
         assert!(check_sha("abc").is_err());
         assert!(check_sha(&"a".repeat(40)).is_ok());
