@@ -295,6 +295,7 @@ fn make() -> Fixtures {
                 head: 2,
                 addrs: vec!["/ip4/127.0.0.1/tcp/7701".into()],
                 paused: None,
+                lost: Vec::new(),
             }),
         ),
         SignedSignal::sign(

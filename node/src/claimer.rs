@@ -311,6 +311,7 @@ impl Claimer {
                 },
                 s = self.signals.recv() => if let Ok(signal) = s {
                     if let Signal::Heartbeat(h) = &signal
+                        && h.node != self.me
                         && !self.machine.has_worker(&h.node)
                     {
                         // A worker admitted since the last refresh: learn its labels now.
@@ -621,7 +622,11 @@ impl Claimer {
     fn on_signal(&mut self, signal: Signal) {
         let now = Timestamp::now();
         match signal {
-            Signal::Heartbeat(h) => self.machine.heartbeat(h.node, h.running, h.capacity, now),
+            Signal::Heartbeat(h) => {
+                self.machine.heartbeat(h.node, h.running, h.capacity, now);
+                let lost = h.lost.into_iter().collect();
+                self.machine.lost_report(h.node, lost, now);
+            }
             Signal::Progress(p) => self.machine.progress(p.node, p.job, p.attempt, now),
             Signal::Holder(_) => {}
         }

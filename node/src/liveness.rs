@@ -1,7 +1,10 @@
 //! Liveness: who was heard from lately, and what that means for connections.
 //!
 //! Every node gossips a signed heartbeat each `heartbeat_interval`; a node heard from within
-//! `liveness_window` (by this node's clock) is live. Heartbeats are ordered per sender by the
+//! `liveness_window` (by this node's clock) is live. A heartbeat also names the admitted peers
+//! whose every connection to the sender closed and that it has not heard from since (a reset
+//! or a killed process: the claim machine takes a worker that most live nodes lost as gone at
+//! once, without waiting for its lease). Heartbeats are ordered per sender by the
 //! sender's clock, so an older one replayed is refused. The same heartbeats say where a node
 //! listens, which is how a node finds peers beyond its bootstrap list.
 //!
@@ -51,14 +54,40 @@ pub(crate) struct Live {
 pub(crate) struct Liveness {
     nodes: HashMap<NodeId, Live>,
     window: Duration,
+    // Admitted peers whose last connection closed, and when; until they connect again or are
+    // heard from well after (a heartbeat already on its way when they died does not count).
+    lost: HashMap<NodeId, Instant>,
 }
+
+/// How long after a peer's connections closed a heartbeat of it still proves nothing: one
+/// already on its way through the mesh when it died arrives within this.
+const LOST_GRACE: Duration = Duration::from_millis(500);
 
 impl Liveness {
     pub(crate) fn new(window: Duration) -> Self {
         Liveness {
             nodes: HashMap::new(),
             window,
+            lost: HashMap::new(),
         }
+    }
+
+    /// Every connection to the admitted peer `node` closed at `at`. Returns whether it was not
+    /// lost already.
+    pub(crate) fn lost(&mut self, node: NodeId, at: Instant) -> bool {
+        self.lost.insert(node, at).is_none()
+    }
+
+    /// Connected to `node` again.
+    pub(crate) fn reconnected(&mut self, node: &NodeId) {
+        self.lost.remove(node);
+    }
+
+    /// The peers lost and not heard from since, for the heartbeat.
+    pub(crate) fn lost_peers(&self) -> Vec<NodeId> {
+        let mut lost: Vec<NodeId> = self.lost.keys().copied().collect();
+        lost.sort();
+        lost
     }
 
     /// What was last heard from `node`.
@@ -92,6 +121,14 @@ impl Liveness {
     /// its sender just went live.
     pub(crate) fn heard(&mut self, h: &Heartbeat, heard: Instant, heard_at: Timestamp) -> bool {
         let was_live = self.is_live(&h.node, heard);
+        if self
+            .lost
+            .get(&h.node)
+            .is_some_and(|at| heard.saturating_duration_since(*at) > LOST_GRACE)
+        {
+            // Alive after all (a connection that flapped): heard through the mesh.
+            self.lost.remove(&h.node);
+        }
         let addrs = h.addrs.iter().filter_map(|a| a.parse().ok()).collect();
         self.nodes.insert(
             h.node,
@@ -112,6 +149,7 @@ impl Liveness {
     pub(crate) fn forget(&mut self, node: &NodeId, now: Instant) -> bool {
         let was_live = self.is_live(node, now);
         self.nodes.remove(node);
+        self.lost.remove(node);
         was_live
     }
 
@@ -256,7 +294,34 @@ mod tests {
             head: 0,
             addrs: addrs.iter().map(|a| a.to_string()).collect(),
             paused: None,
+            lost: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_lost_peer_is_named_until_it_reconnects_or_is_heard_well_after() {
+        let mut l = Liveness::new(Duration::from_secs(3));
+        let t0 = Instant::now();
+        assert!(l.lost(node(2), t0));
+        assert!(!l.lost(node(2), t0), "lost once");
+        l.lost(node(3), t0);
+        assert_eq!(l.lost_peers().len(), 2);
+        // A heartbeat it sent before it died, arriving just after: still lost.
+        l.heard(
+            &beat(node(2), 10, &[]),
+            t0 + Duration::from_millis(50),
+            Timestamp(10),
+        );
+        assert!(l.lost_peers().contains(&node(2)));
+        // Heard through the mesh a second later: alive, its connection only flapped.
+        l.heard(
+            &beat(node(2), 20, &[]),
+            t0 + Duration::from_secs(1),
+            Timestamp(20),
+        );
+        assert_eq!(l.lost_peers(), [node(3)]);
+        l.reconnected(&node(3));
+        assert!(l.lost_peers().is_empty());
     }
 
     const WINDOW: Duration = Duration::from_secs(3);

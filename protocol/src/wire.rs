@@ -167,6 +167,12 @@ pub struct Heartbeat {
     /// command). Not written when it claims, so heartbeats encode as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<String>,
+    /// Admitted peers whose every connection to the sender closed (a reset or a killed
+    /// process, not a silence) and that it has not heard from since. A worker that a majority
+    /// of the live nodes lost is gone: its leases lapse at once ([`crate::claims`]). Not
+    /// written when empty, so heartbeats encode as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<NodeId>,
 }
 
 impl Signal {
@@ -323,6 +329,7 @@ mod tests {
             head: 9,
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
             paused: None,
+            lost: Vec::new(),
         });
         let s = SignedSignal::sign(&k, &hb);
         assert_eq!(s.verify().unwrap(), hb);

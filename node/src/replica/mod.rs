@@ -420,6 +420,13 @@ impl Replica {
                     && p.admitted
                 {
                     tracing::info!(%peer, "peer disconnected");
+                    // A closed connection (a reset or a killed process, unlike a silence) is
+                    // told at once: a worker most live nodes lost loses its leases.
+                    if let Ok(node) = NodeId::from_peer_id(&peer)
+                        && self.liveness.lost(node, Instant::now())
+                    {
+                        self.heartbeat().await;
+                    }
                 }
             }
             network::Event::Listening { addr } => {

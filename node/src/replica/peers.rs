@@ -60,6 +60,7 @@ impl Replica {
         match checked.verdict {
             Ok(node) => {
                 if self.door.admit(peer, node) {
+                    self.liveness.reconnected(&node);
                     let name = self
                         .trust
                         .admission(&node)

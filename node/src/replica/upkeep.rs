@@ -26,8 +26,10 @@ impl Replica {
             head,
             addrs: self.listen.iter().map(|a| a.to_string()).collect(),
             paused,
+            lost: self.liveness.lost_peers(),
         };
-        // This node is live to itself; the addresses it gossips are for others to dial.
+        // This node is live to itself; the addresses it gossips are for others to dial. Its
+        // services hear its own heartbeat too (the claim machine counts what it lost).
         let own = Heartbeat {
             addrs: Vec::new(),
             ..h.clone()
@@ -35,6 +37,7 @@ impl Replica {
         if self.liveness.heard(&own, Instant::now(), now) {
             self.publish_membership();
         }
+        let _ = self.signals.send(Signal::Heartbeat(own));
         if self.revoked {
             return;
         }

@@ -16,7 +16,11 @@
 //! - **Crossed claims.** Two claims for one (job, attempt): the one first in rendezvous order
 //!   wins on every node; the other worker abandons its build.
 //! - **Leases.** A claim holds while its worker shows progress; after `lease` of silence the job
-//!   reopens with attempt + 1, and the silent worker goes to the back of the order.
+//!   reopens with attempt + 1, and the silent worker goes to the back of the order. A worker
+//!   that is **gone** — every connection to it closed (a reset or a killed process, not a
+//!   silence) on more than half of the other live nodes, as their heartbeats say
+//!   ([`Claims::lost_report`]) — loses its leases at once and is not ranked until they hear it
+//!   again. A frozen worker keeps its connections open and waits for its lease.
 //! - **Results.** A verdict (success, warnings, failure, flaky) ends the job. An exception or a
 //!   cancelled winner reopens it at once with attempt + 1, elsewhere first. After the builder's
 //!   `max_attempts` the job is given up. The current result is the verdict of the highest
@@ -244,6 +248,10 @@ pub struct Claims {
     // Jobs this machine derived (confirmations, re-validations) since the last
     // `take_new_jobs`: the node replays their stored claims and results.
     new_jobs: Vec<Hash>,
+    // Every node's newest heartbeat (when this node heard it) and the peers it says it lost
+    // the connections to; and the workers that more than half of the live nodes lost.
+    reports: BTreeMap<NodeId, (Timestamp, BTreeSet<NodeId>)>,
+    gone: BTreeSet<NodeId>,
 }
 
 #[derive(Clone, Debug)]
@@ -274,6 +282,8 @@ impl Claims {
             health_at: None,
             released: BTreeMap::new(),
             new_jobs: Vec::new(),
+            reports: BTreeMap::new(),
+            gone: BTreeSet::new(),
         }
     }
 
@@ -410,8 +420,9 @@ impl Claims {
             .iter()
             .filter(|(id, w)| {
                 **id == self.me
-                    || w.heard
-                        .is_some_and(|h| now.since(h) <= self.settings.liveness_window)
+                    || (!self.gone.contains(id)
+                        && w.heard
+                            .is_some_and(|h| now.since(h) <= self.settings.liveness_window))
             })
             .map(|(id, _)| *id)
             .collect()
@@ -486,6 +497,46 @@ impl Claims {
             let since = self.jobs[&h].open_since;
             self.recount(&h, since.max(now));
         }
+    }
+
+    /// A node's heartbeat (any role, this node's own included) and the peers it lost every
+    /// connection to and has not heard from since: see "Leases" above.
+    pub fn lost_report(&mut self, reporter: NodeId, lost: BTreeSet<NodeId>, now: Timestamp) {
+        self.reports.insert(reporter, (now, lost));
+        self.refresh_gone(now);
+    }
+
+    /// The workers that more than half of the other live nodes lost (see "Leases").
+    pub fn gone(&self) -> &BTreeSet<NodeId> {
+        &self.gone
+    }
+
+    fn refresh_gone(&mut self, now: Timestamp) {
+        let window = self.settings.liveness_window;
+        let live: Vec<(&NodeId, &BTreeSet<NodeId>)> = self
+            .reports
+            .iter()
+            .filter(|(_, (t, _))| now.since(*t) <= window)
+            .map(|(id, (_, lost))| (id, lost))
+            .collect();
+        let named: BTreeSet<&NodeId> = live
+            .iter()
+            .flat_map(|(_, lost)| lost.iter())
+            .filter(|x| **x != self.me && self.workers.contains_key(*x))
+            .collect();
+        self.gone = named
+            .into_iter()
+            .filter(|x| {
+                let others = live.iter().filter(|(r, _)| r != x);
+                let (mut n, mut losing) = (0, 0);
+                for (_, lost) in others {
+                    n += 1;
+                    losing += usize::from(lost.contains(*x));
+                }
+                losing * 2 > n
+            })
+            .copied()
+            .collect();
     }
 
     /// A heartbeat: the worker is alive and this busy.
@@ -666,7 +717,8 @@ impl Claims {
                 if **id == self.me {
                     return self.free() > 0;
                 }
-                let live = w.heard.is_some_and(|h| now.since(h) <= window);
+                let live =
+                    w.heard.is_some_and(|h| now.since(h) <= window) && !self.gone.contains(id);
                 live && busy.get(id).copied().unwrap_or(0) < w.capacity
             })
             .map(|(id, _)| *id)
@@ -712,6 +764,7 @@ impl Claims {
         let mut actions = Vec::new();
         let lease = self.settings.lease;
         self.refresh_health_at_tick(now);
+        self.refresh_gone(now);
 
         // Leases and crossed claims.
         for (id, j) in self.jobs.iter_mut() {
@@ -729,7 +782,7 @@ impl Claims {
                         .copied()
                         .unwrap_or(claimed)
                         .max(claimed);
-                    if now.since(last) > lease {
+                    if now.since(last) > lease || self.gone.contains(&w) {
                         j.avoid.insert(w);
                         j.reopen(now);
                     }
@@ -1140,6 +1193,81 @@ mod tests {
             matches!(acts.as_slice(), [Action::Claim { attempt: 2, .. }]),
             "the silent winner goes to the back; {acts:?}"
         );
+    }
+
+    // Four nodes: the winner, the observer (next in order), another worker, and a node that
+    // is no worker (an announcer: it counts among the nodes that lost the winner).
+    #[test]
+    fn a_winner_that_most_live_nodes_lost_is_gone_at_once_and_not_ranked() {
+        let w = ids(3);
+        let mut m = machines(&w);
+        let job = spec(1);
+        for c in m.iter_mut() {
+            c.job(job.clone(), T);
+        }
+        let order = m[0].order(&job.id, T);
+        let observer = m.iter().position(|c| c.me == order[1]).unwrap();
+        let announcer = SecretKey::from_seed([99; 32]).id();
+        let o = &mut m[observer];
+        o.claim(order[0], job.id, 1, T);
+        o.progress(order[0], job.id, 1, at(500));
+        let lost = BTreeSet::from([order[0]]);
+        for id in [order[0], order[1], order[2], announcer] {
+            o.lost_report(id, BTreeSet::new(), at(500));
+        }
+        // One of the three others lost it: no majority, the lease holds.
+        o.lost_report(order[1], lost.clone(), at(600));
+        assert!(o.gone().is_empty());
+        assert!(
+            o.tick(at(700)).is_empty(),
+            "one report of three is not a majority"
+        );
+        // Two of three: gone. Its lease lapses at once, long before 3 s of silence.
+        o.lost_report(announcer, lost.clone(), at(700));
+        assert_eq!(o.gone(), &lost);
+        let acts = o.tick(at(710));
+        assert!(
+            matches!(acts.as_slice(), [Action::Claim { attempt: 2, .. }]),
+            "the gone winner's job goes to the next at once; {acts:?}"
+        );
+        assert!(!o.live_workers(at(710)).contains(&order[0]));
+        // Heard again (the reporters reconnected): ranked again.
+        o.lost_report(order[1], BTreeSet::new(), at(900));
+        o.lost_report(announcer, BTreeSet::new(), at(900));
+        o.heartbeat(order[0], 0, 1, at(900));
+        assert!(o.gone().is_empty());
+        assert!(o.live_workers(at(900)).contains(&order[0]));
+    }
+
+    #[test]
+    fn reports_of_nodes_no_longer_live_do_not_count() {
+        let w = ids(3);
+        let mut m = machines(&w);
+        let o = &mut m[0];
+        let lost = BTreeSet::from([w[2]]);
+        o.lost_report(w[0], lost.clone(), T);
+        o.lost_report(w[1], lost.clone(), T);
+        assert_eq!(o.gone(), &lost, "both others lost it");
+        // Half is not more than half.
+        o.lost_report(w[0], BTreeSet::new(), at(100));
+        assert!(o.gone().is_empty());
+        // Nor does a node count itself gone, whatever the others say.
+        o.lost_report(w[1], BTreeSet::from([w[0]]), at(100));
+        o.lost_report(w[2], BTreeSet::from([w[0]]), at(100));
+        assert!(o.gone().is_empty());
+        // A report older than the liveness window counts for nothing: with four nodes, two
+        // reports of three would make w3 gone, but one of them is stale.
+        let w = ids(4);
+        let mut m = machines(&w);
+        let o = &mut m[0];
+        let lost = BTreeSet::from([w[3]]);
+        o.lost_report(w[0], BTreeSet::new(), T);
+        o.lost_report(w[1], lost.clone(), T);
+        o.lost_report(w[2], lost.clone(), T);
+        assert_eq!(o.gone(), &lost);
+        o.lost_report(w[0], BTreeSet::new(), at(4_000));
+        o.lost_report(w[2], lost.clone(), at(4_000));
+        assert!(o.gone().is_empty(), "w1's report is stale: one of two");
     }
 
     #[test]

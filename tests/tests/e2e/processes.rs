@@ -102,12 +102,24 @@ async fn a_killed_node_loses_no_record_it_had_flushed() {
     );
 }
 
+// A killed process's connections close (unlike a frozen host's): the nodes that lose them
+// say so in their heartbeats, and the job moves at once, long before the lease — here 60 s,
+// so a re-claim by the lease alone would miss the 30 s this test waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_worker_mid_step_moves_the_job_and_leaves_no_process() {
+async fn killing_the_worker_mid_step_moves_the_job_before_its_lease_and_leaves_no_process() {
     buildmesh_tests::logs();
     let dir = tempfile::tempdir().unwrap();
     let base = free_port_base(3);
     let t = buildmesh_node::testnet::generate(&dir.path().join("mesh"), 3, base).unwrap();
+    for n in &t.nodes {
+        let mut text = std::fs::read_to_string(&n.config).unwrap();
+        assert!(
+            text.trim_end().ends_with("min_free_disk = \"64MiB\""),
+            "{text}"
+        );
+        text.push_str("lease = \"60s\"\n");
+        std::fs::write(&n.config, text).unwrap();
+    }
     let mut procs: Vec<Option<Proc>> = t.nodes.iter().map(|n| Some(run(&n.config))).collect();
     let apis: Vec<String> = t.nodes.iter().map(|n| n.api.clone()).collect();
     for api in &apis {
@@ -256,8 +268,8 @@ async fn killing_the_worker_mid_step_moves_the_job_and_leaves_no_process() {
     }
     let survivor = (0..3).find(|i| *i != victim).unwrap();
     wait_for(
-        "another worker to re-claim",
-        Duration::from_secs(60),
+        "another worker to re-claim, well before the 60 s lease",
+        Duration::from_secs(30),
         || async {
             let builds = json(format!(
                 "http://{}/api/v1/builds?commit={sha}",

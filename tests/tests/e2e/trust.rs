@@ -460,6 +460,7 @@ async fn far_future_records_replayed_signals_fork_floods_and_unknown_kinds_are_b
             head: 0,
             addrs: vec![],
             paused: None,
+            lost: Vec::new(),
         }),
     );
     publish(0, Gossip::Signal(hb).to_bytes()).await;
