@@ -8,7 +8,9 @@
 //! The model follows the real node: records (jobs, claims, results) are gossiped with loss and
 //! delay and filled in by anti-entropy every second between connected nodes; signals
 //! (heartbeats, progress) are gossiped with loss and never repeated; each node ticks its
-//! machine every 100 ms of its own clock.
+//! machine every 100 ms of its own clock. A crash is a killed process: the nodes connected to it
+//! lose their connections and say so in a heartbeat at once (a partition is a silence: no
+//! connection closes).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -115,7 +117,8 @@ enum Ev {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Sig {
-    Heartbeat(usize, u32, u32),
+    // Sender, builds running, capacity, the peers it lost the connections to.
+    Heartbeat(usize, u32, u32, Vec<usize>),
     Progress(usize, Hash, u32),
 }
 
@@ -130,6 +133,8 @@ struct Node {
     crashed_at: Option<u64>,
     up_since: u64,
     idle_since: u64,
+    // Peers whose connections to it closed (they crashed) and that it has not met again.
+    lost: BTreeSet<usize>,
 }
 
 /// A violated invariant, with the seed that replays it.
@@ -166,8 +171,8 @@ pub struct Outcome {
     pub claims: usize,
     /// Builds abandoned after losing a crossed claim.
     pub abandoned: usize,
-    /// Worst time from a crash of a running winner to another worker's claim, ms.
-    pub worst_reclaim_ms: u64,
+    /// Every time from a crash of a running winner to another worker's claim of its job, ms.
+    pub reclaims_ms: Vec<u64>,
     /// Announcements lost with the only disk that held them (a node wiped before gossip or
     /// sync reached anyone else).
     pub lost_announcements: usize,
@@ -270,6 +275,7 @@ impl World {
                     labels: labels[i].clone(),
                     running: BTreeMap::new(),
                     crashed_at: None,
+                    lost: BTreeSet::new(),
                     up_since: 0,
                     idle_since: 0,
                 }
@@ -363,6 +369,8 @@ impl World {
                 match (c, e) {
                     (true, None) => {
                         self.together_since.insert((a, b), self.now);
+                        self.nodes[a].lost.remove(&b);
+                        self.nodes[b].lost.remove(&a);
                         // A new connection starts with a version-vector exchange both ways.
                         let d = self.rng.range(1, self.sc.max_delay) + 20;
                         self.at(self.now + d, Ev::SyncPair(a, b));
@@ -396,6 +404,19 @@ impl World {
                 self.at(self.now + d, Ev::Signal(to, sig.clone()));
             }
         }
+    }
+
+    // Node n's heartbeat: to its own machine and to every node connected to it.
+    fn beat(&mut self, n: usize) {
+        let running = self.nodes[n].running.len() as u32;
+        let cap = self.nodes[n].machine.capacity();
+        let now = self.local(n);
+        let me = self.nodes[n].id;
+        let lost: Vec<usize> = self.nodes[n].lost.iter().copied().collect();
+        let ids = lost.iter().map(|l| self.nodes[*l].id).collect();
+        self.nodes[n].machine.heartbeat(me, running, cap, now);
+        self.nodes[n].machine.lost_report(me, ids, now);
+        self.signal(n, Sig::Heartbeat(n, running, cap, lost));
     }
 
     fn apply(&mut self, n: usize, id: usize) {
@@ -445,6 +466,11 @@ impl World {
                     self.nodes[n].running.insert((job, attempt), self.now);
                     self.at(self.now + d, Ev::BuildDone(n, job, attempt));
                     self.publish(n, Rec::Claim(me, job, attempt));
+                    for (j, _, crashed, dead) in &self.awaiting_reclaim {
+                        if *j == job && *dead != n {
+                            self.out.reclaims_ms.push(self.now - crashed);
+                        }
+                    }
                     self.awaiting_reclaim
                         .retain(|(j, _, _, dead)| !(*j == job && *dead != n));
                 }
@@ -493,9 +519,12 @@ impl World {
                 }
                 let now = self.local(to);
                 match sig {
-                    Sig::Heartbeat(from, running, cap) => {
+                    Sig::Heartbeat(from, running, cap, lost) => {
                         let id = self.nodes[from].id;
-                        self.nodes[to].machine.heartbeat(id, running, cap, now);
+                        let lost = lost.iter().map(|l| self.nodes[*l].id).collect();
+                        let m = &mut self.nodes[to].machine;
+                        m.heartbeat(id, running, cap, now);
+                        m.lost_report(id, lost, now);
                     }
                     Sig::Progress(from, job, a) => {
                         let id = self.nodes[from].id;
@@ -511,12 +540,7 @@ impl World {
             }
             Ev::Heartbeat(n) => {
                 if self.nodes[n].up {
-                    let running = self.nodes[n].running.len() as u32;
-                    let cap = self.nodes[n].machine.capacity();
-                    let now = self.local(n);
-                    let me = self.nodes[n].id;
-                    self.nodes[n].machine.heartbeat(me, running, cap, now);
-                    self.signal(n, Sig::Heartbeat(n, running, cap));
+                    self.beat(n);
                     let running: Vec<(Hash, u32)> = self.nodes[n].running.keys().copied().collect();
                     for (job, a) in running {
                         self.signal(n, Sig::Progress(n, job, a));
@@ -639,11 +663,19 @@ impl World {
                         self.awaiting_reclaim.push((*job, *a, self.now, n));
                     }
                 }
+                // Its connections close: every node connected to it says so at once.
+                let peers: Vec<usize> = (0..self.nodes.len())
+                    .filter(|p| *p != n && self.connected(*p, n))
+                    .collect();
                 let node = &mut self.nodes[n];
                 node.up = false;
                 node.running.clear();
                 node.crashed_at = Some(self.now);
                 self.refresh_links();
+                for p in peers {
+                    self.nodes[p].lost.insert(n);
+                    self.beat(p);
+                }
             }
             Ev::Restart(n) => {
                 if self.nodes[n].up {
@@ -822,21 +854,6 @@ impl World {
         Ok(())
     }
 
-    fn note_reclaims(&mut self) {
-        for (i, n) in self.nodes.iter().enumerate() {
-            for ((job, _), started) in &n.running {
-                if *started == self.now {
-                    for (j, _, crashed, dead) in &self.awaiting_reclaim {
-                        if j == job && *dead != i {
-                            let d = self.now - crashed;
-                            self.out.worst_reclaim_ms = self.out.worst_reclaim_ms.max(d);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     /// Runs the seed to the end, checking the invariants after every event.
     pub fn run(mut self) -> Result<Outcome, Violation> {
         let end = ACTIVE_MS + QUIET_MS;
@@ -860,7 +877,6 @@ impl World {
             }
             let ev_kind = matches!(ev, Ev::Tick(0)).then_some(0);
             self.handle(ev);
-            self.note_reclaims();
             self.check().map_err(|what| Violation {
                 seed: self.seed,
                 at: self.now,

@@ -23,7 +23,7 @@ fn a_thousand_seeds_keep_every_invariant() {
     let a = std::thread::spawn(move || run_seeds(0, half));
     let b = run_seeds(half, n);
     let a = a.join().expect("no panic");
-    let mut outcomes = match (a, b) {
+    let outcomes = match (a, b) {
         (Ok(a), Ok(b)) => [a, b].concat(),
         (Err(v), _) | (_, Err(v)) => panic!("{v}"),
     };
@@ -34,10 +34,29 @@ fn a_thousand_seeds_keep_every_invariant() {
         done > 0 && claims >= done,
         "the simulation did build things"
     );
-    outcomes.sort_by_key(|o| o.worst_reclaim_ms);
+    // A crashed worker's connections close: its job moves when the nodes that lost it say so,
+    // not after its lease.
+    let mut reclaims: Vec<u64> = outcomes
+        .iter()
+        .flat_map(|o| o.reclaims_ms.clone())
+        .collect();
+    reclaims.sort_unstable();
+    let pct = |p: usize| {
+        reclaims
+            .get((reclaims.len() * p / 100).min(reclaims.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert!(
+        n < 100 || !reclaims.is_empty(),
+        "no crash of a running worker in {n} seeds"
+    );
     println!(
-        "{n} seeds: {done} jobs with a verdict, {claims} claims, worst re-claim after a crash {} ms",
-        outcomes.last().map(|o| o.worst_reclaim_ms).unwrap_or(0)
+        "{n} seeds: {done} jobs with a verdict, {claims} claims; {} re-claims after a crash: p50 {} ms, p99 {} ms, worst {} ms",
+        reclaims.len(),
+        pct(50),
+        pct(99),
+        reclaims.last().copied().unwrap_or(0)
     );
 }
 
@@ -72,7 +91,8 @@ fn a_rogue_admitted_worker_changes_nothing_over_a_thousand_seeds() {
 #[test]
 fn seed_1552_an_announcement_lost_with_its_only_disk_is_not_a_liveness_failure() {
     let o = World::new(1552).run().unwrap_or_else(|v| panic!("{v}"));
-    assert_eq!(o.lost_announcements, 1, "{o:?}");
+    // The world's draws changed since (crashes now close connections), so it loses one or more.
+    assert!(o.lost_announcements >= 1, "{o:?}");
     assert!(o.done > 0);
 }
 

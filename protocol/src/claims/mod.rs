@@ -502,8 +502,15 @@ impl Claims {
     /// A node's heartbeat (any role, this node's own included) and the peers it lost every
     /// connection to and has not heard from since: see "Leases" above.
     pub fn lost_report(&mut self, reporter: NodeId, lost: BTreeSet<NodeId>, now: Timestamp) {
+        let changes = !lost.is_empty()
+            || self
+                .reports
+                .get(&reporter)
+                .is_some_and(|(_, l)| !l.is_empty());
         self.reports.insert(reporter, (now, lost));
-        self.refresh_gone(now);
+        if changes {
+            self.refresh_gone(now);
+        }
     }
 
     /// The workers that more than half of the other live nodes lost (see "Leases").
@@ -512,31 +519,35 @@ impl Claims {
     }
 
     fn refresh_gone(&mut self, now: Timestamp) {
+        // The common case, and every tick: nobody lost anyone.
+        if self.gone.is_empty() && self.reports.values().all(|(_, l)| l.is_empty()) {
+            return;
+        }
         let window = self.settings.liveness_window;
-        let live: Vec<(&NodeId, &BTreeSet<NodeId>)> = self
-            .reports
-            .iter()
-            .filter(|(_, (t, _))| now.since(*t) <= window)
-            .map(|(id, (_, lost))| (id, lost))
-            .collect();
-        let named: BTreeSet<&NodeId> = live
-            .iter()
-            .flat_map(|(_, lost)| lost.iter())
-            .filter(|x| **x != self.me && self.workers.contains_key(*x))
-            .collect();
-        self.gone = named
-            .into_iter()
-            .filter(|x| {
-                let others = live.iter().filter(|(r, _)| r != x);
-                let (mut n, mut losing) = (0, 0);
-                for (_, lost) in others {
-                    n += 1;
-                    losing += usize::from(lost.contains(*x));
+        let live = |t: &Timestamp| now.since(*t) <= window;
+        let mut gone = BTreeSet::new();
+        for (t, lost) in self.reports.values() {
+            if !live(t) {
+                continue;
+            }
+            for x in lost {
+                if *x == self.me || gone.contains(x) || !self.workers.contains_key(x) {
+                    continue;
                 }
-                losing * 2 > n
-            })
-            .copied()
-            .collect();
+                // Among the live nodes other than x, how many lost it.
+                let (mut others, mut losing) = (0usize, 0usize);
+                for (r, (t, l)) in &self.reports {
+                    if r != x && live(t) {
+                        others += 1;
+                        losing += usize::from(l.contains(x));
+                    }
+                }
+                if losing * 2 > others {
+                    gone.insert(*x);
+                }
+            }
+        }
+        self.gone = gone;
     }
 
     /// A heartbeat: the worker is alive and this busy.
@@ -735,7 +746,8 @@ impl Claims {
             return Vec::new();
         };
         let mut order = self.eligible(&j.spec, now, busy);
-        order.sort_by_key(|w| (self.is_late(&j.spec, w), j.avoid.contains(w), score(job, w)));
+        order
+            .sort_by_cached_key(|w| (self.is_late(&j.spec, w), j.avoid.contains(w), score(job, w)));
         order
     }
 
@@ -890,8 +902,12 @@ impl Claims {
 
 impl Job {
     fn winner(&self, attempt: u32) -> Option<NodeId> {
-        self.counted
-            .get(&attempt)?
+        let claimants = self.counted.get(&attempt)?;
+        // One claimant, the common case, wins without a hash: every tick asks of every job.
+        if claimants.len() == 1 {
+            return claimants.first().copied();
+        }
+        claimants
             .iter()
             .min_by_key(|w| (self.late.contains(w), score(&self.spec.id, w)))
             .copied()
