@@ -16,7 +16,8 @@
 //!   maintainer role; the signed request travels inside the record it causes.
 //! - `POST /api/v1/webhook`: GitHub, Gitea or Forgejo push webhooks (HMAC checked).
 //! - `GET /api/v1/notifier`: the notifier holder, term and lease as this node sees them.
-//! - `GET /api/v1/notifications`: every mail sent (the `NotificationSent` records of notifiers).
+//! - `GET /api/v1/notifications`: every mail sent (the `NotificationSent` records of notifiers),
+//!   as [`Notification`] rows.
 //! - `GET /metrics`: Prometheus text.
 //!
 //! One handler per endpoint, each short; the module is the API's one page, hence its length.
@@ -173,11 +174,11 @@ async fn publish(State(s): State<ApiState>, body: Bytes) -> Response {
     let kind = doc.kind;
     let id = doc.id();
     match s.replica.publish_doc(doc).await {
-        Ok(record) => Json(json!({
-            "published": kind,
-            "id": id,
-            "record": { "author": record.envelope.author, "seq": record.envelope.seq },
-        }))
+        Ok(record) => Json(Published {
+            id,
+            published: kind,
+            record: RecordAt::from(&record),
+        })
         .into_response(),
         Err(e @ crate::NodeError::Document(_)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
@@ -283,6 +284,72 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 
 /// How far a signed request's clock may be from this node's.
 const MAX_REQUEST_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Where a record stands: its author and its seq in the author's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordAt {
+    /// The author.
+    pub author: NodeId,
+    /// Its seq.
+    pub seq: u64,
+}
+
+impl From<&buildmesh_protocol::record::Record> for RecordAt {
+    fn from(r: &buildmesh_protocol::record::Record) -> Self {
+        RecordAt {
+            author: r.envelope.author,
+            seq: r.envelope.seq,
+        }
+    }
+}
+
+/// The answer to `POST /api/v1/publish`. Fields in the order the JSON always had (sorted).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    /// The document's id.
+    pub id: buildmesh_protocol::Hash,
+    /// Its kind.
+    pub published: buildmesh_protocol::docs::DocKind,
+    /// The record that carries it.
+    pub record: RecordAt,
+}
+
+/// The answer to `POST /api/v1/submit`: announced now (`record`), or an announcement that
+/// counts was already held (`already`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Announced {
+    /// The announcement already held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub already: Option<RecordAt>,
+    /// Whether this request announced it.
+    pub announced: bool,
+    /// The announcement made now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RecordAt>,
+}
+
+/// One row of `GET /api/v1/notifications`: a mail a notifier recorded as sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// The notifier that sent it.
+    pub author: NodeId,
+    /// Branch (for a worker's alert, its owner).
+    pub branch: String,
+    /// Builder (for a worker's alert, `worker NAME`).
+    pub builder: String,
+    /// Its Message-ID.
+    pub message_id: String,
+    /// The commit (for a worker's alert, the worker and its log head or quarantine).
+    pub sha: String,
+    /// The notifier's term when it sent it.
+    pub term: u64,
+    /// When it was recorded.
+    pub time: Timestamp,
+    /// Recipients.
+    pub to: Vec<String>,
+    /// The alert's identity.
+    pub transition: buildmesh_protocol::Hash,
+}
 
 /// One row of `GET /api/v1/status`: the latest verdict of a builder on a branch, with the
 /// newer builds still pending or running. (Fields in the order the JSON has always had.)
@@ -608,14 +675,24 @@ async fn announce(s: &ApiState, c: CommitSeen) -> Response {
     if let Ok(Some(seen)) = s.store.commit_seen(&c.repo, &c.branch, &c.sha)
         && counts(s, &seen).await
     {
-        return Json(
-            json!({"announced": false, "already": {"author": seen.author, "seq": seen.seq}}),
-        )
+        return Json(Announced {
+            already: Some(RecordAt {
+                author: seen.author,
+                seq: seen.seq,
+            }),
+            announced: false,
+            record: None,
+        })
         .into_response();
     }
     let body = Body::CommitSeen(c);
     match s.replica.author(body).await {
-        Ok(r) => Json(json!({"announced": true, "record": {"author": r.envelope.author, "seq": r.envelope.seq}})).into_response(),
+        Ok(r) => Json(Announced {
+            already: None,
+            announced: true,
+            record: Some(RecordAt::from(&r)),
+        })
+        .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
@@ -727,11 +804,17 @@ async fn notifications(State(s): State<ApiState>) -> Response {
         if let Ok(Body::NotificationSent(n)) = r.body()
             && notifiers.contains(&r.author_id())
         {
-            out.push(json!({
-                "transition": n.transition, "builder": n.builder, "branch": n.branch, "sha": n.sha,
-                "message_id": n.message_id, "to": n.to, "term": n.term,
-                "author": r.envelope.author, "time": r.envelope.time,
-            }));
+            out.push(Notification {
+                author: r.envelope.author,
+                branch: n.branch,
+                builder: n.builder,
+                message_id: n.message_id,
+                sha: n.sha,
+                term: n.term,
+                time: r.envelope.time,
+                to: n.to,
+                transition: n.transition,
+            });
         }
     }
     Json(out).into_response()
@@ -785,6 +868,66 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&pending).unwrap(),
             serde_json::to_string(&old).unwrap()
+        );
+    }
+
+    // Publish, submit and notifications answers were JSON objects too: the same bytes, and
+    // what the CLI reads back.
+    #[test]
+    fn the_write_answers_and_notifications_are_the_json_they_always_were() {
+        fn same<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
+            typed: T,
+            old: serde_json::Value,
+        ) {
+            let bytes = serde_json::to_string(&typed).unwrap();
+            assert_eq!(bytes, serde_json::to_string(&old).unwrap());
+            assert_eq!(serde_json::from_str::<T>(&bytes).unwrap(), typed);
+        }
+        let author = buildmesh_protocol::SecretKey::from_seed([4; 32]).id();
+        let id = buildmesh_protocol::Hash::of(b"doc");
+        let at = RecordAt { author, seq: 7 };
+        same(
+            Published {
+                id,
+                published: buildmesh_protocol::docs::DocKind::Revocation,
+                record: at,
+            },
+            json!({"published": buildmesh_protocol::docs::DocKind::Revocation, "id": id,
+                   "record": {"author": author, "seq": 7}}),
+        );
+        same(
+            Announced {
+                already: None,
+                announced: true,
+                record: Some(at),
+            },
+            json!({"announced": true, "record": {"author": author, "seq": 7}}),
+        );
+        same(
+            Announced {
+                already: Some(at),
+                announced: false,
+                record: None,
+            },
+            json!({"announced": false, "already": {"author": author, "seq": 7}}),
+        );
+        same(
+            Notification {
+                author,
+                branch: "main".into(),
+                builder: "linux".into(),
+                message_id: "<k@buildmesh.invalid>".into(),
+                sha: "a".repeat(40),
+                term: 3,
+                time: Timestamp(1_700_000_000_000),
+                to: vec!["list@example.org".into()],
+                transition: id,
+            },
+            json!({
+                "transition": id, "builder": "linux", "branch": "main", "sha": "a".repeat(40),
+                "message_id": "<k@buildmesh.invalid>", "to": ["list@example.org"], "term": 3,
+                "author": author, "time": Timestamp(1_700_000_000_000),
+            }),
         );
     }
 }

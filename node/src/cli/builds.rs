@@ -253,7 +253,8 @@ pub fn submit(args: Submit) -> anyhow::Result<ExitCode> {
         }
         Ok(body)
     })?;
-    if answer["announced"] == true {
+    let answer: buildmesh_node::api::Announced = serde_json::from_value(answer)?;
+    if answer.announced {
         println!("announced {} {} {}", args.repo, args.branch, args.sha);
     } else {
         println!(

@@ -245,12 +245,15 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(body)
     })?;
+    let answer: buildmesh_node::api::Published = serde_json::from_value(answer)?;
     println!(
         "published {} {} as record {} of {}",
-        answer["published"].as_str().unwrap_or("?"),
+        serde_json::to_value(answer.published)?
+            .as_str()
+            .unwrap_or("?"),
         args.file.display(),
-        answer["record"]["seq"],
-        answer["record"]["author"].as_str().unwrap_or("?")
+        answer.record.seq,
+        answer.record.author
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -270,23 +273,17 @@ pub fn notifier(args: NotifierArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
-    match value["holder"].as_str() {
+    let v: buildmesh_node::notifier::NotifierView = serde_json::from_value(value)?;
+    match v.holder {
         Some(h) => println!(
             "holder {h}{}\nterm   {}\nlease  until {}",
-            if value["holding"] == true {
-                " (this node)"
-            } else {
-                ""
-            },
-            value["term"],
-            value["lease_expires"].as_str().unwrap_or("?")
+            if v.holding { " (this node)" } else { "" },
+            v.term,
+            v.lease_expires.map_or("?".to_string(), |t| t.to_string())
         ),
-        None => println!("no holder known (term {})", value["term"]),
+        None => println!("no holder known (term {})", v.term),
     }
-    println!(
-        "voters {}",
-        value["voters"].as_array().map_or(0, |v| v.len())
-    );
+    println!("voters {}", v.voters.len());
     Ok(ExitCode::SUCCESS)
 }
 
