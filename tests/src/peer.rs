@@ -77,7 +77,7 @@ impl Peer {
                             .validate(id, source, network::Verdict::Ignore)
                             .await;
                     }
-                    Event::Listening { .. } => {}
+                    Event::Listening { .. } | Event::ConnectionDropped { .. } => {}
                 }
             }
         });

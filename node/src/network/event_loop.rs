@@ -325,10 +325,15 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                num_established,
                 ..
             } => {
-                emit(&self.events, Event::Disconnected { peer: peer_id }).await;
+                let event = if num_established == 0 {
+                    Event::Disconnected { peer: peer_id }
+                } else {
+                    Event::ConnectionDropped { peer: peer_id }
+                };
+                emit(&self.events, event).await;
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 emit(&self.events, Event::Listening { addr: address }).await;

@@ -93,6 +93,12 @@ pub enum Event {
         /// The peer.
         peer: PeerId,
     },
+    /// One connection to a peer closed while others remain (a QUIC connection outlives a
+    /// killed process until its idle timeout: the node asks over what remains).
+    ConnectionDropped {
+        /// The peer.
+        peer: PeerId,
+    },
     /// A new local listening address.
     Listening {
         /// The address.

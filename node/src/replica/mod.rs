@@ -79,6 +79,10 @@ pub(crate) enum Command {
         peer: PeerId,
         answer: Result<Response, String>,
     },
+    // A peer that did not answer over its remaining connections after one closed.
+    Unreachable {
+        peer: PeerId,
+    },
     SyncDone {
         peer: PeerId,
         theirs: Option<VersionVector>,
@@ -429,6 +433,11 @@ impl Replica {
                     }
                 }
             }
+            network::Event::ConnectionDropped { peer } => {
+                if self.door.is_admitted(&peer) {
+                    self.probe(peer);
+                }
+            }
             network::Event::Listening { addr } => {
                 tracing::info!(%addr, "listening");
                 self.listen.push(addr);
@@ -465,6 +474,15 @@ impl Replica {
                 self.metrics.synced_records += accepted as u64;
                 tracing::debug!(%peer, received = n, accepted, "sync batch");
                 let _ = reply.send(());
+            }
+            Command::Unreachable { peer } => {
+                if self.door.is_admitted(&peer)
+                    && let Ok(node) = NodeId::from_peer_id(&peer)
+                    && self.liveness.lost(node, Instant::now())
+                {
+                    tracing::info!(%peer, "peer unreachable over its remaining connections");
+                    self.heartbeat().await;
+                }
             }
             Command::HelloAnswer { peer, answer } => match answer {
                 Ok(Response::Hello(hello)) => {

@@ -19,6 +19,10 @@ use super::door::{self, Refusal};
 use super::{Command, MAX_SIGNAL_SKEW, Replica};
 use crate::network::Verdict;
 
+/// How long a peer that lost one of its connections has to answer over another before it
+/// counts as lost: a busy node answers a version-vector request in milliseconds.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(750);
+
 impl Replica {
     pub(super) async fn on_connected(&mut self, peer: PeerId, addr: Multiaddr) {
         let revoked = NodeId::from_peer_id(&peer)
@@ -38,6 +42,30 @@ impl Replica {
             async move {
                 let answer = net.request(peer, hello).await.map_err(|e| e.to_string());
                 let _ = tx.send(Command::HelloAnswer { peer, answer }).await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    // One of a peer's connections closed and others remain: a killed process's TCP connection
+    // closes at once, its QUIC connection only at its idle timeout. Ask over what remains; no
+    // answer within PROBE_TIMEOUT counts as every connection closed.
+    pub(super) fn probe(&self, peer: PeerId) {
+        let Ok(ours) = self.store.version_vector() else {
+            return;
+        };
+        let net = self.net.clone();
+        let tx = self.self_tx.clone();
+        tokio::spawn(
+            async move {
+                let asked = net.request(peer, Request::VersionVector(ours));
+                let answered = matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, asked).await,
+                    Ok(Ok(Response::VersionVector(_)))
+                );
+                if !answered {
+                    let _ = tx.send(Command::Unreachable { peer }).await;
+                }
             }
             .in_current_span(),
         );
