@@ -250,6 +250,19 @@ impl ElectionWorld {
         self.voters[v].outbox.recorded(self.alerts[k].1);
     }
 
+    // Node v learns every mail its connected peers hold a record of (a round of anti-entropy).
+    fn pull_sent(&mut self, v: usize) {
+        let peers: Vec<usize> = (0..self.voters.len())
+            .filter(|p| *p != v && self.connected(v, *p))
+            .collect();
+        for p in peers {
+            let theirs: Vec<usize> = self.voters[p].sent.keys().copied().collect();
+            for k in theirs {
+                self.learn_sent(v, k);
+            }
+        }
+    }
+
     fn mail_due(&mut self, v: usize) -> Result<(), String> {
         let local = self.local(v);
         let Some(term) = self.voters[v].machine.holding(local) else {
@@ -332,29 +345,13 @@ impl ElectionWorld {
             }
             Ev::AntiEntropy(v) => {
                 if self.voters[v].up {
-                    let peers: Vec<usize> = (0..self.voters.len())
-                        .filter(|p| *p != v && self.connected(v, *p))
-                        .collect();
-                    for p in peers {
-                        let theirs: Vec<usize> = self.voters[p].sent.keys().copied().collect();
-                        for k in theirs {
-                            self.learn_sent(v, k);
-                        }
-                    }
+                    self.pull_sent(v);
                 }
                 self.at(self.now + AE_MS, Ev::AntiEntropy(v));
             }
             Ev::SyncRound(v, term) => {
                 if self.voters[v].up && self.voters[v].round == Some(term) {
-                    let peers: Vec<usize> = (0..self.voters.len())
-                        .filter(|p| *p != v && self.connected(v, *p))
-                        .collect();
-                    for p in peers {
-                        let theirs: Vec<usize> = self.voters[p].sent.keys().copied().collect();
-                        for k in theirs {
-                            self.learn_sent(v, k);
-                        }
-                    }
+                    self.pull_sent(v);
                     self.voters[v].outbox.synced(term);
                 }
             }
