@@ -10,6 +10,10 @@
 //!   Message-ID is the alert's, so a resend after a crash between the two steps is the same
 //!   message to mail software;
 //! - `mail`: building and sending the message with lettre.
+//!
+//! One task because the election, the scans for what to mail and the sending all turn on one
+//! question — does this node hold the lease, for which term — and share the outbox; the rules
+//! themselves are in `protocol`. What remains here is I/O: ballots, records, SMTP, queries.
 
 mod mail;
 
