@@ -1038,6 +1038,18 @@ mod tests {
         }
     }
 
+    // `n` workers' machines that all learnt job 1 at T, and its order.
+    fn one_job(n: u8) -> (Vec<Claims>, JobSpec, Vec<NodeId>) {
+        let w = ids(n);
+        let mut m = machines(&w);
+        let job = spec(1);
+        for c in m.iter_mut() {
+            c.job(job.clone(), T);
+        }
+        let order = m[0].order(&job.id, T);
+        (m, job, order)
+    }
+
     fn machines(workers: &[NodeId]) -> Vec<Claims> {
         workers
             .iter()
@@ -1054,13 +1066,7 @@ mod tests {
 
     #[test]
     fn the_first_in_order_claims_at_once_and_the_others_wait_a_step_each() {
-        let w = ids(3);
-        let mut m = machines(&w);
-        let job = spec(1);
-        for c in m.iter_mut() {
-            c.job(job.clone(), T);
-        }
-        let order = m[0].order(&job.id, T);
+        let (mut m, _, order) = one_job(3);
         assert_eq!(order.len(), 3);
         for c in m.iter_mut() {
             let acts = c.tick(T);
@@ -1075,13 +1081,7 @@ mod tests {
 
     #[test]
     fn crossed_claims_resolve_to_the_same_winner_and_the_loser_abandons() {
-        let w = ids(2);
-        let mut m = machines(&w);
-        let job = spec(1);
-        for c in m.iter_mut() {
-            c.job(job.clone(), T);
-        }
-        let order = m[0].order(&job.id, T);
+        let (mut m, job, order) = one_job(2);
         // Both claim (the second by its own late tick, not having heard the first).
         let first = m.iter().position(|c| c.me == order[0]).unwrap();
         let second = 1 - first;
@@ -1184,13 +1184,7 @@ mod tests {
 
     #[test]
     fn a_silent_winner_loses_its_lease_and_the_next_takes_attempt_two() {
-        let w = ids(3);
-        let mut m = machines(&w);
-        let job = spec(1);
-        for c in m.iter_mut() {
-            c.job(job.clone(), T);
-        }
-        let order = m[0].order(&job.id, T);
+        let (mut m, job, order) = one_job(3);
         let observer = m.iter().position(|c| c.me == order[1]).unwrap();
         let o = &mut m[observer];
         o.claim(order[0], job.id, 1, T);
@@ -1215,13 +1209,7 @@ mod tests {
     // is no worker (an announcer: it counts among the nodes that lost the winner).
     #[test]
     fn a_winner_that_most_live_nodes_lost_is_gone_at_once_and_not_ranked() {
-        let w = ids(3);
-        let mut m = machines(&w);
-        let job = spec(1);
-        for c in m.iter_mut() {
-            c.job(job.clone(), T);
-        }
-        let order = m[0].order(&job.id, T);
+        let (mut m, job, order) = one_job(3);
         let observer = m.iter().position(|c| c.me == order[1]).unwrap();
         let announcer = SecretKey::from_seed([99; 32]).id();
         let o = &mut m[observer];
