@@ -231,6 +231,8 @@ pub(crate) struct Claimer {
     // Commits seen, with the time of their first announcement, for deriving jobs when the
     // configuration changes.
     commits: BTreeMap<(String, String, String), Timestamp>,
+    // Commits a maintainer asked for by id: built even when their branch does not reach them.
+    vouched: BTreeSet<(String, String, String)>,
     running: HashMap<(Hash, u32), Running>,
     // Keys revoked as compromised: nothing they claimed or reported counts, in any view.
     distrusted: BTreeSet<NodeId>,
@@ -266,6 +268,7 @@ impl Claimer {
             membership: parts.membership,
             config: None,
             commits: BTreeMap::new(),
+            vouched: BTreeSet::new(),
             running: HashMap::new(),
             distrusted: BTreeSet::new(),
             done_tx,
@@ -480,6 +483,15 @@ impl Claimer {
                     self.replica
                         .misbehaved(author, refusal.reason(), record.hash);
                     return;
+                }
+                if entitle::vouched_by_maintainer(
+                    &self.membership.borrow().trust,
+                    &author,
+                    record.envelope.time,
+                    &c,
+                ) {
+                    self.vouched
+                        .insert((c.repo.clone(), c.branch.clone(), c.sha.clone()));
                 }
                 let CommitSeen {
                     repo, branch, sha, ..
@@ -696,6 +708,13 @@ impl Claimer {
                 cancel: cancel.clone(),
             },
         );
+        let commit = (key.repo.clone(), key.branch.clone(), key.sha.clone());
+        let off_branch_ok = self.vouched.contains(&commit);
+        let announced = self
+            .commits
+            .get(&commit)
+            .copied()
+            .unwrap_or_else(Timestamp::now);
         let spec = BuildSpec {
             job,
             key,
@@ -703,6 +722,8 @@ impl Claimer {
             builder,
             worker: self.me,
             worker_name: self.name.clone(),
+            off_branch_ok,
+            announced,
         };
         let version = self.config.as_ref().map_or(0, |c| c.version);
         let exec = self.executor.clone();

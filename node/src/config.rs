@@ -90,6 +90,23 @@ confirm_wait = "10s"
 # with sh in the work directory every 10 s, exits non-zero. It says why in its heartbeat.
 # min_free_disk = "4GiB"
 # check_command = "test -w /tmp"
+#
+# What a build step can reach (deploy/README.md says what each platform isolates).
+# A step sees only PATH and LANG of the node's environment, plus these names:
+# env_allow = ["CCACHE_DIR"]
+# Steps (and git in their workspaces) run as this other unprivileged user: a name, UID or
+# UID:GID. The node then needs root or CAP_SETUID, CAP_SETGID, CAP_KILL (and CAP_CHOWN once, to
+# hand work_dir/builds to that user), and keeps its key, configuration and store to itself.
+# step_user = "buildmesh-step"
+# A sandbox for steps: "auto" (bubblewrap when it works here, else none), "bwrap" (refuse to
+# start without it) or "none". It hides the node's files and other builders' workspaces, gives
+# each step its own /tmp and PID namespace, and no network to steps with `network = false`.
+# sandbox = "auto"
+# Processes the step user may have at once (RLIMIT_NPROC; with step_user only). Default 4096.
+# step_processes = 4096
+# Resident memory a step's processes may hold together ("16GiB", "80%" of this machine's,
+# "0": no limit). Default 80%.
+# step_memory = "80%"
 
 [announcer]
 # Announcer nodes poll the builders' repositories this often (0s: never).
@@ -162,6 +179,11 @@ struct WorkerForm {
     confirm_wait: Option<String>,
     min_free_disk: Option<String>,
     check_command: Option<String>,
+    step_user: Option<String>,
+    env_allow: Option<Vec<String>>,
+    sandbox: Option<String>,
+    step_processes: Option<u64>,
+    step_memory: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +206,8 @@ struct MeshForm {
 /// A node's settings, checked.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    /// The file this was read from.
+    pub file: PathBuf,
     /// Secret key file.
     pub key: PathBuf,
     /// Genesis document file.
@@ -251,6 +275,36 @@ pub struct WorkerSettings {
     /// The `buildmesh` binary that supervises step processes (default: this program, when it
     /// is `buildmesh`).
     pub supervisor: Option<PathBuf>,
+    /// Steps run as this user; `None`: as the node.
+    pub step_user: Option<crate::executor::StepUser>,
+    /// Names a step takes from the node's environment besides PATH and LANG.
+    pub env_allow: Vec<String>,
+    /// Whether steps run in a sandbox. Default [`SandboxMode::Auto`].
+    pub sandbox: SandboxMode,
+    /// RLIMIT_NPROC of the step user. Default 4096.
+    pub step_processes: u64,
+    /// The resident memory a step may hold, in bytes; `None`: no limit. Default 80 % of RAM.
+    pub step_memory: Option<u64>,
+}
+
+/// `[worker] sandbox`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// bubblewrap when it runs here, else none (said once in the log).
+    #[default]
+    Auto,
+    /// bubblewrap, or the node does not start.
+    Bwrap,
+    /// No sandbox.
+    None,
+}
+
+/// This machine's memory, from `/proc/meminfo`.
+fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// How this node announces commits (with the announcer role).
@@ -414,8 +468,61 @@ impl NodeConfig {
                 .check_command
                 .clone()
                 .filter(|c| !c.trim().is_empty()),
+            step_user: match &form.worker.step_user {
+                None => None,
+                Some(u) => Some(
+                    crate::executor::StepUser::parse(u)
+                        .map_err(|e| invalid("worker.step_user", e))?,
+                ),
+            },
+            env_allow: form.worker.env_allow.clone().unwrap_or_default(),
+            sandbox: match form.worker.sandbox.as_deref() {
+                None | Some("auto") => SandboxMode::Auto,
+                Some("bwrap") => SandboxMode::Bwrap,
+                Some("none") => SandboxMode::None,
+                Some(other) => {
+                    return Err(invalid(
+                        "worker.sandbox",
+                        format!("`{other}` is not one of \"auto\", \"bwrap\", \"none\""),
+                    ));
+                }
+            },
+            step_processes: match form.worker.step_processes {
+                Some(0) => {
+                    return Err(invalid(
+                        "worker.step_processes",
+                        "must be more than zero".into(),
+                    ));
+                }
+                Some(n) => n,
+                None => 4096,
+            },
+            step_memory: {
+                let floor = match &form.worker.step_memory {
+                    None => crate::selfcheck::DiskFloor::Percent(80.0),
+                    Some(s) => s
+                        .parse()
+                        .map_err(|e: String| invalid("worker.step_memory", e))?,
+                };
+                let total = total_memory().unwrap_or(u64::MAX);
+                Some(floor.bytes(total)).filter(|b| *b > 0 && *b != u64::MAX)
+            },
             supervisor,
         };
+        if worker.step_user.as_ref().is_some_and(|u| u.uid == 0) {
+            return Err(invalid(
+                "worker.step_user",
+                "steps must not run as root".into(),
+            ));
+        }
+        for name in &worker.env_allow {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err(invalid(
+                    "worker.env_allow",
+                    format!("`{name}` is not an environment variable name"),
+                ));
+            }
+        }
         let poll = zero_ok("announcer.poll_interval", &form.announcer.poll_interval)?
             .unwrap_or(Duration::from_secs(30));
         let announcer = AnnouncerSettings {
@@ -484,6 +591,7 @@ impl NodeConfig {
             ));
         }
         let config = NodeConfig {
+            file: path.to_path_buf(),
             key: resolve(&form.key),
             genesis: resolve(&form.genesis),
             admission: resolve(&form.admission),

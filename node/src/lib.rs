@@ -15,7 +15,9 @@
 //!   explicit times; and the `Membership` (trust and live set) the replica publishes.
 //! - [`claimer`]: drives the claim state machine, starts builds, answers job queries; its
 //!   [`Load`] goes into the heartbeats.
-//! - [`executor`]: runs builds (checkout, steps in process groups, timeouts, logs).
+//! - [`executor`]: runs builds (checkout, steps in process groups, timeouts, logs), each step
+//!   confined (its environment, its user, a sandbox, limits); [`isolation`] checks at start that
+//!   the confinement the configuration asks for holds on this machine.
 //! - [`notifier`]: the notifier election and the mails of red transitions.
 //! - [`sources`]: change sources (push webhooks, the git poller's pieces); `announcer` polls.
 //! - [`api`]: the HTTP JSON API.
@@ -30,6 +32,7 @@ pub mod config;
 pub mod demo;
 pub mod executor;
 pub mod files;
+pub mod isolation;
 mod liveness;
 pub mod network;
 pub mod node;

@@ -70,6 +70,9 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Stopped,
+    /// Steps cannot be isolated as the configuration asks.
+    #[error("{0}")]
+    Isolation(String),
 }
 
 /// Why a node stopped without being asked to: a long-lived service failed.
@@ -177,6 +180,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let store = Arc::new(tokio::task::block_in_place(|| {
         Store::open(&config.data_dir)
     })?);
+    let isolation = crate::isolation::isolation(&config).await?;
     let mut trust = Trust::new(genesis.clone());
     for doc in store.docs()? {
         let _ = trust.apply(&doc);
@@ -260,6 +264,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             work_dir: config.worker.work_dir.clone(),
             supervisor: config.worker.supervisor.clone(),
             timeout_factor: config.worker.timeout_factor,
+            isolation,
         },
         store: store.clone(),
         replica: replica_client.clone(),

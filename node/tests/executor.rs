@@ -38,7 +38,7 @@ fn supervisor_entry() {
         Some(i) => args[i + 1..].to_vec(),
         None => Vec::new(),
     };
-    std::process::exit(supervise_status(&cmd).into());
+    std::process::exit(supervise_status(&cmd, &Default::default()).into());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -83,6 +83,7 @@ fn step(name: &str, run: &str) -> Step {
         warn: Vec::new(),
         retries: 0,
         flaky_exit_codes: Vec::new(),
+        network: true,
     }
 }
 
@@ -112,6 +113,8 @@ fn spec(name: &str, repo: &str, sha: &str, steps: Vec<Step>) -> BuildSpec {
         },
         worker: SecretKey::from_seed([7; 32]).id(),
         worker_name: "worker-seven".to_string(),
+        off_branch_ok: false,
+        announced: buildmesh_protocol::Timestamp(0),
     }
 }
 
@@ -292,15 +295,51 @@ async fn commits_pushed_later_are_fetched() {
         &["config", "uploadpack.allowAnySHA1InWant", "true"],
     );
 
-    for (sha, text) in [(on_branch, "two"), (orphaned, "three")] {
+    // The orphaned commit only when a maintainer asked for it by its id.
+    for (sha, text, vouched) in [(&on_branch, "two", false), (&orphaned, "three", true)] {
         let mut s = f.spec(vec![step(
             "check",
             &format!("test \"$(cat file.txt)\" = {text}"),
         )]);
-        s.key.sha = sha;
+        s.key.sha = sha.clone();
+        s.off_branch_ok = vouched;
         let o = build(&config, &s).await;
         assert_eq!(o.result, ResultCode::Success, "{text}: {o:#?}");
     }
+}
+
+#[tokio::test]
+async fn a_commit_its_branch_does_not_reach_is_not_built() {
+    let f = Fixture::new();
+    let config = f.config();
+    // A commit on another branch, announced as main's; then one force-pushed off main.
+    git(&f.repo, &["checkout", "--quiet", "-b", "fork"]);
+    let forked = commit(&f.repo, "fork\n");
+    git(&f.repo, &["checkout", "--quiet", "main"]);
+    let marker = f.outside("built");
+    let touch = step("touch", &format!("touch '{}'", marker.display()));
+    let mut s = f.spec(vec![touch.clone()]);
+    s.key.sha = forked.clone();
+    let o = build(&config, &s).await;
+    assert_eq!(o.result, ResultCode::Exception, "{o:#?}");
+    assert_eq!(names(&o), [CHECKOUT_STEP]);
+    let text = log(&o.steps[0]);
+    assert!(text.contains("is not on branch main"), "{text}");
+    assert!(!marker.exists(), "a step of the off-branch commit ran");
+
+    // Built on main and cached; then main is reset under it.
+    let pushed = commit(&f.repo, "pushed\n");
+    let mut s = f.spec(vec![touch]);
+    s.key.sha = pushed.clone();
+    assert_eq!(build(&config, &s).await.result, ResultCode::Success);
+    std::fs::remove_file(&marker).unwrap();
+    git(&f.repo, &["reset", "--quiet", "--hard", &f.sha]);
+    s.announced = buildmesh_protocol::Timestamp::now();
+    let o = build(&config, &s).await;
+    assert_eq!(o.result, ResultCode::Exception, "{o:#?}");
+    let text = log(&o.steps[0]);
+    assert!(text.contains("force-pushed off the branch"), "{text}");
+    assert!(!marker.exists(), "a step of the force-pushed commit ran");
 }
 
 #[tokio::test]
@@ -337,11 +376,15 @@ async fn a_commit_the_workspace_has_is_built_again_without_fetching() {
     let config = f.config();
     let s = f.spec(vec![step("check", "test \"$(cat file.txt)\" = one")]);
     assert_eq!(build(&config, &s).await.result, ResultCode::Success);
-    // Neither the origin nor the cache is there any more: only the workspace has the commit.
+    // The origin is gone: the workspace has the commit, and the cache says its branch has it.
     std::fs::rename(&f.repo, f.outside("moved")).unwrap();
-    std::fs::remove_dir_all(config.work_dir.join("cache")).unwrap();
     let o = build(&config, &s).await;
     assert_eq!(o.result, ResultCode::Success, "{o:#?}");
+    // Without the cache, nothing says the branch reaches the commit: not built.
+    std::fs::remove_dir_all(config.work_dir.join("cache")).unwrap();
+    let o = build(&config, &s).await;
+    assert_eq!(o.result, ResultCode::Exception, "{o:#?}");
+    std::fs::rename(f.outside("moved"), &f.repo).unwrap();
     // What the previous build left behind is still cleaned away.
     let mut dirty = f.spec(vec![step("mess", "touch junk")]);
     dirty.key.builder = s.key.builder.clone();

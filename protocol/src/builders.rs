@@ -106,6 +106,18 @@ pub struct Step {
     /// written, so configurations without it encode as they always did).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flaky_exit_codes: Vec<i32>,
+    /// Whether the step may use the network. `false` (TOML `network = false`): a worker whose
+    /// steps run in a sandbox cuts it off. Default true (and then not written).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub network: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Builder {
@@ -219,6 +231,8 @@ struct StepToml {
     retries: Option<Spanned<u32>>,
     #[serde(default)]
     flaky_exit_codes: Option<Spanned<Vec<i32>>>,
+    #[serde(default)]
+    network: Option<bool>,
 }
 
 /// The longest builder name, in characters.
@@ -435,6 +449,7 @@ impl BuilderConfig {
                     warn: s.warn.into_iter().map(Spanned::into_inner).collect(),
                     retries,
                     flaky_exit_codes,
+                    network: s.network.unwrap_or(true),
                 });
             }
             builders.push(Builder {

@@ -184,6 +184,32 @@ pub fn commit_seen(
     }
 }
 
+/// Whether a counted `CommitSeen` was asked for by a maintainer: authored by one, or carrying a
+/// maintainer's signed request for this very commit. Such a commit is built even when it is not
+/// on the branch it names (a maintainer may ask for a fork's commit by its id); any other is
+/// built only from its branch.
+pub fn vouched_by_maintainer(
+    trust: &Trust,
+    author: &NodeId,
+    time: Timestamp,
+    c: &CommitSeen,
+) -> bool {
+    if trust.is_maintainer(author, time) {
+        return true;
+    }
+    let Some(req) = c.request.as_ref().and_then(|s| s.verify().ok()) else {
+        return false;
+    };
+    let asks_for_this = matches!(
+        &req.action,
+        ApiAction::Submit { repo, branch, sha }
+            if *repo == c.repo && *branch == c.branch && *sha == c.sha
+    );
+    asks_for_this
+        && trust.is_maintainer(&req.key, req.time)
+        && commit_seen(trust, author, time, c).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +339,49 @@ mod tests {
             by(&m.worker, &commit(Some(forged))),
             Entitled::Kept(Refusal::BadRequest)
         );
+    }
+
+    #[test]
+    fn only_a_maintainers_request_vouches_for_a_commit_off_its_branch() {
+        let m = mesh();
+        let t = &m.trust;
+        let at = Timestamp(NOW);
+        let seen = |request: Option<SignedRequest>| match commit(request) {
+            Body::CommitSeen(c) => c,
+            _ => unreachable!(),
+        };
+        let submit = |k: &SecretKey, sha: &str| {
+            SignedRequest::sign(
+                k,
+                ApiAction::Submit {
+                    repo: "r".into(),
+                    branch: "main".into(),
+                    sha: sha.into(),
+                },
+                at,
+            )
+        };
+        // An announcer's own announcement, or one on an announcer's request: from the branch only.
+        assert!(!vouched_by_maintainer(
+            t,
+            &m.announcer.id(),
+            at,
+            &seen(None)
+        ));
+        let by_announcer = seen(Some(submit(&m.announcer, "abc")));
+        assert!(!vouched_by_maintainer(t, &m.worker.id(), at, &by_announcer));
+        // A maintainer's request for this commit, carried by any node, or a maintainer's record.
+        let by_maintainer = seen(Some(submit(&m.maintainer, "abc")));
+        assert!(vouched_by_maintainer(t, &m.worker.id(), at, &by_maintainer));
+        assert!(vouched_by_maintainer(
+            t,
+            &m.maintainer.id(),
+            at,
+            &seen(None)
+        ));
+        // A maintainer's request for another commit vouches for nothing.
+        let other = seen(Some(submit(&m.maintainer, "def")));
+        assert!(!vouched_by_maintainer(t, &m.worker.id(), at, &other));
     }
 
     #[test]

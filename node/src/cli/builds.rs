@@ -68,6 +68,16 @@ pub struct Submit {
 
 #[derive(Debug, clap::Args)]
 pub struct Supervise {
+    /// Run the command as this user and group (numbers), with no other group, no capability
+    /// and no new privileges.
+    #[arg(long, value_name = "UID:GID", value_parser = parse_user)]
+    user: Option<(u32, u32)>,
+    /// Limit the processes the user may have at once (RLIMIT_NPROC).
+    #[arg(long, value_name = "N")]
+    max_processes: Option<u64>,
+    /// Kill the command when its processes hold more resident memory than this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_memory: Option<u64>,
     /// The command to run in this process group, killed with it if the node dies.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     command: Vec<String>,
@@ -266,5 +276,18 @@ pub fn submit(args: Submit) -> anyhow::Result<ExitCode> {
 }
 
 pub fn supervise(args: Supervise) -> anyhow::Result<ExitCode> {
-    Ok(buildmesh_node::executor::supervise(&args.command))
+    let confine = buildmesh_node::executor::Confinement {
+        user: args.user,
+        max_processes: args.max_processes,
+        max_memory: args.max_memory,
+    };
+    Ok(buildmesh_node::executor::supervise(&args.command, &confine))
+}
+
+fn parse_user(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').ok_or("expected UID:GID")?;
+    Ok((
+        u.parse().map_err(|_| format!("`{u}` is not a user id"))?,
+        g.parse().map_err(|_| format!("`{g}` is not a group id"))?,
+    ))
 }

@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use buildmesh_protocol::Timestamp;
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
 use super::capture::Capture;
+use super::isolate::Isolation;
 use super::process::{ProcessCmd, RunEnd, output_of, run_process};
 
 /// Time limit of one git command before the worker's `timeout_factor`: a first clone of a large
@@ -39,6 +41,15 @@ pub(crate) enum CheckoutError {
     /// The commit is not in the repository, even after asking for it by id.
     #[error("commit {sha} is not in {url}")]
     MissingCommit { sha: String, url: String },
+    /// The announced branch does not reach the commit, even after fetching it.
+    #[error(
+        "commit {sha} is not on branch {branch} of {url} (`git merge-base --is-ancestor` says no after fetching the branch): it was never on it, or it was force-pushed off the branch after it was announced; not built (a maintainer can ask for a commit by its id with `buildmesh submit`)"
+    )]
+    OffBranch {
+        sha: String,
+        branch: String,
+        url: String,
+    },
     /// The checked-out commit is not the one asked for.
     #[error("the workspace is at {found}, not at {sha}")]
     WrongCommit { sha: String, found: String },
@@ -79,8 +90,86 @@ pub(crate) struct Checkout<'a> {
     pub(crate) supervisor: Option<&'a Path>,
     pub(crate) timeout: Duration,
     pub(crate) url: &'a str,
+    /// The branch the commit was announced on: it must reach the commit.
+    pub(crate) branch: &'a str,
     pub(crate) sha: &'a str,
+    /// A maintainer asked for this commit by its id: build it even off its branch.
+    pub(crate) off_branch_ok: bool,
+    /// When the commit was first announced: the cache's view of the branch must be newer.
+    pub(crate) announced: Timestamp,
+    /// Who runs the git commands in the workspace, with what environment.
+    pub(crate) isolation: &'a Isolation,
+    /// The step user's `HOME` and `TMPDIR` for this build.
+    pub(crate) home: &'a Path,
+    pub(crate) tmp: &'a Path,
     pub(crate) cancel: &'a CancellationToken,
+}
+
+/// The git configuration of the step user's git commands (`GIT_CONFIG_GLOBAL`): the clone cache
+/// belongs to the node, and git refuses to read a repository of another user unless told.
+pub(crate) const STEP_GITCONFIG: &str = "step.gitconfig";
+
+/// Makes the work directory ready: `work_dir` and the cache readable by the step user, `builds`
+/// owned by it, and the step user's git configuration. Idempotent; cheap when all is in place.
+pub(crate) fn prepare_work_dir(work_dir: &Path, iso: &Isolation) -> Result<(), CheckoutError> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let open = std::fs::Permissions::from_mode(0o755);
+    for dir in [work_dir.to_path_buf(), work_dir.join("cache")] {
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let mode = std::fs::metadata(&dir)
+            .map_err(io_err(format!("reading {}", dir.display())))?
+            .mode();
+        if iso.step_user.is_some() && mode & 0o005 != 0o005 {
+            std::fs::set_permissions(&dir, open.clone()).map_err(io_err(format!(
+                "opening {} to the step user",
+                dir.display()
+            )))?;
+        }
+    }
+    let builds = work_dir.join("builds");
+    std::fs::create_dir_all(&builds).map_err(io_err(format!("creating {}", builds.display())))?;
+    if let Some(user) = &iso.step_user {
+        let meta =
+            std::fs::metadata(&builds).map_err(io_err(format!("reading {}", builds.display())))?;
+        if meta.uid() != user.uid {
+            // Workspaces of an older version belong to the node; the step user starts afresh.
+            tracing::info!(dir = %builds.display(), uid = user.uid, "handing the workspaces to the step user");
+            let old = work_dir.join(format!("builds.node-{}", std::process::id()));
+            std::fs::rename(&builds, &old)
+                .map_err(io_err(format!("moving {} aside", builds.display())))?;
+            std::fs::create_dir(&builds)
+                .map_err(io_err(format!("creating {}", builds.display())))?;
+            std::os::unix::fs::chown(&builds, Some(user.uid), Some(user.gid)).map_err(io_err(
+                format!(
+                    "giving {} to the step user {}:{} (the node needs CAP_CHOWN, or do it once by hand)",
+                    builds.display(),
+                    user.uid,
+                    user.gid
+                ),
+            ))?;
+            std::fs::set_permissions(&builds, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_err(format!("setting the mode of {}", builds.display())))?;
+            if let Err(e) = std::fs::remove_dir_all(&old) {
+                tracing::warn!(dir = %old.display(), error = %e, "cannot remove the old workspaces");
+            }
+        }
+    }
+    let gitconfig = work_dir.join(STEP_GITCONFIG);
+    if !gitconfig.exists() {
+        let tmp = work_dir.join(format!("{STEP_GITCONFIG}.tmp"));
+        std::fs::write(
+            &tmp,
+            "# Written by buildmesh: the git configuration of the step user's git commands.\n\
+             # The clone cache belongs to the node; the workspaces to the step user.\n\
+             [safe]\n\tdirectory = *\n",
+        )
+        .map_err(io_err(format!("writing {}", tmp.display())))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+            .map_err(io_err(format!("setting the mode of {}", tmp.display())))?;
+        std::fs::rename(&tmp, &gitconfig)
+            .map_err(io_err(format!("writing {}", gitconfig.display())))?;
+    }
+    Ok(())
 }
 
 /// `work_dir/cache/<first 16 hex of blake3(url)>.git`.
@@ -179,6 +268,13 @@ impl Checkout<'_> {
                     "buildmesh: the workspace has {} already; nothing to fetch",
                     self.sha
                 ));
+                // The workspace is the step user's: only the cache says what a branch holds.
+                if !self.off_branch_ok
+                    && !(self.branches_fresh(&cache) && self.on_branch(&cache).await?)
+                {
+                    let _cache_lock = lock_dir(&cache, self.cancel).await?;
+                    self.update_cache(&cache, log).await?;
+                }
                 Ok(())
             } else {
                 let _cache_lock = lock_dir(&cache, self.cancel).await?;
@@ -200,11 +296,26 @@ impl Checkout<'_> {
                     log.note(&format!(
                         "buildmesh: {e}; removing the workspace and cloning it again"
                     ));
-                    remove_dir_if_present(src)?;
+                    self.remove_in_workspace(src, log).await?;
                     afresh = true;
                 }
             }
         }
+    }
+
+    /// Makes the builder's `home` and an empty `tmp`, as the step user (who owns them).
+    pub(crate) async fn prepare_own(
+        &self,
+        home: &Path,
+        tmp: &Path,
+        log: &mut Capture,
+    ) -> Result<(), CheckoutError> {
+        self.workspace_sh(
+            log,
+            "rm -rf -- \"$2\" && mkdir -p -- \"$1\" \"$2\"",
+            &[home.as_os_str(), tmp.as_os_str()],
+        )
+        .await
     }
 
     async fn update_cache(&self, cache: &Path, log: &mut Capture) -> Result<(), CheckoutError> {
@@ -219,7 +330,15 @@ impl Checkout<'_> {
             self.git(
                 log,
                 parent,
-                &["clone", "--bare", "--quiet", "--", self.url],
+                &[
+                    "clone",
+                    "--bare",
+                    "--quiet",
+                    "--config",
+                    "core.sharedRepository=world",
+                    "--",
+                    self.url,
+                ],
                 &[tmp.as_os_str()],
             )
             .await?;
@@ -229,22 +348,17 @@ impl Checkout<'_> {
                 cache.display()
             )))?;
         }
+        if fresh {
+            fetched_now(cache);
+        }
         let mut have = self.has_commit(cache).await?;
+        let mut fetched = fresh;
         if !have && !fresh {
-            // Only a commit the cache lacks sends it to the origin: a commit, once fetched,
-            // does not change, and the origin may be down.
-            self.git_in(
-                log,
-                cache,
-                &[
-                    "fetch",
-                    "--prune",
-                    "--quiet",
-                    "origin",
-                    "+refs/heads/*:refs/heads/*",
-                ],
-            )
-            .await?;
+            fetched = true;
+            // Only a commit the cache lacks, or a branch older than the announcement, sends
+            // the cache to the origin: a commit, once fetched, does not change, and the
+            // origin may be down.
+            self.fetch_branches(log, cache).await?;
             have = self.has_commit(cache).await?;
         }
         if !have {
@@ -258,6 +372,24 @@ impl Checkout<'_> {
             if !self.has_commit(cache).await? {
                 return Err(CheckoutError::MissingCommit {
                     sha: self.sha.to_string(),
+                    url: self.url.to_string(),
+                });
+            }
+        }
+        if !self.off_branch_ok {
+            // The cache's branches must be newer than the announcement: a commit force-pushed
+            // off its branch since then is not built.
+            if !fetched && !self.branches_fresh(cache) {
+                self.fetch_branches(log, cache).await?;
+                fetched = true;
+            }
+            if !fetched && !self.on_branch(cache).await? {
+                self.fetch_branches(log, cache).await?;
+            }
+            if !self.on_branch(cache).await? {
+                return Err(CheckoutError::OffBranch {
+                    sha: self.sha.to_string(),
+                    branch: self.branch.to_string(),
                     url: self.url.to_string(),
                 });
             }
@@ -281,23 +413,24 @@ impl Checkout<'_> {
         log: &mut Capture,
     ) -> Result<(), CheckoutError> {
         let parent = src.parent().unwrap_or(self.work_dir);
-        std::fs::create_dir_all(parent)
-            .map_err(io_err(format!("creating {}", parent.display())))?;
         if !src.exists() {
             let tmp = src.with_extension("tmp");
-            remove_dir_if_present(&tmp)?;
+            self.remove_in_workspace(&tmp, log).await?;
+            // --no-local: copied, not hard-linked, so no file of the workspace is one of the
+            // cache's (a step could otherwise change the next build's objects).
             self.git(
                 log,
                 parent,
-                &["clone", "--no-checkout", "--quiet", "--"],
+                &["clone", "--no-local", "--no-checkout", "--quiet", "--"],
                 &[cache.as_os_str(), tmp.as_os_str()],
             )
             .await?;
-            std::fs::rename(&tmp, src).map_err(io_err(format!(
-                "renaming {} to {}",
-                tmp.display(),
-                src.display()
-            )))?;
+            self.workspace_sh(
+                log,
+                "mv -- \"$1\" \"$2\"",
+                &[tmp.as_os_str(), src.as_os_str()],
+            )
+            .await?;
         }
         self.git_in(
             log,
@@ -367,18 +500,130 @@ impl Checkout<'_> {
         }
     }
 
+    /// `git -C dir ARGS MORE`: in the cache (or to make it) as the node, with the node's
+    /// environment less its secrets; anywhere else (a workspace, which a step may have filled
+    /// with hooks and configuration) as the step user, with a step's environment and no hooks.
     fn cmd(&self, dir: &Path, args: &[&str], more: &[&std::ffi::OsStr]) -> ProcessCmd {
+        let node_side = dir.starts_with(self.work_dir.join("cache"));
         let mut argv: Vec<OsString> = vec!["git".into(), "-C".into(), dir.into()];
+        if node_side {
+            argv.extend(["-c".into(), "core.sharedRepository=world".into()]);
+        } else {
+            argv.extend(
+                [
+                    "-c",
+                    "core.hooksPath=/dev/null",
+                    "-c",
+                    "core.fsmonitor=false",
+                ]
+                .iter()
+                .map(OsString::from),
+            );
+        }
         argv.extend(args.iter().map(OsString::from));
         argv.extend(more.iter().map(OsString::from));
-        ProcessCmd {
+        // Nobody can answer a password prompt; fail instead of hanging until the timeout.
+        let prompt = ("GIT_TERMINAL_PROMPT".into(), "0".into());
+        if node_side {
+            ProcessCmd {
+                argv,
+                cwd: self.work_dir.to_path_buf(),
+                env: vec![prompt],
+                // Set when the node runs from a git hook, they would point every command
+                // elsewhere; git has no use for the node's secrets.
+                env_remove: vec![
+                    "GIT_DIR",
+                    "GIT_WORK_TREE",
+                    "GIT_INDEX_FILE",
+                    "BUILDMESH_SMTP_PASSWORD",
+                    "BUILDMESH_WEBHOOK_SECRET",
+                ],
+                ..Default::default()
+            }
+        } else {
+            let mut env = self.isolation.base_env(self.home, self.tmp);
+            env.push(prompt);
+            env.push((
+                "GIT_CONFIG_GLOBAL".into(),
+                self.work_dir.join(STEP_GITCONFIG).into(),
+            ));
+            ProcessCmd {
+                argv,
+                cwd: self.work_dir.to_path_buf(),
+                env,
+                clear_env: true,
+                confine: self.isolation.confinement(false),
+                ..Default::default()
+            }
+        }
+    }
+
+    /// `git fetch` of every branch into the cache, remembered as the cache's newest view.
+    async fn fetch_branches(&self, log: &mut Capture, cache: &Path) -> Result<(), CheckoutError> {
+        let started = Timestamp::now();
+        self.git_in(log, cache, &FETCH_BRANCHES).await?;
+        fetched_at(cache, started);
+        Ok(())
+    }
+
+    /// Whether the cache fetched its branches after the commit was announced (this process's
+    /// memory: a node that restarted fetches once more).
+    fn branches_fresh(&self, cache: &Path) -> bool {
+        last_fetch(cache).is_some_and(|t| t >= self.announced)
+    }
+
+    /// Whether the announced branch, as the cache has it, reaches the commit.
+    async fn on_branch(&self, cache: &Path) -> Result<bool, CheckoutError> {
+        let branch = if self.branch.starts_with("refs/") {
+            self.branch.to_string()
+        } else {
+            format!("refs/heads/{}", self.branch)
+        };
+        let args = ["merge-base", "--is-ancestor", self.sha, &branch];
+        let cmd = self.cmd(cache, &args, &[]);
+        match output_of(self.supervisor, &cmd, self.timeout, self.cancel).await {
+            (RunEnd::Exited(0), _) => Ok(true),
+            // 1: not an ancestor; 128: no such branch (yet).
+            (RunEnd::Exited(_), _) => Ok(false),
+            (end, out) => {
+                let mut scratch = Capture::new(&[]);
+                self.check_end("merge-base --is-ancestor", end, &out, &mut scratch)
+                    .map(|()| false)
+            }
+        }
+    }
+
+    /// Removes `dir` below the builder's directory, as the user who owns it there.
+    async fn remove_in_workspace(
+        &self,
+        dir: &Path,
+        log: &mut Capture,
+    ) -> Result<(), CheckoutError> {
+        self.workspace_sh(log, "rm -rf -- \"$1\"", &[dir.as_os_str()])
+            .await
+    }
+
+    /// Runs `sh -c SCRIPT sh ARGS...` as the step user (who owns the workspaces).
+    async fn workspace_sh(
+        &self,
+        log: &mut Capture,
+        script: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<(), CheckoutError> {
+        let mut argv: Vec<OsString> = vec!["sh".into(), "-c".into(), script.into(), "sh".into()];
+        argv.extend(args.iter().map(OsString::from));
+        let cmd = ProcessCmd {
             argv,
             cwd: self.work_dir.to_path_buf(),
-            // Nobody can answer a password prompt; fail instead of hanging until the timeout.
-            env: vec![("GIT_TERMINAL_PROMPT".into(), "0".into())],
-            // Set when the node runs from a git hook; they would point every command elsewhere.
-            env_remove: vec!["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"],
-        }
+            env: self.isolation.base_env(self.home, self.tmp),
+            clear_env: true,
+            confine: self.isolation.confinement(false),
+            ..Default::default()
+        };
+        let mut out = Capture::new(&[]);
+        let end = run_process(self.supervisor, &cmd, &mut out, self.timeout, self.cancel).await;
+        let shown = format!("sh -c '{script}'");
+        self.check_end(&shown, end, &out.finish(), log)
     }
 
     async fn git_in(
@@ -433,6 +678,39 @@ impl Checkout<'_> {
         }
     }
 }
+
+/// When each cache last fetched its branches from the origin (started), in this process.
+fn fetches() -> &'static Mutex<HashMap<PathBuf, Timestamp>> {
+    static FETCHES: OnceLock<Mutex<HashMap<PathBuf, Timestamp>>> = OnceLock::new();
+    FETCHES.get_or_init(Default::default)
+}
+
+fn fetched_at(cache: &Path, t: Timestamp) {
+    let mut f = fetches().lock().unwrap_or_else(PoisonError::into_inner);
+    let e = f.entry(cache.to_path_buf()).or_insert(t);
+    *e = (*e).max(t);
+}
+
+fn fetched_now(cache: &Path) {
+    fetched_at(cache, Timestamp::now());
+}
+
+fn last_fetch(cache: &Path) -> Option<Timestamp> {
+    fetches()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(cache)
+        .copied()
+}
+
+/// `git fetch` of every branch of the origin into the cache.
+const FETCH_BRANCHES: [&str; 5] = [
+    "fetch",
+    "--prune",
+    "--quiet",
+    "origin",
+    "+refs/heads/*:refs/heads/*",
+];
 
 fn remove_dir_if_present(dir: &Path) -> Result<(), CheckoutError> {
     match std::fs::remove_dir_all(dir) {

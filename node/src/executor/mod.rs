@@ -74,6 +74,7 @@
 
 mod capture;
 mod checkout;
+mod isolate;
 mod process;
 mod supervise;
 
@@ -91,7 +92,8 @@ use capture::Capture;
 use checkout::{Checkout, CheckoutError, GIT_TIMEOUT, lock_workspace};
 use process::{ProcessCmd, RunEnd, run_process};
 
-pub use supervise::{supervise, supervise_status};
+pub use isolate::{ENV_FROM_NODE, Isolation, NotPrivate, Sandbox, StepUser, check_private};
+pub use supervise::{Confinement, supervise, supervise_status};
 
 /// The name of the step reported when the checkout fails.
 pub const CHECKOUT_STEP: &str = "checkout";
@@ -108,6 +110,8 @@ pub struct ExecutorConfig {
     /// Every step's time limit is multiplied by this (slow machines set it above 1). A value
     /// that is not a positive number counts as 1.
     pub timeout_factor: f64,
+    /// Who steps run as, what they see and what they may use ([`isolate`]).
+    pub isolation: Isolation,
 }
 
 impl ExecutorConfig {
@@ -117,6 +121,7 @@ impl ExecutorConfig {
             work_dir: work_dir.into(),
             supervisor: None,
             timeout_factor: 1.0,
+            isolation: Isolation::default(),
         }
     }
 
@@ -145,6 +150,12 @@ pub struct BuildSpec {
     pub worker: NodeId,
     /// This worker's name, for people.
     pub worker_name: String,
+    /// A maintainer asked for this commit by its id: it is built even when its branch does not
+    /// reach it. Otherwise a commit off its announced branch is not built (an Exception).
+    pub off_branch_ok: bool,
+    /// When the commit was first announced. The worker's clone cache must have fetched the
+    /// branch since, so a commit force-pushed off it in between is not built either.
+    pub announced: Timestamp,
 }
 
 /// How one step ended.
@@ -232,6 +243,14 @@ pub async fn run_build(
     }
 }
 
+/// Makes `work_dir` ready for builds confined by `iso`: the clone cache readable by the step
+/// user, `builds` owned by it (handed over once, which needs root or CAP_CHOWN). Every build
+/// does this too; a node does it at start to fail early.
+pub fn prepare_work_dir(work_dir: &Path, iso: &Isolation) -> Result<(), String> {
+    let work_dir = std::path::absolute(work_dir).map_err(|e| e.to_string())?;
+    checkout::prepare_work_dir(&work_dir, iso).map_err(|e| e.to_string())
+}
+
 /// The order of [`BuildOutcome::result`]: higher is worse.
 fn severity(r: ResultCode) -> u8 {
     match r {
@@ -251,8 +270,8 @@ async fn build(
 ) -> Vec<StepOutcome> {
     let clock = Instant::now();
     let mut log = Capture::new(&[]);
-    let src = match checkout(config, spec, cancel, &mut log).await {
-        Ok(src) => src,
+    let place = match checkout(config, spec, cancel, &mut log).await {
+        Ok(place) => place,
         Err(e) => {
             let result = match e {
                 CheckoutError::Cancelled => ResultCode::Cancelled,
@@ -280,8 +299,7 @@ async fn build(
             }];
         }
     };
-    let (src, _workspace_lock) = src;
-    let env = step_env(spec);
+    let env = step_env(spec, &config.isolation, &place);
     let mut outcomes = Vec::new();
     for step in &spec.builder.steps {
         if cancel.is_cancelled() {
@@ -298,7 +316,7 @@ async fn build(
             });
             break;
         }
-        let outcome = run_step(config, step, &src, &env, cancel).await;
+        let outcome = run_step(config, step, &place, &env, cancel).await;
         tracing::debug!(
             job = %spec.job,
             step = %outcome.name,
@@ -319,38 +337,77 @@ async fn build(
     outcomes
 }
 
+/// Where a build runs: its workspace at the commit, the builder's directory around it, and the
+/// lock that keeps the workspace the build's own.
+#[derive(Debug)]
+struct Place {
+    /// The workspace, `builds/<builder id>/src[-n]`.
+    src: PathBuf,
+    /// `builds/<builder id>`: the workspaces, `home` and `tmp[-n]` of the builder.
+    own: PathBuf,
+    /// `builds`.
+    builds: PathBuf,
+    /// The step's `HOME`, kept from build to build (caches of pip, ccache...).
+    home: PathBuf,
+    /// The step's `TMPDIR`, emptied before each build.
+    tmp: PathBuf,
+    _lock: tokio::sync::OwnedMutexGuard<()>,
+}
+
 /// The workspace at the commit, and the lock that keeps it there for the build.
 async fn checkout(
     config: &ExecutorConfig,
     spec: &BuildSpec,
     cancel: &CancellationToken,
     log: &mut Capture,
-) -> Result<(PathBuf, tokio::sync::OwnedMutexGuard<()>), CheckoutError> {
+) -> Result<Place, CheckoutError> {
     let work_dir = std::path::absolute(&config.work_dir).map_err(|source| CheckoutError::Io {
         what: format!("work directory {}", config.work_dir.display()),
         source,
     })?;
-    std::fs::create_dir_all(&work_dir).map_err(|source| CheckoutError::Io {
-        what: format!("creating {}", work_dir.display()),
-        source,
-    })?;
+    checkout::prepare_work_dir(&work_dir, &config.isolation)?;
     let (src, lock) = lock_workspace(&work_dir, &spec.builder.name, cancel).await?;
-    Checkout {
+    let own = src.parent().unwrap_or(&work_dir).to_path_buf();
+    let slot = src
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("src"))
+        .unwrap_or("");
+    let place = Place {
+        home: own.join("home"),
+        tmp: own.join(format!("tmp{slot}")),
+        builds: work_dir.join("builds"),
+        own,
+        src,
+        _lock: lock,
+    };
+    let checkout = Checkout {
         work_dir: &work_dir,
         supervisor: config.supervisor.as_deref(),
         timeout: config.scaled(GIT_TIMEOUT),
         url: &spec.key.repo,
+        branch: &spec.key.branch,
         sha: &spec.key.sha,
+        off_branch_ok: spec.off_branch_ok,
+        announced: spec.announced,
+        isolation: &config.isolation,
+        home: &place.home,
+        tmp: &place.tmp,
         cancel,
-    }
-    .run(&src, log)
-    .await?;
-    Ok((src, lock))
+    };
+    checkout.prepare_own(&place.home, &place.tmp, log).await?;
+    checkout.run(&place.src, log).await?;
+    Ok(place)
 }
 
-/// The builder's environment and what the build is, for every step.
-fn step_env(spec: &BuildSpec) -> Vec<(OsString, OsString)> {
-    let mut env: BTreeMap<String, String> = spec.builder.env.clone();
+/// A step's environment: what [`Isolation::base_env`] allows, the builder's `env`, and what the
+/// build is.
+fn step_env(spec: &BuildSpec, iso: &Isolation, place: &Place) -> Vec<(OsString, OsString)> {
+    let mut env: BTreeMap<OsString, OsString> =
+        iso.base_env(&place.home, &place.tmp).into_iter().collect();
+    for (k, v) in &spec.builder.env {
+        env.insert(k.into(), v.into());
+    }
     let ours = [
         ("BUILDMESH_BUILDER", spec.key.builder.clone()),
         ("BUILDMESH_REPO", spec.key.repo.clone()),
@@ -362,26 +419,30 @@ fn step_env(spec: &BuildSpec) -> Vec<(OsString, OsString)> {
         ("BUILDMESH_JOB", spec.job.to_string()),
     ];
     for (k, v) in ours {
-        env.insert(k.to_string(), v);
+        env.insert(k.into(), v.into());
     }
-    env.into_iter().map(|(k, v)| (k.into(), v.into())).collect()
+    env.into_iter().collect()
 }
 
 /// Runs a step, again after a failure while it has retries left.
 async fn run_step(
     config: &ExecutorConfig,
     step: &Step,
-    src: &Path,
+    place: &Place,
     env: &[(OsString, OsString)],
     cancel: &CancellationToken,
 ) -> StepOutcome {
     let clock = Instant::now();
     let timeout = config.scaled(Duration::from_millis(step.timeout_ms));
+    let iso = &config.isolation;
+    let argv = vec!["sh".into(), "-c".into(), step.run.as_str().into()];
     let cmd = ProcessCmd {
-        argv: vec!["sh".into(), "-c".into(), step.run.as_str().into()],
-        cwd: src.to_path_buf(),
+        argv: iso.sandboxed(argv, &place.own, &place.builds, &place.src, step.network),
+        cwd: place.src.clone(),
         env: env.to_vec(),
-        env_remove: Vec::new(),
+        clear_env: true,
+        confine: iso.confinement(true),
+        ..Default::default()
     };
     let mut capture = Capture::new(&step.warn);
     let mut failing_lines: Vec<String> = Vec::new();

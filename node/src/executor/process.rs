@@ -30,20 +30,22 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::capture::Capture;
-use super::supervise::PARENT_ENV;
+use super::supervise::{Confinement, PARENT_ENV};
 
 /// How long the output pipe may stay open after the process group is gone. Only a process that
 /// left the group (`setsid`) can hold it; its output is not worth a stuck build.
 const PIPE_GRACE: Duration = Duration::from_secs(5);
 
-/// A command to run: the program and its arguments, where, and with what environment changes
-/// (on top of the node's own environment).
-#[derive(Debug)]
+/// A command to run: the program and its arguments, where, with what environment (on top of
+/// the node's own, or alone with `clear_env`), and confined how (which needs the supervisor).
+#[derive(Debug, Default)]
 pub(crate) struct ProcessCmd {
     pub(crate) argv: Vec<OsString>,
     pub(crate) cwd: PathBuf,
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) env_remove: Vec<&'static str>,
+    pub(crate) clear_env: bool,
+    pub(crate) confine: Confinement,
 }
 
 /// How a run ended.
@@ -148,18 +150,31 @@ async fn start(supervisor: Option<&Path>, cmd: &ProcessCmd) -> io::Result<Starte
     let Some((program, args)) = cmd.argv.split_first() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
     };
+    let confined = cmd.confine != Confinement::default();
     let mut command = match supervisor {
         Some(sup) => {
             let mut c = Command::new(sup);
+            if cmd.clear_env {
+                c.env_clear();
+            }
             c.arg("supervise")
+                .args(cmd.confine.args())
                 .arg("--")
                 .arg(program)
                 .args(args)
                 .env(PARENT_ENV, std::process::id().to_string());
             c
         }
+        None if confined => {
+            return Err(io::Error::other(
+                "another user or limits for a step need the buildmesh binary as supervisor",
+            ));
+        }
         None => {
             let mut c = Command::new(program);
+            if cmd.clear_env {
+                c.env_clear();
+            }
             c.args(args);
             c
         }
