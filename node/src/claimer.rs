@@ -944,6 +944,8 @@ impl Claimer {
                     v.worker = Some(r.author_id());
                     v.started = Some(b.started);
                     v.finished = Some(b.finished);
+                    // Why the last attempt failed (a checkout's message, say).
+                    v.steps = b.steps.clone();
                 }
             }
         }

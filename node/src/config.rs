@@ -664,4 +664,42 @@ mod tests {
         let e = NodeConfig::parse(&p, "key = 1").unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
     }
+
+    #[test]
+    fn the_step_keys_are_read_and_bad_ones_named() {
+        let d = dir_with_files();
+        let p = d.path().join("node.toml");
+        let with = |extra: &str| {
+            EXAMPLE.replace(
+                "# step_user = \"buildmesh-step\"",
+                &format!("step_user = \"10002:10003\"\n{extra}"),
+            )
+        };
+        let c =
+            NodeConfig::parse(&p, &with("step_memory = \"1GiB\"\nenv_allow = [\"CC\"]")).unwrap();
+        let u = c.worker.step_user.unwrap();
+        assert_eq!((u.uid, u.gid), (10002, 10003));
+        assert_eq!(c.worker.step_memory, Some(1 << 30));
+        assert_eq!(c.worker.env_allow, ["CC"]);
+        assert_eq!(c.worker.sandbox, SandboxMode::Auto);
+        assert_eq!(c.worker.step_processes, 4096);
+        // Defaults: no step user, memory 80 % of this machine's.
+        let c = NodeConfig::parse(&p, EXAMPLE).unwrap();
+        assert!(c.worker.step_user.is_none());
+        assert!(c.worker.step_memory.is_some_and(|m| m > 0));
+        let c = NodeConfig::parse(&p, &with("step_memory = \"0\"")).unwrap();
+        assert_eq!(c.worker.step_memory, None);
+        for (bad, entry) in [
+            ("sandbox = \"firejail\"", "worker.sandbox"),
+            ("step_memory = \"lots\"", "worker.step_memory"),
+            ("step_processes = 0", "worker.step_processes"),
+            ("env_allow = [\"A=B\"]", "worker.env_allow"),
+        ] {
+            let e = NodeConfig::parse(&p, &with(bad)).unwrap_err();
+            assert!(e.to_string().contains(entry), "{bad}: {e}");
+        }
+        let root = EXAMPLE.replace("# step_user = \"buildmesh-step\"", "step_user = \"0\"");
+        let e = NodeConfig::parse(&p, &root).unwrap_err();
+        assert!(e.to_string().contains("worker.step_user"), "{e}");
+    }
 }

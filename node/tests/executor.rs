@@ -882,3 +882,75 @@ async fn builds_of_one_builder_at_once_get_their_own_workspaces() {
     let pb = std::fs::read_to_string(meet.join("pwd-2")).unwrap();
     assert_ne!(pa, pb, "two workspaces");
 }
+
+// ---------------------------------------------------------------------------------------------
+// What a step sees
+
+#[tokio::test]
+async fn a_step_sees_only_the_allowed_environment() {
+    let f = Fixture::new();
+    let mut config = f.config();
+    // The test runner's own variables stand in for the node's secrets: none may pass but the
+    // one the worker allows.
+    assert!(std::env::var_os("CARGO_PKG_NAME").is_some());
+    config.isolation.env_allow = vec!["CARGO_PKG_NAME".into()];
+    let mut s = f.spec(vec![step("env", "env")]);
+    s.builder.env.insert("FROM_BUILDER".into(), "yes".into());
+    let o = build(&config, &s).await;
+    assert_eq!(o.result, ResultCode::Success, "{o:#?}");
+    let text = log(&o.steps[0]);
+    let own = config.work_dir.join("builds/b1");
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let (k, v) = line.split_once('=').unwrap();
+        names.push(k.to_string());
+        match k {
+            "HOME" => assert_eq!(Path::new(v), own.join("home")),
+            "TMPDIR" => assert_eq!(Path::new(v), own.join("tmp")),
+            "FROM_BUILDER" => assert_eq!(v, "yes"),
+            "CARGO_PKG_NAME" => assert_eq!(v, "buildmesh-node"),
+            _ => {}
+        }
+    }
+    for n in &names {
+        let allowed = [
+            "PATH", "LANG", "HOME", "TMPDIR", "PWD", "SHLVL", "_", "OLDPWD",
+        ]
+        .contains(&n.as_str())
+            || n.starts_with("BUILDMESH_")
+            || n == "FROM_BUILDER"
+            || n == "CARGO_PKG_NAME";
+        assert!(allowed, "{n} reached the step:\n{text}");
+    }
+    for n in [
+        "HOME",
+        "TMPDIR",
+        "BUILDMESH_SHA",
+        "FROM_BUILDER",
+        "CARGO_PKG_NAME",
+    ] {
+        assert!(names.iter().any(|x| x == n), "{n} is missing:\n{text}");
+    }
+    assert!(own.join("home").is_dir() && own.join("tmp").is_dir());
+}
+
+#[tokio::test]
+async fn a_step_finds_its_temporary_directory_empty() {
+    let f = Fixture::new();
+    let config = f.config();
+    let o = build(
+        &config,
+        &f.spec(vec![step(
+            "litter",
+            "test -z \"$(ls -A \"$TMPDIR\")\" && touch \"$TMPDIR/left\"",
+        )]),
+    )
+    .await;
+    assert_eq!(o.result, ResultCode::Success, "{o:#?}");
+    let o = build(
+        &config,
+        &f.spec(vec![step("look", "test -z \"$(ls -A \"$TMPDIR\")\"")]),
+    )
+    .await;
+    assert_eq!(o.result, ResultCode::Success, "{o:#?}");
+}

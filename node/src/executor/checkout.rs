@@ -127,18 +127,26 @@ pub(crate) fn prepare_work_dir(work_dir: &Path, iso: &Isolation) -> Result<(), C
         }
     }
     let builds = work_dir.join("builds");
-    std::fs::create_dir_all(&builds).map_err(io_err(format!("creating {}", builds.display())))?;
-    if let Some(user) = &iso.step_user {
-        let meta =
-            std::fs::metadata(&builds).map_err(io_err(format!("reading {}", builds.display())))?;
-        if meta.uid() != user.uid {
-            // Workspaces of an older version belong to the node; the step user starts afresh.
-            tracing::info!(dir = %builds.display(), uid = user.uid, "handing the workspaces to the step user");
+    let existing = std::fs::metadata(&builds).ok();
+    match &iso.step_user {
+        None => {
+            std::fs::create_dir_all(&builds)
+                .map_err(io_err(format!("creating {}", builds.display())))?;
+        }
+        Some(user) if existing.as_ref().is_some_and(|m| m.uid() == user.uid) => {}
+        Some(user) => {
+            // Workspaces of an older version belong to the node: the step user starts afresh.
             let old = work_dir.join(format!("builds.node-{}", std::process::id()));
-            std::fs::rename(&builds, &old)
-                .map_err(io_err(format!("moving {} aside", builds.display())))?;
+            if existing.is_some() {
+                tracing::info!(dir = %builds.display(), uid = user.uid, "handing the workspaces to the step user");
+                std::fs::rename(&builds, &old)
+                    .map_err(io_err(format!("moving {} aside", builds.display())))?;
+            }
             std::fs::create_dir(&builds)
                 .map_err(io_err(format!("creating {}", builds.display())))?;
+            // The mode while the node still owns it; then the step user's.
+            std::fs::set_permissions(&builds, open.clone())
+                .map_err(io_err(format!("setting the mode of {}", builds.display())))?;
             std::os::unix::fs::chown(&builds, Some(user.uid), Some(user.gid)).map_err(io_err(
                 format!(
                     "giving {} to the step user {}:{} (the node needs CAP_CHOWN, or do it once by hand)",
@@ -147,9 +155,9 @@ pub(crate) fn prepare_work_dir(work_dir: &Path, iso: &Isolation) -> Result<(), C
                     user.gid
                 ),
             ))?;
-            std::fs::set_permissions(&builds, std::fs::Permissions::from_mode(0o700))
-                .map_err(io_err(format!("setting the mode of {}", builds.display())))?;
-            if let Err(e) = std::fs::remove_dir_all(&old) {
+            if existing.is_some()
+                && let Err(e) = std::fs::remove_dir_all(&old)
+            {
                 tracing::warn!(dir = %old.display(), error = %e, "cannot remove the old workspaces");
             }
         }

@@ -195,10 +195,15 @@ pub(crate) fn bwrap_args(
     covered.push(builds);
     covered.sort_by_key(|p| p.components().count());
     covered.dedup();
-    for dir in covered {
+    for dir in &covered {
         args.extend(["--tmpfs".into(), dir.into()]);
     }
     args.extend(["--bind".into(), own.into(), own.into()]);
+    // Read-only once the builder's own directory is mounted inside: a step writes nowhere but
+    // its own directory and /tmp.
+    for dir in &covered {
+        args.extend(["--remount-ro".into(), dir.into()]);
+    }
     args
 }
 
@@ -297,10 +302,14 @@ mod tests {
         let at = |s: &str| text.iter().position(|a| *a == s).unwrap();
         assert!(at("/n") < at("/n/data"));
         assert!(at("/n/data") < at("/n/work/builds"));
+        let bind = at("--bind");
         assert_eq!(
-            text[text.len() - 3..],
-            ["--bind", "/n/work/builds/b", "/n/work/builds/b"]
+            text[bind + 1..bind + 3],
+            ["/n/work/builds/b", "/n/work/builds/b"]
         );
+        assert!(at("/n/work/builds") < bind);
+        assert_eq!(text.iter().filter(|a| **a == "--remount-ro").count(), 3);
+        assert!(text.iter().rposition(|a| *a == "--tmpfs").unwrap() < bind);
         assert!(text.contains(&"--unshare-net"));
     }
 }

@@ -3,6 +3,7 @@
 
 mod builds;
 mod health;
+mod isolation;
 mod mesh;
 mod misbehaviour;
 mod notifier;

@@ -118,6 +118,9 @@ async fn killing_the_worker_mid_step_moves_the_job_before_its_lease_and_leaves_n
             "{text}"
         );
         text.push_str("lease = \"60s\"\n");
+        // The test finds the step's processes by the pids they write outside their workspace:
+        // a sandbox would keep them from writing there, and show them other pids.
+        text.push_str("sandbox = \"none\"\n");
         std::fs::write(&n.config, text).unwrap();
     }
     let mut procs: Vec<Option<Proc>> = t.nodes.iter().map(|n| Some(run(&n.config))).collect();
