@@ -62,6 +62,8 @@ trap 'rm -rf "$ctx"' EXIT
 rootfs=$ctx/rootfs
 mkdir -p "$rootfs"/{bin,usr/bin,usr/local/bin,etc/buildmesh,tmp,srv,"$git_core"} "$ctx/home"
 chmod 1777 "$rootfs/tmp"
+# The step user walks through the node's home to its workspaces (work/builds).
+chmod 0755 "$ctx/home"
 touch "$ctx/home/.buildmesh-home"
 
 install -m 0755 "$binary" "$rootfs/usr/local/bin/buildmesh"
@@ -102,11 +104,13 @@ done
 cat >"$rootfs/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh
 buildmesh:x:10001:10001:buildmesh:/var/lib/buildmesh:/bin/sh
+buildmesh-step:x:10002:10002:buildmesh build steps:/nonexistent:/bin/sh
 nobody:x:65534:65534:nobody:/nonexistent:/bin/false
 EOF
 cat >"$rootfs/etc/group" <<'EOF'
 root:x:0:
 buildmesh:x:10001:
+buildmesh-step:x:10002:
 nogroup:x:65534:
 EOF
 cat >"$rootfs/etc/nsswitch.conf" <<'EOF'
@@ -136,5 +140,5 @@ new=$(docker image inspect -f '{{.Id}}' "$tag")
 if [ -n "$old" ] && [ "$old" != "$new" ]; then docker rmi "$old" >/dev/null 2>&1 || true; fi
 say "built $tag in $(( $(date +%s) - t0 )) s"
 # Smoke test: the binary runs, and sh and git work inside the image.
-docker run --rm --entrypoint /bin/sh "$tag" -c 'buildmesh --version && git --version && test "$(id -u)" = 10001' >&2 \
+docker run --rm --entrypoint /bin/sh "$tag" -c 'buildmesh --version && git --version && test "$(id -u)" = 0' >&2 \
     || die "the image $tag does not run"

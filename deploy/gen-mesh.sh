@@ -143,6 +143,8 @@ for spec in "${nodes[@]}"; do
             echo 'work_dir = "/var/lib/buildmesh/work"'
             echo 'lease = "3s"'
             echo 'claim_step = "500ms"'
+            echo '# Build steps run as this user, which cannot read the key or the store.'
+            echo 'step_user = "buildmesh-step"'
         fi
         if [[ " $roles " == *" announcer "* ]]; then
             echo
@@ -158,6 +160,9 @@ for spec in "${nodes[@]}"; do
             echo 'mode = "problem"'
         fi
     } >"$nd/node.toml"
+    # The node keeps its key and configuration to itself (it refuses to start otherwise when
+    # steps run as another user).
+    chmod 0600 "$nd/node.toml" "$nd/node.key"
 done
 
 # Builders for the test repository: each needs a checkout with an executable `ci.sh` at the

@@ -25,6 +25,12 @@ pub async fn isolation(config: &NodeConfig) -> Result<Isolation, NodeError> {
         max_processes: Some(w.step_processes),
         max_memory: w.step_memory,
     };
+    if w.supervisor.is_none() {
+        // Only `buildmesh supervise` counts a step's memory (an embedding program, a test).
+        tracing::warn!("this program is not the buildmesh binary: steps run without memory and process limits");
+        iso.max_memory = None;
+        iso.max_processes = None;
+    }
     if let Some(user) = &w.step_user {
         if w.supervisor.is_none() {
             return Err(fail(
