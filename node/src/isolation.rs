@@ -27,7 +27,9 @@ pub async fn isolation(config: &NodeConfig) -> Result<Isolation, NodeError> {
     };
     if w.supervisor.is_none() {
         // Only `buildmesh supervise` counts a step's memory (an embedding program, a test).
-        tracing::warn!("this program is not the buildmesh binary: steps run without memory and process limits");
+        tracing::warn!(
+            "this program is not the buildmesh binary: steps run without memory and process limits"
+        );
         iso.max_memory = None;
         iso.max_processes = None;
     }

@@ -700,6 +700,21 @@ retries = 1
     }
 
     #[test]
+    fn a_step_may_say_it_needs_no_network_and_the_default_encodes_as_before() {
+        let c = BuilderConfig::from_toml(Hash::ZERO, GOOD).unwrap();
+        assert!(c.builders[0].steps.iter().all(|s| s.network));
+        let plain = crate::codec::encode("step", &c.builders[0].steps[0]).unwrap();
+        let off = GOOD.replace("retries = 1", "retries = 1\nnetwork = false");
+        let c = BuilderConfig::from_toml(Hash::ZERO, &off).unwrap();
+        assert!(!c.builders[0].steps[0].network);
+        let mut on = c.builders[0].steps[0].clone();
+        on.network = true;
+        assert_eq!(crate::codec::encode("step", &on).unwrap(), plain);
+        let bad = GOOD.replace("retries = 1", "retries = 1\nnetwork = \"no\"");
+        assert!(BuilderConfig::from_toml(Hash::ZERO, &bad).is_err());
+    }
+
+    #[test]
     fn flaky_exit_codes_are_read_and_zero_is_refused() {
         let c = GOOD.replace("retries = 1", "retries = 1\nflaky_exit_codes = [5]");
         let b = &BuilderConfig::from_toml(Hash::ZERO, &c).unwrap().builders[0];

@@ -277,9 +277,9 @@ impl Checkout<'_> {
                     self.sha
                 ));
                 // The workspace is the step user's: only the cache says what a branch holds.
-                if !self.off_branch_ok
-                    && !(self.branches_fresh(&cache) && self.on_branch(&cache).await?)
-                {
+                let vouched = self.off_branch_ok
+                    || (self.branches_fresh(&cache) && self.on_branch(&cache).await?);
+                if !vouched {
                     let _cache_lock = lock_dir(&cache, self.cancel).await?;
                     self.update_cache(&cache, log).await?;
                 }
