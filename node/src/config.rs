@@ -243,6 +243,8 @@ pub struct NotifierSettings {
     pub username: Option<String>,
     /// SMTP password (read from `password_file` or `BUILDMESH_SMTP_PASSWORD`).
     pub password: Option<String>,
+    /// The file it was read from, kept private to the node when steps run as another user.
+    pub password_file: Option<PathBuf>,
     /// Sender address.
     pub from: String,
     /// The list address(es).
@@ -565,6 +567,7 @@ impl NodeConfig {
             starttls: n.starttls.unwrap_or(false),
             username: n.username.clone(),
             password,
+            password_file: n.password_file.as_deref().map(resolve),
             from: n
                 .from
                 .clone()

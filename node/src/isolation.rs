@@ -55,6 +55,9 @@ pub async fn isolation(config: &NodeConfig) -> Result<Isolation, NodeError> {
         if let Some(f) = &config.announcer.webhook_secret_file {
             private.push(("the webhook secret", f));
         }
+        if let Some(f) = &config.notifier.password_file {
+            private.push(("the SMTP password", f));
+        }
         for (what, path) in private {
             check_private(what, path).map_err(|e| fail(e.to_string()))?;
         }
@@ -102,10 +105,16 @@ async fn sandbox(config: &NodeConfig, iso: &Isolation) -> Result<Sandbox, String
             hide.push(dir.to_path_buf());
         }
     }
-    if let Some(f) = &config.announcer.webhook_secret_file
-        && let Some(dir) = f.parent()
+    for f in [
+        &config.announcer.webhook_secret_file,
+        &config.notifier.password_file,
+    ]
+    .into_iter()
+    .flatten()
     {
-        hide.push(dir.to_path_buf());
+        if let Some(dir) = f.parent() {
+            hide.push(dir.to_path_buf());
+        }
     }
     let hide: Vec<PathBuf> = hide
         .into_iter()
@@ -141,6 +150,9 @@ async fn probe(
         .args(argv)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        // As the executor does: in a container this node is PID 1, which the supervisor would
+        // otherwise take for init, its parent gone.
+        .env(crate::executor::PARENT_ENV, std::process::id().to_string())
         .current_dir("/")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);

@@ -93,6 +93,7 @@ use checkout::{Checkout, CheckoutError, GIT_TIMEOUT, lock_workspace};
 use process::{ProcessCmd, RunEnd, run_process};
 
 pub use isolate::{ENV_FROM_NODE, Isolation, NotPrivate, Sandbox, StepUser, check_private};
+pub(crate) use supervise::PARENT_ENV;
 pub use supervise::{Confinement, supervise, supervise_status};
 
 /// The name of the step reported when the checkout fails.

@@ -120,6 +120,18 @@ fn attacks(node_dir: &Path, key_text: &str, step_uid: u32, sandboxed: bool) -> V
             never: strings(&["bootstrap ="]),
         },
         Attack {
+            builder: "read the secrets on disk",
+            run: format!(
+                "cat '{d}/webhook.secret' '{d}/smtp.password'",
+                d = node_dir.display()
+            ),
+            network: true,
+            timeout: "1m",
+            result: "failure",
+            evidence: hidden("Permission denied"),
+            never: strings(&["hunter2"]),
+        },
+        Attack {
             builder: "write the store",
             run: format!("touch '{}/poison'", data.display()),
             network: true,
@@ -225,9 +237,20 @@ async fn attack_a_worker(as_user: Option<u32>, step_uid: u32, sandbox: &str) {
     let node_dir = node.config.parent().unwrap().to_path_buf();
     let mut text = std::fs::read_to_string(&node.config).unwrap();
     text.push_str(&format!(
-        "step_user = \"{step_uid}:{step_uid}\"\nstep_processes = 64\nstep_memory = \"200MiB\"\nsandbox = \"{sandbox}\"\n"
+        "step_user = \"{step_uid}:{step_uid}\"\nstep_processes = 64\nstep_memory = \"200MiB\"\nsandbox = \"{sandbox}\"\n\
+         [announcer]\nwebhook_secret_file = \"webhook.secret\"\n\
+         [notifier]\npassword_file = \"smtp.password\"\n"
     ));
     std::fs::write(&node.config, text).unwrap();
+    // Written as a careless owner would: readable by all. The node makes them its own.
+    for (file, secret) in [
+        ("webhook.secret", HOOK_SECRET),
+        ("smtp.password", SMTP_SECRET),
+    ] {
+        let p = node_dir.join(file);
+        std::fs::write(&p, secret).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     open_to_all(&dir.path().join("mesh"));
     // The genesis is public; the unprivileged node reads it.
     std::fs::set_permissions(&t.genesis, std::fs::Permissions::from_mode(0o644)).unwrap();
