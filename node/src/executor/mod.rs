@@ -13,9 +13,18 @@
 //!   cache builds even when the repository cannot be reached. Builds of one repository take
 //!   turns on its cache.
 //! - `builds/<builder>/src` (and `src-1`, `src-2` … for builds of one builder at once): a
-//!   workspace of a builder, cloned from the cache, brought to the commit with
-//!   `git checkout --force --detach` and `git clean -ffdx`. Each build running at once has its
-//!   own; past 16 at once, builds wait for the first.
+//!   workspace of a builder, cloned from the cache (copied, never hard-linked), brought to the
+//!   commit with `git checkout --force --detach` and `git clean -ffdx`. Each build running at
+//!   once has its own; past 16 at once, builds wait for the first. Beside them the builder's
+//!   `home` (a step's `HOME`, kept) and `tmp`, `tmp-1` … (its `TMPDIR`, emptied before each
+//!   build). With a step user, `builds` and everything below belong to it, and every git
+//!   command there runs as it ([`isolate`] says why and what else holds a step).
+//! - `step.gitconfig`: the step user's git configuration (it may read the node's cache).
+//!
+//! Before a commit is built, the cache must show that the announced branch reaches it
+//! (`git merge-base --is-ancestor`), from a fetch made after the announcement; otherwise the
+//! build is an Exception whose checkout log says why, unless a maintainer asked for the commit
+//! by its id ([`BuildSpec::off_branch_ok`]).
 //!
 //! Clones are made beside their final place and renamed, so a directory that exists is a
 //! complete clone; a workspace git cannot bring to the commit is cloned afresh once. When the
