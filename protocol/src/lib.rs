@@ -6,6 +6,8 @@
 //! - [`time`]: timestamps as they travel.
 //! - [`docs`]: maintainer-signed documents — genesis, admission, revocation.
 //! - [`builders`]: the builder configuration, its TOML form and its checks.
+//! - [`bisect`]: finding the commit that turned a builder red, by n-section over idle workers
+//!   with confirmed probes (sans-IO).
 //! - [`entitle`]: whether a signed record counts — role per record kind, due time, unknown
 //!   kinds kept but not counted.
 //! - [`claims`]: claiming jobs without a master (sans-IO state machine), with the job-level
@@ -23,6 +25,7 @@
 //! - [`wire`]: requests, responses and signed ephemeral gossip between nodes.
 //! - [`webhook`]: a forge's push payload, read from its JSON.
 
+pub mod bisect;
 pub mod builders;
 pub mod claims;
 pub mod codec;

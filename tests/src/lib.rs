@@ -16,6 +16,7 @@ use libp2p::Multiaddr;
 pub mod peer;
 pub mod procs;
 pub mod sim;
+pub mod sim_bisect;
 pub mod sim_election;
 pub mod sim_health;
 

@@ -1,6 +1,7 @@
 //! The claim protocol under the deterministic simulator: a thousand seeds, every invariant
 //! checked after every event. `SIM_SEED=N` replays one seed; `SIM_SEEDS=N` runs more (of the
-//! claim and election simulators), `SIM_ROGUE_SEEDS=N` more of the worlds with a rogue worker.
+//! claim, election and bisection simulators), `SIM_ROGUE_SEEDS=N` more of the worlds with a
+//! rogue worker; `SIM_BISECT_SEED=N` replays one bisection world (`SIM_TRACE=1` prints it).
 
 use buildmesh_tests::sim::{World, run_rogue_seeds, run_seeds};
 use buildmesh_tests::sim_health::{HealthWorld, run_health_seeds};
@@ -183,5 +184,98 @@ fn a_lying_worker_costs_no_false_mail_and_hides_no_regression_over_a_thousand_se
     println!(
         "{n} seeds: {regressions} regressions, {mails} mails, {faults} unreproduced reds kept from the list, {quarantined} liars quarantined after a median of {} results",
         before.get(before.len() / 2).copied().unwrap_or(0)
+    );
+}
+
+#[test]
+fn bisection_names_the_first_bad_commit() {
+    use buildmesh_tests::sim_bisect::{BisectOutcome, BisectWorld, run_bisect_seeds};
+    if let Some(seed) = std::env::var("SIM_BISECT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        match BisectWorld::new(seed).run() {
+            Ok(o) => println!("seed {seed}: {o:?}"),
+            Err(v) => panic!("{v}"),
+        }
+        return;
+    }
+    let n: u64 = std::env::var("SIM_BISECT_SEEDS")
+        .or_else(|_| std::env::var("SIM_SEEDS"))
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    let outcomes = run_bisect_seeds(0, n).unwrap_or_else(|v| panic!("{v}"));
+    let exact: Vec<_> = outcomes.iter().filter(|o| !o.flaky()).collect();
+    let flaky: Vec<_> = outcomes.iter().filter(|o| o.flaky()).collect();
+    let right = flaky
+        .iter()
+        .filter(|o| o.found == Some(o.world.culprit))
+        .count();
+    let share = right as f64 / flaky.len().max(1) as f64;
+    let none = flaky.iter().filter(|o| o.found.is_none()).count();
+    let late = flaky
+        .iter()
+        .filter(|o| o.found.is_some_and(|f| f > o.world.culprit))
+        .count();
+    let early = flaky
+        .iter()
+        .filter(|o| o.found.is_some_and(|f| f < o.world.culprit))
+        .count();
+    let replay: Vec<u64> = flaky
+        .iter()
+        .filter(|o| o.found != Some(o.world.culprit))
+        .take(5)
+        .map(|o| o.world.seed)
+        .collect();
+    println!(
+        "flaky worlds wrong: {none} unfinished, {late} named a later commit, {early} an earlier one (SIM_BISECT_SEED= {replay:?})"
+    );
+    let liars = outcomes.iter().filter(|o| o.world.liar.is_some()).count();
+    println!(
+        "{n} seeds: {} without flakiness, every culprit right within the round bound ({} with a lying worker); \
+         {} flaky (p in [0.7, 1], q in [0, 0.05]): {right} right ({:.1} %)",
+        exact.len(),
+        liars,
+        flaky.len(),
+        share * 100.0
+    );
+    for (label, keep) in [
+        (
+            "p >= 0.9, 3 or more workers",
+            (|o: &&&BisectOutcome| o.world.p >= 0.9 && o.world.k >= 3)
+                as fn(&&&BisectOutcome) -> bool,
+        ),
+        ("p < 0.9, 3 or more workers", |o| {
+            o.world.p < 0.9 && o.world.k >= 3
+        }),
+        ("1 or 2 workers", |o| o.world.k < 3),
+    ] {
+        let part: Vec<_> = flaky.iter().filter(keep).collect();
+        let ok = part
+            .iter()
+            .filter(|o| o.found == Some(o.world.culprit))
+            .count();
+        println!(
+            "  flaky, {label}: {ok} of {} right ({:.1} %)",
+            part.len(),
+            100.0 * ok as f64 / part.len().max(1) as f64
+        );
+    }
+    // The parallel search against one probe at a time, in time units of one build.
+    for (len, k) in [(30, 3), (30, 10), (200, 3), (200, 10)] {
+        let culprit = len * 2 / 3;
+        let par = BisectWorld::fixed(1, len, k, culprit, false).run().unwrap();
+        let one = BisectWorld::fixed(1, len, k, culprit, true).run().unwrap();
+        println!(
+            "{len} commits, {k} workers: {} rounds, {} probes, {} time units; one at a time: {} rounds, {} time units",
+            par.rounds, par.probes, par.time, one.rounds, one.time
+        );
+    }
+    assert!(exact.len() as u64 > n / 2, "most worlds are exact");
+    assert!(
+        share >= 0.85,
+        "only {:.1} % right among flaky worlds",
+        share * 100.0
     );
 }
