@@ -41,6 +41,9 @@ pub(crate) enum CheckoutError {
     /// The commit is not in the repository, even after asking for it by id.
     #[error("commit {sha} is not in {url}")]
     MissingCommit { sha: String, url: String },
+    /// A shell command on the workspaces failed.
+    #[error("`{args}` exited with code {code}")]
+    ShellExit { args: String, code: i32 },
     /// The announced branch does not reach the commit, even after fetching it.
     #[error(
         "commit {sha} is not on branch {branch} of {url} (`git merge-base --is-ancestor` says no after fetching the branch): it was never on it, or it was force-pushed off the branch after it was announced; not built (a maintainer can ask for a commit by its id with `buildmesh submit`)"
@@ -72,7 +75,9 @@ impl CheckoutError {
     /// Git's exit code, when git said no.
     pub(crate) fn exit_code(&self) -> Option<i32> {
         match self {
-            CheckoutError::GitExit { code, .. } => Some(*code),
+            CheckoutError::GitExit { code, .. } | CheckoutError::ShellExit { code, .. } => {
+                Some(*code)
+            }
             _ => None,
         }
     }
@@ -632,6 +637,10 @@ impl Checkout<'_> {
         let end = run_process(self.supervisor, &cmd, &mut out, self.timeout, self.cancel).await;
         let shown = format!("sh -c '{script}'");
         self.check_end(&shown, end, &out.finish(), log)
+            .map_err(|e| match e {
+                CheckoutError::GitExit { args, code } => CheckoutError::ShellExit { args, code },
+                other => other,
+            })
     }
 
     async fn git_in(
