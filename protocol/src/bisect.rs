@@ -320,14 +320,7 @@ impl Bisection {
                 // It failed the last good commit. Either its machine fails good code, or that
                 // commit passed by chance and is bad. Only a clear majority of passes (more
                 // than twice the fails) keeps it good; until then more workers build it.
-                let fails = self
-                    .counted(good)
-                    .filter(|(_, o)| *o == Outcome::Fail)
-                    .count();
-                let passes = self
-                    .counted(good)
-                    .filter(|(_, o)| *o == Outcome::Pass)
-                    .count();
+                let (fails, passes) = self.tally(good);
                 // The last green commit is green by definition (the list was told so).
                 if good == 0 || passes > 2 * fails {
                     // Its failure of the culprit proves nothing.
@@ -421,6 +414,15 @@ impl Bisection {
             .filter(|(w, _)| !self.distrusted.contains(w))
     }
 
+    /// (fails, passes) among the counted votes on `index`.
+    fn tally(&self, index: usize) -> (usize, usize) {
+        self.counted(index).fold((0, 0), |(f, p), (_, o)| match o {
+            Outcome::Fail => (f + 1, p),
+            Outcome::Pass => (f, p + 1),
+            Outcome::NoVerdict => (f, p),
+        })
+    }
+
     fn voted(&self, index: usize, worker: &NodeId) -> bool {
         self.tried.contains(&(index, *worker))
             || self
@@ -462,14 +464,7 @@ impl Bisection {
         if index == 0 {
             return State::Good;
         }
-        let fails = self
-            .counted(index)
-            .filter(|(_, o)| *o == Outcome::Fail)
-            .count();
-        let passes = self
-            .counted(index)
-            .filter(|(_, o)| *o == Outcome::Pass)
-            .count();
+        let (fails, passes) = self.tally(index);
         // A fleet of one confirms on itself: its one fail stands.
         let confirmed = if self.fleet.len() == 1 { 1 } else { 2 };
         if index == n && passes == 0 {

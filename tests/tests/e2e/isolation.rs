@@ -346,15 +346,7 @@ async fn attack_a_worker(as_user: Option<u32>, step_uid: u32, sandbox: &str) {
             .iter()
             .find(|b| b["builder"] == a.builder)
             .unwrap_or_else(|| panic!("no build of {}", a.builder));
-        let log = reqwest::get(format!(
-            "http://{api}/api/v1/builds/{}/log?step=attack",
-            b["id"].as_str().unwrap()
-        ))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        let log = step_log(&api, b, "attack").await;
         assert_eq!(b["result"], a.result, "{}: {b}\n{log}", a.builder);
         for e in &a.evidence {
             assert!(
@@ -389,21 +381,24 @@ async fn attack_a_worker(as_user: Option<u32>, step_uid: u32, sandbox: &str) {
     let b = &builds[0];
     assert_eq!(b["result"], "exception", "{b}");
     assert_eq!(b["steps"][0]["name"], "checkout", "{b}");
-    let log = reqwest::get(format!(
-        "http://{api}/api/v1/builds/{}/log?step=checkout",
-        b["id"].as_str().unwrap()
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let log = step_log(&api, b, "checkout").await;
     assert!(log.contains("is not on branch release"), "{log}");
 
     // Through all of it the node kept running and heartbeating.
     assert!(proc.0.try_wait().unwrap().is_none(), "the node died");
     let nodes = json(format!("http://{api}/api/v1/nodes")).await.unwrap();
     assert_eq!(nodes[0]["live"], true, "{nodes}");
+}
+
+/// The log of `step` of build `b` (a `/api/v1/builds` entry).
+async fn step_log(api: &str, b: &serde_json::Value, step: &str) -> String {
+    let id = b["id"].as_str().unwrap();
+    reqwest::get(format!("http://{api}/api/v1/builds/{id}/log?step={step}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 fn read_key(path: &Path) -> buildmesh_protocol::SecretKey {
