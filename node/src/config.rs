@@ -1,5 +1,8 @@
 //! A node's configuration file (TOML). Paths are relative to the file's directory. Every field
 //! is documented in [`EXAMPLE`], which `buildmesh init-node` writes.
+//!
+//! One job, reading and checking the file, hence one module: most of its length is the
+//! commented example and a check per entry that names the entry when it refuses it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,8 @@
 //!
 //! # The work directory
 //!
-//! Everything lives below [`ExecutorConfig::work_dir`]:
+//! Everything lives below [`ExecutorConfig::work_dir`] (`workdir` makes it and says who owns
+//! what; `checkout` brings a workspace to a commit):
 //! - `cache/<first 16 hex digits of blake3(url)>.git`: a bare clone per repository, fetched
 //!   before every build. Commits no branch reaches are fetched by id. A commit already in the
 //!   cache builds even when the repository cannot be reached. Builds of one repository take
@@ -86,6 +87,7 @@ mod checkout;
 mod isolate;
 mod process;
 mod supervise;
+mod workdir;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -98,8 +100,9 @@ use buildmesh_protocol::{Hash, NodeId, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use capture::Capture;
-use checkout::{Checkout, CheckoutError, GIT_TIMEOUT, lock_workspace};
+use checkout::{Checkout, CheckoutError, GIT_TIMEOUT};
 use process::{ProcessCmd, RunEnd, run_process};
+use workdir::lock_workspace;
 
 pub use isolate::{ENV_FROM_NODE, Isolation, NotPrivate, Sandbox, StepUser, check_private};
 pub(crate) use supervise::PARENT_ENV;
@@ -258,7 +261,7 @@ pub async fn run_build(
 /// does this too; a node does it at start to fail early.
 pub fn prepare_work_dir(work_dir: &Path, iso: &Isolation) -> Result<(), String> {
     let work_dir = std::path::absolute(work_dir).map_err(|e| e.to_string())?;
-    checkout::prepare_work_dir(&work_dir, iso).map_err(|e| e.to_string())
+    workdir::prepare_work_dir(&work_dir, iso).map_err(|e| e.to_string())
 }
 
 /// The order of [`BuildOutcome::result`]: higher is worse.
@@ -375,7 +378,7 @@ async fn checkout(
         what: format!("work directory {}", config.work_dir.display()),
         source,
     })?;
-    checkout::prepare_work_dir(&work_dir, &config.isolation)?;
+    workdir::prepare_work_dir(&work_dir, &config.isolation)?;
     let (src, lock) = lock_workspace(&work_dir, &spec.builder.name, cancel).await?;
     let own = src.parent().unwrap_or(&work_dir).to_path_buf();
     let slot = src
