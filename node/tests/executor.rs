@@ -788,6 +788,35 @@ async fn supervised_steps_are_killed_on_timeout_and_cancel() {
     assert_process_gone(pid).await;
 }
 
+#[tokio::test]
+async fn a_supervised_step_that_left_its_process_group_is_killed_too() {
+    let f = Fixture::new();
+    let config = supervised(&f);
+    // `setsid` makes the sleep a session (and group) of its own, out of reach of a kill of the
+    // step's group; the supervisor, its subreaper, still finds and ends it.
+    let pidfile = f.outside("pid-setsid");
+    let run = format!(
+        "setsid sleep 60 & echo $! > '{}.tmp' && mv '{0}.tmp' '{0}'; sleep 60",
+        pidfile.display()
+    );
+    let mut slow = step("slow", &run);
+    slow.timeout_ms = 1000;
+    let o = build(&config, &f.spec(vec![slow])).await;
+    assert_eq!(o.result, ResultCode::Failure, "{o:#?}");
+    let pid = wait_for_pid(&pidfile).await;
+    assert_process_gone(pid).await;
+
+    // And when it ends by itself, leaving the escaped sleep behind.
+    let pidfile = f.outside("pid-setsid-2");
+    let run = format!(
+        "setsid sleep 60 & echo $! > '{}.tmp' && mv '{0}.tmp' '{0}'",
+        pidfile.display()
+    );
+    let o = build(&config, &f.spec(vec![step("quick", &run)])).await;
+    assert_eq!(o.result, ResultCode::Success, "{o:#?}");
+    assert_process_gone(wait_for_pid(&pidfile).await).await;
+}
+
 #[test]
 fn supervise_passes_the_exit_code_on() {
     let tmp = tempfile::tempdir().unwrap();

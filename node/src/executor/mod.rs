@@ -36,8 +36,8 @@
 //!
 //! Every step (and every git command) runs in a process group of its own, with stdin from
 //! `/dev/null` and stdout and stderr on one pipe, so the log shows them in the order they were
-//! written. Killing a step is `SIGKILL` to its whole group, which reaches what it started in the
-//! background too. The group is killed when the step's time limit passes, when the build is
+//! written. Killing a step is `SIGKILL` to its whole group (for a supervised step, SIGTERM to
+//! the supervisor first; see below), which reaches what it started in the background too. The group is killed when the step's time limit passes, when the build is
 //! cancelled, when the `run_build` future is dropped (a guard in the running step), and when the
 //! step's first process ends by itself (background leftovers would otherwise outlive the step
 //! and keep its output open). The group leader is reaped only after that last kill: while it is
@@ -62,8 +62,15 @@
 //! thread that ends when idle), so every process is started by one thread that lives as long as
 //! the node.
 //!
-//! What this cannot catch: a process that leaves the group (`setsid`, daemons). Its output is no
-//! longer read 5 seconds after the step ends. Only a cgroup would hold it.
+//! A process that leaves the group (`setsid`, a daemon that double-forks) is still the
+//! supervisor's descendant: the supervisor is a child subreaper, so orphans are re-parented to
+//! it, and it kills every descendant when the step ends, when the memory limit is passed and
+//! when the node dies (found by a test: a `setsid sleep` outlived a SIGKILLed node before).
+//! So the executor stops a supervised step (time limit, cancel, a dropped build) with SIGTERM
+//! to its supervisor, and SIGKILL to the group only if the supervisor has not ended within 2 s.
+//! What still escapes: such a process when the supervisor itself is killed with SIGKILL by
+//! someone else; its output is no longer read 5 seconds after the step ends. A sandbox's PID
+//! namespace, or a cgroup, holds those too.
 //!
 //! # Results
 //!

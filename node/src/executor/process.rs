@@ -200,6 +200,7 @@ async fn start(supervisor: Option<&Path>, cmd: &ProcessCmd) -> io::Result<Starte
     let guard = GroupGuard {
         pgid: pid,
         state: state.clone(),
+        supervised: supervisor.is_some(),
     };
     let (tx, exit) = oneshot::channel();
     std::thread::Builder::new()
@@ -216,17 +217,47 @@ async fn start(supervisor: Option<&Path>, cmd: &ProcessCmd) -> io::Result<Starte
 #[derive(Debug)]
 struct Reaped(bool);
 
+/// How long a supervisor has to end what it started before its whole group gets SIGKILL.
+const SUPERVISOR_GRACE: Duration = Duration::from_secs(2);
+
 /// Kills the process group when dropped (the build future was dropped) or asked to.
 #[derive(Debug)]
 struct GroupGuard {
     pgid: Pid,
     state: Arc<Mutex<Reaped>>,
+    /// The leader is `buildmesh supervise`: on SIGTERM it kills every process it started,
+    /// those that left the group too, which a SIGKILL to the group would leave behind.
+    supervised: bool,
 }
 
 impl GroupGuard {
     fn kill(&self) {
         let reaped = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if !reaped.0 {
+        if reaped.0 {
+            return;
+        }
+        if !self.supervised {
+            kill_group(self.pgid);
+            return;
+        }
+        match nix::sys::signal::kill(self.pgid, Signal::SIGTERM) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => {
+                tracing::warn!(pid = self.pgid.as_raw(), error = %e, "cannot signal a supervisor");
+            }
+        }
+        // A supervisor that does not end in time goes with its group.
+        let (pgid, state) = (self.pgid, self.state.clone());
+        let spawned = std::thread::Builder::new()
+            .name("buildmesh-grace".into())
+            .spawn(move || {
+                std::thread::sleep(SUPERVISOR_GRACE);
+                let reaped = state.lock().unwrap_or_else(PoisonError::into_inner);
+                if !reaped.0 {
+                    kill_group(pgid);
+                }
+            });
+        if spawned.is_err() {
             kill_group(self.pgid);
         }
     }

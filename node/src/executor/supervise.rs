@@ -188,12 +188,12 @@ async fn run(program: &str, args: &[String], max_memory: Option<u64>) -> u8 {
                 used.0 >> 20,
                 used.1 >> 20
             );
-            kill_descendants();
-            kill_own_group()
+            end_all()
         }
-        _ = term.recv() => kill_own_group(),
-        _ = int.recv() => kill_own_group(),
-        _ = hup.recv() => kill_own_group(),
+        // The node is gone or asks to stop: everything below goes, what left the group too.
+        _ = term.recv() => end_all(),
+        _ = int.recv() => end_all(),
+        _ = hup.recv() => end_all(),
     };
     // What the command left behind outside the group (adopted by us as subreaper) goes too.
     kill_descendants();
@@ -297,6 +297,13 @@ fn parent_gone() -> bool {
         Some(parent) => getppid() != Pid::from_raw(parent),
         None => getppid() == Pid::from_raw(1),
     }
+}
+
+/// SIGKILL to every descendant (found while the tree still stands), then to the group, this
+/// process included. Only returns if the last kill failed.
+fn end_all() -> u8 {
+    kill_descendants();
+    kill_own_group()
 }
 
 /// SIGKILL to the whole group, this process included: the group is the command's, and the

@@ -219,7 +219,38 @@ fn builders_toml(repo: &str, node_pid: u32, attacks: &[Attack]) -> String {
         "[[builder]]\nname = \"release\"\nrepo = \"{repo}\"\nbranches = [\"release\"]\nmax_attempts = 1\n\
          [[builder.step]]\nname = \"build\"\nrun = \"true\"\n"
     ));
+    // Only for the commit the node is killed under: a step with processes in the background
+    // and outside its process group.
+    t.push_str(&format!(
+        "[[builder]]\nname = \"linger\"\nrepo = \"{repo}\"\nbranches = [\"linger\"]\nmax_attempts = 1\n\
+         [[builder.step]]\nname = \"build\"\nrun = \"sleep 300 & setsid sleep 300 & sleep 300\"\ntimeout = \"10m\"\n"
+    ));
     t
+}
+
+/// The pids of the processes `uid` runs, from /proc.
+fn processes_of(uid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let real = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|u| u.parse::<u32>().ok());
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'));
+        if real == Some(uid) && !zombie {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 /// One node, run as `as_user` (None: root), with a step user and limits; every attack is built
@@ -388,6 +419,40 @@ async fn attack_a_worker(as_user: Option<u32>, step_uid: u32, sandbox: &str) {
     assert!(proc.0.try_wait().unwrap().is_none(), "the node died");
     let nodes = json(format!("http://{api}/api/v1/nodes")).await.unwrap();
     assert_eq!(nodes[0]["live"], true, "{nodes}");
+
+    // Killed with SIGKILL mid-step, the node leaves none of the step user's processes behind,
+    // not even one that left the step's process group.
+    let lingering = repo.commit("linger", &[("l", "1")], "killed under");
+    assert!(
+        submit("linger", lingering.clone())
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    wait_for(
+        "the step's three sleeps",
+        Duration::from_secs(60),
+        || async {
+            processes_of(step_uid)
+                .iter()
+                .filter(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == "sleep")
+                })
+                .count()
+                >= 3
+        },
+    )
+    .await;
+    proc.0.kill().unwrap();
+    proc.0.wait().unwrap();
+    wait_for(
+        "no process of the step user",
+        Duration::from_secs(30),
+        || async { processes_of(step_uid).is_empty() },
+    )
+    .await;
 }
 
 /// The log of `step` of build `b` (a `/api/v1/builds` entry).
