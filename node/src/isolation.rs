@@ -61,8 +61,7 @@ pub async fn isolation(config: &NodeConfig) -> Result<Isolation, NodeError> {
         for (what, path) in private {
             check_private(what, path).map_err(|e| fail(e.to_string()))?;
         }
-        crate::executor::prepare_work_dir(&w.work_dir, &iso)
-            .map_err(|e| fail(format!("worker.work_dir: {e}")))?;
+        prepare(config, &iso)?;
         probe(config, &iso.confinement(false), &["true".into()])
             .await
             .map_err(|e| {
@@ -74,6 +73,7 @@ pub async fn isolation(config: &NodeConfig) -> Result<Isolation, NodeError> {
             })?;
     }
     if w.sandbox != SandboxMode::None {
+        prepare(config, &iso)?;
         match sandbox(config, &iso).await {
             Ok(s) => {
                 tracing::info!(bwrap = %s.bwrap.display(), "build steps run in a bubblewrap sandbox");
@@ -88,6 +88,13 @@ pub async fn isolation(config: &NodeConfig) -> Result<Isolation, NodeError> {
         }
     }
     Ok(iso)
+}
+
+/// The work directory as steps need it (idempotent: the step user's check and the sandbox's
+/// both want it, and every build makes sure of it again).
+fn prepare(config: &NodeConfig, iso: &Isolation) -> Result<(), NodeError> {
+    crate::executor::prepare_work_dir(&config.worker.work_dir, iso)
+        .map_err(|e| NodeError::Isolation(format!("worker.work_dir: {e}")))
 }
 
 /// bubblewrap, when it is installed and runs here as steps would run it.
@@ -121,8 +128,6 @@ async fn sandbox(config: &NodeConfig, iso: &Isolation) -> Result<Sandbox, String
         .map(|p| std::path::absolute(&p).unwrap_or(p))
         .collect();
     let builds = std::path::absolute(config.worker.work_dir.join("builds"))
-        .map_err(|e| format!("work directory: {e}"))?;
-    crate::executor::prepare_work_dir(&config.worker.work_dir, iso)
         .map_err(|e| format!("work directory: {e}"))?;
     let sandbox = Sandbox { bwrap, hide };
     let with = Isolation {

@@ -1,5 +1,7 @@
-//! The executor against real git repositories and real processes: one area (checkout, steps,
-//! timeouts, retries, logs, the supervisor), one file of tests, hence its length.
+//! The executor against real git repositories and real processes: one area (checkout and the
+//! branch check, steps, timeouts, retries, logs, what a step's environment holds, the
+//! supervisor), one file of tests sharing one fixture, hence its length. Steps run as another
+//! user and in a sandbox are tested against a whole node in `tests/tests/e2e/isolation.rs`.
 //!
 //! The supervisor is tested through this test binary itself: a small script stands in for the
 //! `buildmesh` binary and runs the test `supervisor_entry` of this binary, which calls the same

@@ -357,13 +357,19 @@ impl Checkout<'_> {
 
     async fn has_commit(&self, repo: &Path) -> Result<bool, CheckoutError> {
         let target = format!("{}^{{commit}}", self.sha);
-        let cmd = self.cmd(repo, &["cat-file", "-e", &target], &[]);
+        self.git_says_yes(repo, &["cat-file", "-e", &target]).await
+    }
+
+    /// A git question answered by the exit code: 0 is yes, any other code no; a git that could
+    /// not answer (killed, timed out, not started) is an error.
+    async fn git_says_yes(&self, repo: &Path, args: &[&str]) -> Result<bool, CheckoutError> {
+        let cmd = self.cmd(repo, args, &[]);
         match output_of(self.supervisor, &cmd, self.timeout, self.cancel).await {
             (RunEnd::Exited(0), _) => Ok(true),
             (RunEnd::Exited(_), _) => Ok(false),
             (end, out) => {
                 let mut scratch = Capture::new(&[]);
-                self.check_end("cat-file -e", end, &out, &mut scratch)
+                self.check_end(&args.join(" "), end, &out, &mut scratch)
                     .map(|()| false)
             }
         }
@@ -448,18 +454,9 @@ impl Checkout<'_> {
         } else {
             format!("refs/heads/{}", self.branch)
         };
-        let args = ["merge-base", "--is-ancestor", self.sha, &branch];
-        let cmd = self.cmd(cache, &args, &[]);
-        match output_of(self.supervisor, &cmd, self.timeout, self.cancel).await {
-            (RunEnd::Exited(0), _) => Ok(true),
-            // 1: not an ancestor; 128: no such branch (yet).
-            (RunEnd::Exited(_), _) => Ok(false),
-            (end, out) => {
-                let mut scratch = Capture::new(&[]);
-                self.check_end("merge-base --is-ancestor", end, &out, &mut scratch)
-                    .map(|()| false)
-            }
-        }
+        // Exit 1: not an ancestor; 128: no such branch (yet).
+        self.git_says_yes(cache, &["merge-base", "--is-ancestor", self.sha, &branch])
+            .await
     }
 
     /// Removes `dir` below the builder's directory, as the user who owns it there.

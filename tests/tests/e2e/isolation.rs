@@ -46,6 +46,26 @@ struct Attack {
     never: Vec<String>,
 }
 
+impl Attack {
+    /// A one-step attack with the network and a minute to run, that must fail.
+    fn failing(
+        builder: &'static str,
+        run: String,
+        evidence: Vec<String>,
+        never: Vec<String>,
+    ) -> Self {
+        Attack {
+            builder,
+            run,
+            network: true,
+            timeout: "1m",
+            result: "failure",
+            evidence,
+            never,
+        }
+    }
+}
+
 fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -92,66 +112,48 @@ fn attacks(node_dir: &Path, key_text: &str, step_uid: u32, sandboxed: bool) -> V
             evidence: vec![format!("{step_uid}\n{step_uid}\n")],
             never: Vec::new(),
         },
-        Attack {
-            builder: "environment",
-            run: "env; env | grep -q hunter2 && echo LEAKED; exit 1".into(),
-            network: true,
-            timeout: "1m",
-            result: "failure",
-            evidence: strings(&["BUILDMESH_SHA=", "HOME="]),
-            never: strings(&["hunter2", "LEAKED", "CARGO_"]),
-        },
-        Attack {
-            builder: "read the key",
-            run: format!("cat '{}'", key.display()),
-            network: true,
-            timeout: "1m",
-            result: "failure",
-            evidence: hidden("Permission denied"),
-            never: vec![key_text.lines().next().unwrap().to_string()],
-        },
-        Attack {
-            builder: "read the configuration",
-            run: format!("cat '{}'", config.display()),
-            network: true,
-            timeout: "1m",
-            result: "failure",
-            evidence: hidden("Permission denied"),
-            never: strings(&["bootstrap ="]),
-        },
-        Attack {
-            builder: "read the secrets on disk",
-            run: format!(
+        Attack::failing(
+            "environment",
+            "env; env | grep -q hunter2 && echo LEAKED; exit 1".into(),
+            strings(&["BUILDMESH_SHA=", "HOME="]),
+            strings(&["hunter2", "LEAKED", "CARGO_"]),
+        ),
+        Attack::failing(
+            "read the key",
+            format!("cat '{}'", key.display()),
+            hidden("Permission denied"),
+            vec![key_text.lines().next().unwrap().to_string()],
+        ),
+        Attack::failing(
+            "read the configuration",
+            format!("cat '{}'", config.display()),
+            hidden("Permission denied"),
+            strings(&["bootstrap ="]),
+        ),
+        Attack::failing(
+            "read the secrets on disk",
+            format!(
                 "cat '{d}/webhook.secret' '{d}/smtp.password'",
                 d = node_dir.display()
             ),
-            network: true,
-            timeout: "1m",
-            result: "failure",
-            evidence: hidden("Permission denied"),
-            never: strings(&["hunter2"]),
-        },
-        Attack {
-            builder: "write the store",
-            run: format!("touch '{}/poison'", data.display()),
-            network: true,
-            timeout: "1m",
-            result: "failure",
-            evidence: unwritable(),
-            never: Vec::new(),
-        },
-        Attack {
-            builder: "poison the clone cache",
-            run: format!(
+            hidden("Permission denied"),
+            strings(&["hunter2"]),
+        ),
+        Attack::failing(
+            "write the store",
+            format!("touch '{}/poison'", data.display()),
+            unwritable(),
+            Vec::new(),
+        ),
+        Attack::failing(
+            "poison the clone cache",
+            format!(
                 "for f in '{c}'/*.git/HEAD '{c}'/poison; do echo evil >> \"$f\" || failed=1; done; exit ${{failed:-0}}",
                 c = cache.display()
             ),
-            network: true,
-            timeout: "1m",
-            result: "failure",
-            evidence: unwritable(),
-            never: Vec::new(),
-        },
+            unwritable(),
+            Vec::new(),
+        ),
         Attack {
             builder: "kill the node",
             // The node by its pid, then every process the step user may signal.
@@ -177,15 +179,12 @@ fn attacks(node_dir: &Path, key_text: &str, step_uid: u32, sandboxed: bool) -> V
             evidence: strings(&["fork"]),
             never: Vec::new(),
         },
-        Attack {
-            builder: "eat memory",
-            run: "dd if=/dev/zero of=/dev/null bs=300M count=100".into(),
-            network: true,
-            timeout: "1m",
-            result: "failure",
-            evidence: strings(&["over the worker's limit"]),
-            never: Vec::new(),
-        },
+        Attack::failing(
+            "eat memory",
+            "dd if=/dev/zero of=/dev/null bs=300M count=100".into(),
+            strings(&["over the worker's limit"]),
+            Vec::new(),
+        ),
     ];
     if sandboxed {
         list.push(Attack {
