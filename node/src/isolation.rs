@@ -73,7 +73,6 @@ pub async fn isolation(config: &NodeConfig) -> Result<Isolation, NodeError> {
             })?;
     }
     if w.sandbox != SandboxMode::None {
-        prepare(config, &iso)?;
         match sandbox(config, &iso).await {
             Ok(s) => {
                 tracing::info!(bwrap = %s.bwrap.display(), "build steps run in a bubblewrap sandbox");
@@ -90,8 +89,8 @@ pub async fn isolation(config: &NodeConfig) -> Result<Isolation, NodeError> {
     Ok(iso)
 }
 
-/// The work directory as steps need it (idempotent: the step user's check and the sandbox's
-/// both want it, and every build makes sure of it again).
+/// The work directory as steps need it (idempotent, and cheap once in place: the step user's
+/// check and the sandbox's probe both need it, and every build makes sure of it again).
 fn prepare(config: &NodeConfig, iso: &Isolation) -> Result<(), NodeError> {
     crate::executor::prepare_work_dir(&config.worker.work_dir, iso)
         .map_err(|e| NodeError::Isolation(format!("worker.work_dir: {e}")))
@@ -129,6 +128,9 @@ async fn sandbox(config: &NodeConfig, iso: &Isolation) -> Result<Sandbox, String
         .collect();
     let builds = std::path::absolute(config.worker.work_dir.join("builds"))
         .map_err(|e| format!("work directory: {e}"))?;
+    // Without a step user an unusable work directory is the builds' problem (exceptions), not
+    // the node's: here it only means no sandbox.
+    prepare(config, iso).map_err(|e| e.to_string())?;
     let sandbox = Sandbox { bwrap, hide };
     let with = Isolation {
         sandbox: Some(sandbox.clone()),
