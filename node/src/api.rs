@@ -21,7 +21,8 @@
 //! - `GET /metrics`: Prometheus text.
 //!
 //! One handler per endpoint, each short; the module is the API's one page, hence its length.
-//! (A read model kept up to date per record is where the views belong next.)
+//! Status, builds and logs read the read model ([`crate::readmodel`]): one status row per
+//! builder and branch, and builds listed newest first by builder, branch or commit.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,7 +34,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use buildmesh_protocol::docs::SignedDoc;
-use buildmesh_protocol::record::BuildState;
 use buildmesh_protocol::record::CommitSeen;
 use buildmesh_protocol::record::Purpose;
 use buildmesh_protocol::{NodeId, Timestamp};
@@ -42,6 +42,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::claimer::{BuildView, ClaimerClient};
+use crate::readmodel::{Found, ReadModel};
+use buildmesh_store::Listing;
 use crate::replica::ReplicaClient;
 
 /// What the handlers share.
@@ -351,96 +353,26 @@ pub struct Notification {
     pub transition: buildmesh_protocol::Hash,
 }
 
-/// One row of `GET /api/v1/status`: the latest verdict of a builder on a branch, with the
-/// newer builds still pending or running. (Fields in the order the JSON has always had.)
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StatusRow {
-    /// Branch.
-    pub branch: String,
-    /// The build shown (`null` while nothing has a verdict).
-    pub build: Option<String>,
-    /// Builder.
-    pub builder: String,
-    /// When it finished.
-    pub finished: Option<Timestamp>,
-    /// Newer builds not yet settled, newest first.
-    pub in_progress: Vec<InProgress>,
-    /// Its state: the verdict, or the newest build's state while there is none.
-    pub result: BuildState,
-    /// Its commit.
-    pub sha: Option<String>,
-    /// Who built it.
-    pub worker: Option<NodeId>,
-}
+pub use crate::readmodel::{InProgress, StatusRow};
 
-/// A build newer than a status row's verdict, still pending or running.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct InProgress {
-    /// The build id.
-    pub build: String,
-    /// Pending or running.
-    pub result: BuildState,
-    /// Its commit.
-    pub sha: String,
-    /// Who runs it.
-    pub worker: Option<NodeId>,
+// Reads the read model off the async workers (sled may touch the disk).
+async fn read<T: Send + 'static>(
+    s: &ApiState,
+    f: impl FnOnce(&ReadModel) -> Result<T, buildmesh_store::StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    let views = s.claimer.views().clone();
+    match tokio::task::spawn_blocking(move || f(&views)).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(e) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
+    }
 }
 
 async fn status(State(s): State<ApiState>) -> Response {
-    let builds = match s.claimer.builds().await {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    // Builds come newest announcement first: the first verdict per (builder, branch) is the
-    // status; newer pending or running builds are shown beside it.
-    let mut rows: BTreeMap<(String, String), StatusRow> = BTreeMap::new();
-    let mut newer: BTreeMap<(String, String), Vec<InProgress>> = BTreeMap::new();
-    for b in builds.iter().filter(|b| b.purpose.is_build()) {
-        let k = (b.builder.clone(), b.branch.clone());
-        if rows.contains_key(&k) {
-            continue;
-        }
-        if b.result.is_verdict() {
-            let in_progress = newer.remove(&k).unwrap_or_default();
-            rows.insert(
-                k,
-                StatusRow {
-                    branch: b.branch.clone(),
-                    build: Some(b.id.clone()),
-                    builder: b.builder.clone(),
-                    finished: b.finished,
-                    in_progress,
-                    result: b.result,
-                    sha: Some(b.sha.clone()),
-                    worker: b.worker,
-                },
-            );
-        } else if !b.result.is_settled() {
-            newer.entry(k).or_default().push(InProgress {
-                build: b.id.clone(),
-                result: b.result,
-                sha: b.sha.clone(),
-                worker: b.worker,
-            });
-        }
+    match read(&s, |v| v.status()).await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(r) => r,
     }
-    for ((builder, branch), pending) in newer {
-        let last = pending.last();
-        rows.insert(
-            (builder.clone(), branch.clone()),
-            StatusRow {
-                branch,
-                build: None,
-                builder,
-                finished: None,
-                result: last.map_or(BuildState::Pending, |p| p.result),
-                sha: last.map(|p| p.sha.clone()),
-                worker: None,
-                in_progress: pending,
-            },
-        );
-    }
-    Json(rows.into_values().collect::<Vec<_>>()).into_response()
 }
 
 #[derive(Deserialize)]
@@ -472,17 +404,34 @@ fn matches(b: &BuildView, q: &BuildsQuery) -> bool {
         && q.branch.as_deref().is_none_or(|x| b.branch == x)
 }
 
-async fn builds(State(s): State<ApiState>, Query(q): Query<BuildsQuery>) -> Response {
-    match s.claimer.builds().await {
-        Ok(all) => {
-            let out: Vec<BuildView> = all
-                .into_iter()
-                .filter(|b| matches(b, &q))
-                .take(q.limit.unwrap_or(500))
-                .collect();
-            Json(out).into_response()
-        }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+async fn builds(State(s): State<ApiState>, Query(mut q): Query<BuildsQuery>) -> Response {
+    if q.commit.as_deref() == Some("") {
+        return Json(Vec::<BuildView>::new()).into_response();
+    }
+    // The builder as named: a safe id stands for the builder it names.
+    if let Some(x) = &q.builder
+        && let Ok(Some(config)) = s.replica.config().await
+        && let Some(b) = config
+            .builders
+            .iter()
+            .find(|b| b.name != *x && buildmesh_protocol::builders::safe_id(&b.name) == *x)
+    {
+        q.builder = Some(b.name.clone());
+    }
+    let limit = q.limit.unwrap_or(500);
+    let found = read(&s, move |v| {
+        let listing = match (&q.commit, &q.builder, &q.branch) {
+            (Some(c), _, _) => Listing::Commit(c),
+            (None, Some(b), Some(br)) => Listing::Branch(b, br),
+            (None, Some(b), None) => Listing::Builder(b),
+            (None, None, _) => Listing::All,
+        };
+        v.builds(listing, |b| matches(b, &q), limit)
+    })
+    .await;
+    match found {
+        Ok(out) => Json(out).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -496,27 +445,20 @@ async fn log(
     axum::extract::Path(id): axum::extract::Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Response {
-    let all = match s.claimer.builds().await {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let (prefix, attempt) = match id.rsplit_once('-') {
-        Some((p, a)) if a.parse::<u32>().is_ok() => (p.to_string(), a.parse::<u32>().ok()),
-        _ => (id.clone(), None),
-    };
-    let found: Vec<&BuildView> = all
-        .iter()
-        .filter(|b| b.job.to_string().starts_with(&prefix))
-        .collect();
-    let build = match found.as_slice() {
-        [b] => *b,
-        [] => return error(StatusCode::NOT_FOUND, format!("no build {id}")),
-        _ => {
+    let attempt = id
+        .rsplit_once('-')
+        .and_then(|(_, a)| a.parse::<u32>().ok());
+    let wanted = id.clone();
+    let build = match read(&s, move |v| v.find(&wanted)).await {
+        Ok(Found::One(b)) => b,
+        Ok(Found::None) => return error(StatusCode::NOT_FOUND, format!("no build {id}")),
+        Ok(Found::Ambiguous) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!("{id} names more than one build"),
             );
         }
+        Err(r) => return r,
     };
     if attempt.is_some_and(|a| a != build.attempt) {
         return error(

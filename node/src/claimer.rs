@@ -25,12 +25,11 @@ use buildmesh_protocol::entitle::{self, Refusal};
 use buildmesh_protocol::health::{HealthView, Incident};
 use buildmesh_protocol::jobs;
 use buildmesh_protocol::record::{
-    Body, BuildResult, BuildState, Claim, CommitSeen, JobKey, Purpose, Record, StepResult,
+    Body, BuildResult, BuildState, Claim, CommitSeen, JobKey, Purpose, Record,
 };
 use buildmesh_protocol::wire::{Progress, Signal};
 use buildmesh_protocol::{Hash, NodeId, Timestamp};
 use buildmesh_store::Store;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -38,6 +37,7 @@ use tracing::Instrument;
 use crate::NodeError;
 use crate::executor::{self, BuildSpec, ExecutorConfig};
 use crate::liveness::Membership;
+use crate::readmodel::{ReadModel, Stored};
 use crate::replica::ReplicaClient;
 use crate::selfcheck::SelfCheck;
 
@@ -55,78 +55,9 @@ pub struct Load {
     pub paused: Option<String>,
 }
 
-/// One build (a job, in its current attempt) as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct BuildView {
-    /// `<first 16 hex digits of the job id>-<attempt>`: what `buildmesh log` takes.
-    pub id: String,
-    /// The full job id.
-    pub job: Hash,
-    /// Builder.
-    pub builder: String,
-    /// Repository.
-    pub repo: String,
-    /// Branch.
-    pub branch: String,
-    /// Commit.
-    pub sha: String,
-    /// The worker that runs or ran it (node id).
-    pub worker: Option<NodeId>,
-    /// The attempt shown.
-    pub attempt: u32,
-    /// pending, running, success, warnings, failure, flaky, exception, cancelled, skipped.
-    pub result: BuildState,
-    /// When the build started (claim time for a running build).
-    pub started: Option<Timestamp>,
-    /// When it finished.
-    pub finished: Option<Timestamp>,
-    /// The steps that ran, as the worker's signed result names them.
-    pub steps: Vec<StepResult>,
-    /// When the commit was first announced.
-    pub announced: Timestamp,
-    /// Every attempt's result, oldest first (attempt, worker, result).
-    pub attempts: Vec<AttemptView>,
-    /// Why the job exists: left out for an ordinary build; `confirm` (reproducing another
-    /// build's red) or `revalidate` (a quarantined worker earning its way out).
-    #[serde(default, skip_serializing_if = "Purpose::is_build")]
-    pub purpose: Purpose,
-    /// A red's confirmation on another host, once one was asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confirmation: Option<ConfirmationView>,
-}
-
-/// The confirmation of a red: the other build and how it ended.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ConfirmationView {
-    /// The confirmation build's id (what `buildmesh log` takes).
-    pub build: String,
-    /// Who built it (none while pending).
-    pub worker: Option<NodeId>,
-    /// Its state: pending, running, failure (reproduced), or the verdict that did not
-    /// reproduce the red.
-    pub result: BuildState,
-    /// Whether it ran on the same machine as the red (no other host was available).
-    pub same_host: bool,
-}
-
-/// One claimed attempt and how it ended.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct AttemptView {
-    /// The attempt.
-    pub attempt: u32,
-    /// The worker that claimed it.
-    pub worker: NodeId,
-    /// What it reported; `running` while it runs, `lost` if its worker went silent and a
-    /// newer attempt took over without a result from it.
-    pub result: String,
-    /// Whether this claim won its attempt (crossed claims: only one does).
-    pub won: bool,
-}
+pub use crate::readmodel::{AttemptView, BuildView, ConfirmationView};
 
 pub(crate) enum Query {
-    Builds {
-        reply: oneshot::Sender<Vec<BuildView>>,
-    },
     LiveWorkers {
         reply: oneshot::Sender<Vec<NodeId>>,
     },
@@ -140,6 +71,7 @@ pub(crate) enum Query {
 pub struct ClaimerClient {
     tx: mpsc::Sender<Query>,
     stats: Arc<ClaimerStats>,
+    views: Arc<ReadModel>,
 }
 
 /// The claimer's counters (`/metrics`).
@@ -182,14 +114,21 @@ impl ClaimerClient {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
-    /// Every job known, newest announcement first.
+    /// The views of the jobs, as the claimer keeps them.
+    pub fn views(&self) -> &Arc<ReadModel> {
+        &self.views
+    }
+
+    /// Every job known, newest announcement first (every one: for small meshes and tests;
+    /// the API reads [`ClaimerClient::views`] by builder, branch or commit).
     pub async fn builds(&self) -> Result<Vec<BuildView>, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Query::Builds { reply })
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)
+        let views = self.views.clone();
+        let all = tokio::task::spawn_blocking(move || {
+            views.builds(buildmesh_store::Listing::All, |_| true, usize::MAX)
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)?;
+        Ok(all?)
     }
 }
 
@@ -211,6 +150,7 @@ pub(crate) struct ClaimerParts {
     pub load: watch::Sender<Load>,
     pub membership: watch::Receiver<Membership>,
     pub selfcheck: SelfCheck,
+    pub views: Arc<ReadModel>,
     pub cancel: CancellationToken,
 }
 
@@ -246,6 +186,10 @@ pub(crate) struct Claimer {
     paused: Option<String>,
     checks_tx: mpsc::Sender<Option<String>>,
     checks_rx: mpsc::Receiver<Option<String>>,
+    // The views of the jobs (written as jobs change), and whether the stored ones can be
+    // trusted where their state matches (left in order at the last stop).
+    views: Arc<ReadModel>,
+    stored: Stored,
 }
 
 impl Claimer {
@@ -280,9 +224,16 @@ impl Claimer {
             paused: None,
             checks_tx,
             checks_rx,
+            views: parts.views.clone(),
+            stored: Stored::Stale,
         };
         let stats = claimer.stats.clone();
-        (claimer, ClaimerClient { tx, stats })
+        let client = ClaimerClient {
+            tx,
+            stats,
+            views: parts.views,
+        };
+        (claimer, client)
     }
 
     pub(crate) async fn run(mut self) {
@@ -290,7 +241,18 @@ impl Claimer {
         if let Some(c) = self.replica.config().await.ok().flatten() {
             self.set_config(c);
         }
+        self.stored = match self.views.open() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the build views; writing every one again");
+                Stored::Stale
+            }
+        };
+        let at = std::time::Instant::now();
         self.rebuild();
+        self.write_views();
+        self.stored = Stored::Stale;
+        tracing::debug!(jobs = self.views.len(), took = ?at.elapsed(), "build views up to date");
         self.publish_load();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -305,6 +267,7 @@ impl Claimer {
                     Ok(record) => {
                         self.on_record(&record).await;
                         self.tick().await;
+                        self.write_views();
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "claimer fell behind the record feed; rebuilding from the store");
@@ -332,7 +295,10 @@ impl Claimer {
                         self.publish_load();
                     }
                 }
-                _ = tick.tick() => self.tick().await,
+                _ = tick.tick() => {
+                    self.tick().await;
+                    self.write_views();
+                }
                 Ok(()) = self.membership.changed() => self.refresh_workers(),
             }
         }
@@ -349,6 +315,12 @@ impl Claimer {
                 }
                 _ => break,
             }
+        }
+        // Whatever records came in meanwhile were stored: the views are in order as far as
+        // the machine knows, and say so for the next start.
+        self.write_views();
+        if let Err(e) = self.views.close() {
+            tracing::warn!(error = %e, "cannot mark the build views in order");
         }
         tracing::debug!("claimer stopped");
     }
@@ -806,27 +778,46 @@ impl Claimer {
             Query::Health { reply } => {
                 let _ = reply.send(self.health_views());
             }
-            Query::Builds { reply } => {
-                let _ = reply.send(self.builds());
-            }
             Query::LiveWorkers { reply } => {
                 let _ = reply.send(self.machine.live_workers(Timestamp::now()));
             }
         }
     }
 
-    fn builds(&self) -> Vec<BuildView> {
-        let mut out: Vec<BuildView> = self
-            .machine
-            .jobs()
-            .map(|(spec, state)| self.view(spec, state))
+    // Writes the views of the jobs that changed (a confirmation's change shows in the build
+    // it confirms). Right after a start whose stored views were left in order, a view whose
+    // state matches the machine's is taken as it is.
+    fn write_views(&mut self) {
+        let mut touched = self.machine.take_touched();
+        if touched.is_empty() {
+            return;
+        }
+        let origins: Vec<Hash> = touched
+            .iter()
+            .filter_map(|id| match self.machine.spec(id)?.key.purpose {
+                Purpose::Confirm { job, .. } => Some(job),
+                _ => None,
+            })
             .collect();
-        out.sort_by(|a, b| {
-            b.announced
-                .cmp(&a.announced)
-                .then(a.builder.cmp(&b.builder))
-        });
-        out
+        touched.extend(origins);
+        let mut views = Vec::with_capacity(touched.len());
+        for id in touched {
+            let (Some(spec), Some(state)) = (self.machine.spec(&id), self.machine.state(&id))
+            else {
+                continue;
+            };
+            if self.stored == Stored::InOrder
+                && let Ok(Some(v)) = self.views.build(&id)
+                && Some(v.result) == self.machine.build_state(&id)
+                && v.attempt == state.attempt()
+            {
+                continue;
+            }
+            views.push(self.view(spec, state));
+        }
+        if let Err(e) = self.views.write(views) {
+            tracing::error!(error = %e, "cannot write build views");
+        }
     }
 
     fn view(&self, spec: &JobSpec, state: JobState) -> BuildView {
@@ -843,12 +834,7 @@ impl Claimer {
             })
             .collect();
         results.sort_by_key(|(r, b)| (b.attempt, r.envelope.time));
-        let current_attempt = match &state {
-            JobState::Pending { attempt } | JobState::Running { attempt, .. } => *attempt,
-            JobState::Done { attempt, .. } => *attempt,
-            JobState::GivenUp { attempts } => *attempts,
-            JobState::Skipped => 1,
-        };
+        let current_attempt = state.attempt();
         let mut attempts: Vec<AttemptView> = Vec::new();
         for (attempt, rref) in self.store.claims_for_job(&spec.id).unwrap_or_default() {
             let worker = rref.author;

@@ -34,6 +34,7 @@ pub mod executor;
 pub mod files;
 pub mod isolation;
 mod liveness;
+pub mod readmodel;
 pub mod network;
 pub mod node;
 pub mod notifier;

@@ -27,6 +27,7 @@ use crate::config::NodeConfig;
 use crate::executor::ExecutorConfig;
 use crate::network::{self, NetworkConfig, NetworkError};
 use crate::notifier::{Notifier, NotifierClient, NotifierParts, NotifierView};
+use crate::readmodel::ReadModel;
 pub use crate::replica::ReplicaClient;
 use crate::replica::{Metrics, NodeView, Replica, ReplicaParts};
 use buildmesh_protocol::election::ElectionSettings;
@@ -267,6 +268,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             isolation,
         },
         store: store.clone(),
+        views: Arc::new(ReadModel::new(store.clone())),
         replica: replica_client.clone(),
         records: feed.subscribe(),
         signals: signals.subscribe(),

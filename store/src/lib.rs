@@ -5,6 +5,7 @@
 //! - [`blobs`]: content-addressed, compressed blobs (build logs).
 //! - [`index`]: what later parts look up — commits by repo/branch/time, results by job and by
 //!   builder/branch, claims by job, trust documents.
+//! - [`views`]: the read model — each build's view and status row, listed newest first.
 //! - `keys`: big-endian, length-prefixed byte keys for every tree.
 //!
 //! sled's `flush` survives a killed process but does not fsync; a record is safe against a dead
@@ -14,6 +15,7 @@ pub mod blobs;
 pub mod index;
 mod keys;
 pub mod logs;
+pub mod views;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -22,6 +24,7 @@ use buildmesh_protocol::NodeId;
 use buildmesh_protocol::record::RecordError;
 
 pub use logs::{Ingest, RecordRef, verify_all};
+pub use views::{Listed, Listing};
 
 /// A failure of the database underneath (I/O, corruption sled detected).
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +135,18 @@ pub struct Store {
     docs: sled::Tree,
     /// Small named values (genesis, node settings).
     meta: sled::Tree,
+    /// The read model (see [`views`]): job -> the node's encoded view of the build.
+    views: sled::Tree,
+    /// (order, job) -> empty.
+    views_by_order: sled::Tree,
+    /// (builder, order, job) -> empty.
+    views_by_builder: sled::Tree,
+    /// (builder, branch, order, job) -> empty.
+    views_by_branch: sled::Tree,
+    /// (sha, job) -> empty.
+    views_by_commit: sled::Tree,
+    /// (builder, branch) -> the node's encoded status row.
+    status: sled::Tree,
     // Appends and ingests of one store run one at a time: each reads a head and writes the next.
     write_lock: Mutex<()>,
 }
@@ -157,6 +172,12 @@ impl Store {
             claims_by_job: db.open_tree("claims_by_job")?,
             docs: db.open_tree("docs")?,
             meta: db.open_tree("meta")?,
+            views: db.open_tree("views")?,
+            views_by_order: db.open_tree("views_by_order")?,
+            views_by_builder: db.open_tree("views_by_builder")?,
+            views_by_branch: db.open_tree("views_by_branch")?,
+            views_by_commit: db.open_tree("views_by_commit")?,
+            status: db.open_tree("status")?,
             db,
             write_lock: Mutex::new(()),
         };
@@ -178,6 +199,12 @@ impl Store {
     /// Sets a named small value and flushes it.
     pub fn meta_put(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         self.meta.insert(name.as_bytes(), value)?;
+        self.flush()
+    }
+
+    /// Removes a named small value and flushes.
+    pub fn meta_remove(&self, name: &str) -> Result<(), StoreError> {
+        self.meta.remove(name.as_bytes())?;
         self.flush()
     }
 

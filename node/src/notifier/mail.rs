@@ -26,10 +26,28 @@ async fn body(
     replica: &ReplicaClient,
     api_hint: &str,
 ) -> (String, String) {
-    let builds = claimer.builds().await.unwrap_or_default();
-    let build = builds.into_iter().find(|b| {
-        b.purpose.is_build() && b.builder == t.builder && b.branch == t.branch && b.sha == t.sha
-    });
+    let build = {
+        let views = claimer.views().clone();
+        let t = t.clone();
+        tokio::task::spawn_blocking(move || {
+            views
+                .builds(
+                    buildmesh_store::Listing::Commit(&t.sha),
+                    |b| {
+                        b.purpose.is_build()
+                            && b.builder == t.builder
+                            && b.branch == t.branch
+                            && b.sha == t.sha
+                    },
+                    1,
+                )
+                .ok()?
+                .pop()
+        })
+        .await
+        .ok()
+        .flatten()
+    };
     let nodes = replica.nodes().await.unwrap_or_default();
     let name_of = |w: Option<buildmesh_protocol::NodeId>| match w {
         Some(w) => nodes

@@ -3,7 +3,8 @@
 //!
 //! - the election is [`buildmesh_protocol::election`], its ballots carried by request-response
 //!   between the notifier-role nodes, the holder announcing itself by a signed gossip signal;
-//! - transitions are [`buildmesh_protocol::transitions::find`] over the builds the claimer knows;
+//! - transitions are [`buildmesh_protocol::transitions::find`] over each (builder, branch)'s
+//!   recent builds in the read model, looked at again when one of them changes;
 //! - what is mailed and when is [`buildmesh_protocol::outbox`] (dedup across holders, the new
 //!   holder's settle, backoff, missing workers), the code the election simulator drives too; a
 //!   mail is sent, then recorded as a `NotificationSent` record keyed by its alert, and its
@@ -19,7 +20,7 @@ mod mail;
 
 use buildmesh_protocol::outbox::{self, Alert, Outbox, WorkerSeen};
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,7 @@ use tracing::Instrument;
 
 use crate::NodeError;
 use crate::claimer::{BuildView, ClaimerClient};
+use crate::readmodel::ReadModel;
 use crate::config::NotifierSettings;
 use crate::liveness::Membership;
 use crate::network::{self, BallotRequest};
@@ -112,6 +114,33 @@ pub(crate) struct NotifierParts {
     pub cancel: CancellationToken,
 }
 
+/// The builds a transition of (builder, branch) can turn on: the newest ones, back to the
+/// `VERDICTS`-th newest verdict (a transition needs the verdict before it), at most
+/// `RECENT` of them.
+fn recent_builds(
+    views: &ReadModel,
+    builder: &str,
+    branch: &str,
+) -> Result<Vec<BuildView>, buildmesh_store::StoreError> {
+    const VERDICTS: usize = 20;
+    const RECENT: usize = 200;
+    let mut verdicts = 0;
+    let mut out = Vec::new();
+    let listing = buildmesh_store::Listing::Branch(builder, branch);
+    for b in views.newest(listing).take(RECENT) {
+        let b = b?;
+        if !b.purpose.is_build() {
+            continue;
+        }
+        verdicts += usize::from(b.result.is_verdict());
+        out.push(b);
+        if verdicts >= VERDICTS {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// The notifier task.
 pub(crate) struct Notifier {
     me: NodeId,
@@ -141,6 +170,13 @@ pub(crate) struct Notifier {
     dirty: bool,
     // The sync round under way for a holder term.
     settling: Option<(u64, oneshot::Receiver<()>)>,
+    // Builds as they change, and the (builder, branch) pairs changed since the last scan for
+    // transitions; every pair is scanned when `rescan` says so (a new term, a configuration,
+    // missed changes).
+    views: broadcast::Receiver<Arc<BuildView>>,
+    changed: BTreeSet<(String, String)>,
+    rescan: bool,
+    config_version: Option<u64>,
     api_hint: String,
     cancel: CancellationToken,
 }
@@ -161,7 +197,7 @@ impl Notifier {
             lease,
             store: parts.store,
             replica: parts.replica,
-            claimer: parts.claimer,
+            claimer: parts.claimer.clone(),
             net: parts.net,
             ballots: parts.ballots,
             membership: parts.membership,
@@ -179,6 +215,10 @@ impl Notifier {
             last_signal: Instant::now(),
             dirty: true,
             settling: None,
+            views: parts.claimer.views().subscribe(),
+            changed: BTreeSet::new(),
+            rescan: true,
+            config_version: None,
             api_hint: parts.api_hint,
             cancel: parts.cancel,
         };
@@ -235,6 +275,18 @@ impl Notifier {
                         }
                         self.dirty = true;
                     }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                v = self.views.recv() => match v {
+                    Ok(b) => if b.purpose.is_build() {
+                        self.changed.insert((b.builder.clone(), b.branch.clone()));
+                        self.dirty = true;
+                    },
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.rescan = true;
+                        self.dirty = true;
+                    }
+                    // The claimer holds the sender as long as this task runs.
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 s = self.signals.recv() => if let Ok(Signal::Holder(h)) = s {
@@ -356,6 +408,7 @@ impl Notifier {
             {
                 tracing::info!(term, "holding the notifier lease");
                 self.dirty = true;
+                self.rescan = true;
             }
             self.heard = Some((self.me, term, now, until));
         }
@@ -365,26 +418,59 @@ impl Notifier {
         let Ok(Some(config)) = self.replica.config().await else {
             return;
         };
-        let Ok(builds) = self.claimer.builds().await else {
-            return;
-        };
-        let stable: BTreeSet<&str> = config
+        if self.config_version != Some(config.version) {
+            self.config_version = Some(config.version);
+            self.rescan = true;
+        }
+        let stable: BTreeSet<String> = config
             .builders
             .iter()
             .filter(|b| b.is_stable())
-            .map(|b| b.name.as_str())
+            .map(|b| b.name.clone())
             .collect();
-        let mut groups: BTreeMap<(String, String), Vec<&BuildView>> = BTreeMap::new();
-        for b in &builds {
-            // Confirmation and re-validation builds are folded into the build they are about.
-            if stable.contains(b.builder.as_str()) && b.purpose.is_build() {
-                groups
-                    .entry((b.builder.clone(), b.branch.clone()))
-                    .or_default()
-                    .push(b);
+        let pairs: Vec<(String, String)> = if std::mem::take(&mut self.rescan) {
+            self.changed.clear();
+            let views = self.claimer.views().clone();
+            let rows = tokio::task::spawn_blocking(move || views.status()).await;
+            match rows {
+                Ok(Ok(rows)) => rows.into_iter().map(|r| (r.builder, r.branch)).collect(),
+                _ => {
+                    self.rescan = true;
+                    return;
+                }
             }
+        } else {
+            std::mem::take(&mut self.changed).into_iter().collect()
+        };
+        let pairs: Vec<(String, String)> = pairs
+            .into_iter()
+            .filter(|(b, _)| stable.contains(b))
+            .collect();
+        if pairs.is_empty() {
+            return;
         }
+        let views = self.claimer.views().clone();
+        let read = tokio::task::spawn_blocking(move || {
+            pairs
+                .into_iter()
+                .map(|(builder, branch)| {
+                    let list = recent_builds(&views, &builder, &branch)?;
+                    Ok(((builder, branch), list))
+                })
+                .collect::<Result<Vec<_>, buildmesh_store::StoreError>>()
+        })
+        .await;
+        let groups = match read {
+            Ok(Ok(g)) => g,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the builds to look for transitions");
+                self.rescan = true;
+                return;
+            }
+            Err(_) => return,
+        };
         for ((builder, branch), list) in groups {
+            let list: Vec<&BuildView> = list.iter().collect();
             let input: Vec<transitions::Build> = list
                 .iter()
                 .map(|b| transitions::Build {

@@ -163,6 +163,20 @@ pub enum JobState {
     },
 }
 
+impl JobState {
+    /// The attempt a view of the job shows: the current one, the one whose verdict counts, or
+    /// the last one given up (1 for a skipped job).
+    pub fn attempt(&self) -> u32 {
+        match self {
+            JobState::Pending { attempt }
+            | JobState::Running { attempt, .. }
+            | JobState::Done { attempt, .. } => *attempt,
+            JobState::GivenUp { attempts } => *attempts,
+            JobState::Skipped => 1,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Worker {
     labels: BTreeMap<String, String>,
@@ -252,6 +266,9 @@ pub struct Claims {
     // the connections to; and the workers that more than half of the live nodes lost.
     reports: BTreeMap<NodeId, (Timestamp, BTreeSet<NodeId>)>,
     gone: BTreeSet<NodeId>,
+    // Jobs whose state or claims may have changed since the last `take_touched`: the node
+    // writes their views again.
+    touched: BTreeSet<Hash>,
 }
 
 #[derive(Clone, Debug)]
@@ -284,7 +301,15 @@ impl Claims {
             new_jobs: Vec::new(),
             reports: BTreeMap::new(),
             gone: BTreeSet::new(),
+            touched: BTreeSet::new(),
         }
+    }
+
+    /// The jobs whose state, claims or results may have changed since the last call (a job
+    /// learnt, a claim or result seen, a lease lapsed, a job skipped): what a view of the
+    /// jobs must look at again, instead of every job.
+    pub fn take_touched(&mut self) -> BTreeSet<Hash> {
+        std::mem::take(&mut self.touched)
     }
 
     /// Claims and results seen since the last call that can never count — (author, job,
@@ -406,6 +431,7 @@ impl Claims {
         for h in touched {
             let since = self.jobs[&h].open_since;
             self.recount(&h, since);
+            self.touched.insert(h);
         }
     }
 
@@ -470,6 +496,7 @@ impl Claims {
             if !touched {
                 continue;
             }
+            self.touched.insert(j.spec.id);
             let held_current = j.claims.get(&j.attempt).is_some_and(|c| c.contains_key(id));
             for (attempt, c) in j.claims.iter_mut() {
                 if c.remove(id).is_some() {
@@ -582,6 +609,7 @@ impl Claims {
                 given_up: false,
             },
         );
+        self.touched.insert(id);
         let held = self.early.remove(&id).unwrap_or_default();
         self.early_count = self.early_count.saturating_sub(held.len());
         for e in held {
@@ -620,6 +648,7 @@ impl Claims {
             .or_default()
             .entry(worker)
             .or_insert(now);
+        self.touched.insert(job);
         // Whether it counts, and whether the job follows it to a newer attempt.
         self.recount(&job, now);
     }
@@ -649,6 +678,7 @@ impl Claims {
             return;
         };
         j.results.insert((attempt, worker), code);
+        self.touched.insert(job);
         let claimed = j
             .claims
             .get(&attempt)
@@ -797,6 +827,7 @@ impl Claims {
                     if now.since(last) > lease || self.gone.contains(&w) {
                         j.avoid.insert(w);
                         j.reopen(now);
+                        self.touched.insert(*id);
                     }
                 }
             }
@@ -834,6 +865,7 @@ impl Claims {
             let k = (j.spec.key.builder.clone(), j.spec.key.branch.clone());
             if newest_verdict.get(&k).is_some_and(|&o| o > j.spec.order) {
                 j.skipped = true;
+                self.touched.insert(j.spec.id);
             }
         }
 
@@ -874,6 +906,7 @@ impl Claims {
             }
             let key = j.spec.key.clone();
             j.claims.entry(attempt).or_default().insert(self.me, now);
+            self.touched.insert(id);
             self.recount(&id, now);
             let j = self.jobs.get_mut(&id).expect("listed above");
             if !j
