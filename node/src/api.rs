@@ -43,8 +43,8 @@ use serde_json::json;
 
 use crate::claimer::{BuildView, ClaimerClient};
 use crate::readmodel::{Found, ReadModel};
-use buildmesh_store::Listing;
 use crate::replica::ReplicaClient;
+use buildmesh_store::Listing;
 
 /// What the handlers share.
 #[derive(Clone, Debug)]
@@ -256,6 +256,16 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         "Workers that entered quarantine.",
         stats.quarantines.load(Relaxed),
     );
+    gauge(
+        "buildmesh_jobs_held",
+        "Jobs the claimer holds in memory.",
+        stats.jobs_held.load(Relaxed),
+    );
+    gauge(
+        "buildmesh_build_views",
+        "Builds with a view in the read model.",
+        s.claimer.views().len() as u64,
+    );
     let health = s.claimer.health().await.unwrap_or_default();
     gauge(
         "buildmesh_workers_quarantined",
@@ -445,9 +455,7 @@ async fn log(
     axum::extract::Path(id): axum::extract::Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Response {
-    let attempt = id
-        .rsplit_once('-')
-        .and_then(|(_, a)| a.parse::<u32>().ok());
+    let attempt = id.rsplit_once('-').and_then(|(_, a)| a.parse::<u32>().ok());
     let wanted = id.clone();
     let build = match read(&s, move |v| v.find(&wanted)).await {
         Ok(Found::One(b)) => b,
@@ -765,6 +773,7 @@ async fn notifications(State(s): State<ApiState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use buildmesh_protocol::record::BuildState;
 
     // The status rows used to be built as JSON objects (keys in sorted order); the typed rows
     // must give the same bytes.

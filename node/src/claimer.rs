@@ -81,6 +81,8 @@ pub struct ClaimerStats {
     pub confirmations: AtomicU64,
     /// Workers that entered quarantine, as this node saw it.
     pub quarantines: AtomicU64,
+    /// Jobs the claim machine holds in memory.
+    pub jobs_held: AtomicU64,
 }
 
 impl ClaimerClient {
@@ -818,6 +820,9 @@ impl Claimer {
         if let Err(e) = self.views.write(views) {
             tracing::error!(error = %e, "cannot write build views");
         }
+        self.stats
+            .jobs_held
+            .store(self.machine.job_count() as u64, Ordering::Relaxed);
     }
 
     fn view(&self, spec: &JobSpec, state: JobState) -> BuildView {

@@ -472,6 +472,11 @@ impl NodeHandle {
         self.claimer.builds().await
     }
 
+    /// The read model: every build's view and the status rows, as the API serves them.
+    pub fn views(&self) -> &Arc<ReadModel> {
+        self.claimer.views()
+    }
+
     /// The notifier as this node sees it.
     pub async fn notifier(&self) -> Result<NotifierView, NodeError> {
         self.notifier.view().await

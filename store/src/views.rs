@@ -63,8 +63,10 @@ impl Store {
                 .build(),
             &[],
         )?;
-        self.views_by_commit
-            .insert(Key::new().bytes(at.sha.as_bytes()).hash(at.job).build(), &[])?;
+        self.views_by_commit.insert(
+            Key::new().bytes(at.sha.as_bytes()).hash(at.job).build(),
+            &[],
+        )?;
         self.views.insert(at.job.0, view)?;
         Ok(true)
     }
@@ -113,23 +115,21 @@ impl Store {
                 sha.as_bytes().to_vec(),
             ),
         };
-        tree.scan_prefix(prefix)
-            .rev()
-            .filter_map(move |item| {
-                let job = item
-                    .map_err(StoreError::from)
-                    .and_then(|(k, _)| job_of(name, &k, k.len().saturating_sub(32)));
-                let job = match job {
-                    Ok(j) => j,
-                    Err(e) => return Some(Err(e)),
-                };
-                match self.views.get(job.0) {
-                    Ok(Some(v)) => Some(Ok((job, v.to_vec()))),
-                    // Listed, but its view is not written yet.
-                    Ok(None) => None,
-                    Err(e) => Some(Err(e.into())),
-                }
-            })
+        tree.scan_prefix(prefix).rev().filter_map(move |item| {
+            let job = item
+                .map_err(StoreError::from)
+                .and_then(|(k, _)| job_of(name, &k, k.len().saturating_sub(32)));
+            let job = match job {
+                Ok(j) => j,
+                Err(e) => return Some(Err(e)),
+            };
+            match self.views.get(job.0) {
+                Ok(Some(v)) => Some(Ok((job, v.to_vec()))),
+                // Listed, but its view is not written yet.
+                Ok(None) => None,
+                Err(e) => Some(Err(e.into())),
+            }
+        })
     }
 
     /// Sets the status row of (builder, branch); returns whether it changed.

@@ -418,3 +418,79 @@ fn blobs_are_checked_against_their_hash() {
     assert!(store.put_blob_checked(&h, b"real content").unwrap());
     assert_eq!(store.blob(&h).unwrap().unwrap(), b"real content");
 }
+
+#[test]
+fn views_are_listed_newest_first_by_builder_branch_and_commit_and_survive_a_reopen() {
+    use buildmesh_store::{Listed, Listing};
+    let dir = tempfile::tempdir().unwrap();
+    let job = |i: u8| Hash([i; 32]);
+    // (job, order, builder, branch, sha)
+    let builds = [
+        (1, 10, "linux", "main", "aa11"),
+        (2, 30, "linux", "main", "bb22"),
+        (3, 20, "linux", "3.13", "cc33"),
+        (4, 40, "linux-dbg", "main", "bb22"),
+        (5, 50, "freebsd", "main", "bb99"),
+    ];
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for (i, order, builder, branch, sha) in builds {
+            let at = Listed {
+                job: &job(i),
+                order,
+                builder,
+                branch,
+                sha,
+            };
+            assert!(store.view_put(at, format!("view {i}").as_bytes()).unwrap());
+            // The same view again changes nothing.
+            assert!(!store.view_put(at, format!("view {i}").as_bytes()).unwrap());
+        }
+        // A newer view of job 1 replaces the old one and is listed once.
+        let at = Listed {
+            job: &job(1),
+            order: 10,
+            builder: "linux",
+            branch: "main",
+            sha: "aa11",
+        };
+        assert!(store.view_put(at, b"view 1, finished").unwrap());
+        assert!(store.status_put("linux", "main", b"row").unwrap());
+        assert!(!store.status_put("linux", "main", b"row").unwrap());
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let list = |l: Listing| -> Vec<String> {
+        store
+            .views_newest(l)
+            .map(|r| String::from_utf8(r.unwrap().1).unwrap())
+            .collect()
+    };
+    assert_eq!(
+        list(Listing::All),
+        ["view 5", "view 4", "view 2", "view 3", "view 1, finished"]
+    );
+    // "linux" is not a prefix of "linux-dbg": names are length-prefixed in the keys.
+    assert_eq!(
+        list(Listing::Builder("linux")),
+        ["view 2", "view 3", "view 1, finished"]
+    );
+    assert_eq!(
+        list(Listing::Branch("linux", "main")),
+        ["view 2", "view 1, finished"]
+    );
+    let mut by_commit = list(Listing::Commit("bb"));
+    by_commit.sort();
+    assert_eq!(by_commit, ["view 2", "view 4", "view 5"]);
+    assert_eq!(list(Listing::Commit("bb22")).len(), 2);
+    assert_eq!(
+        store.views_with_prefix(&[4, 4], 10).unwrap(),
+        vec![(job(4), b"view 4".to_vec())]
+    );
+    assert_eq!(store.status_rows().unwrap(), vec![b"row".to_vec()]);
+    assert_eq!(store.view_count(), 5);
+    store.views_clear().unwrap();
+    assert_eq!(store.view_count(), 0);
+    assert!(list(Listing::All).is_empty());
+    assert!(store.status_rows().unwrap().is_empty());
+}

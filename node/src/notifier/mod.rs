@@ -39,10 +39,10 @@ use tracing::Instrument;
 
 use crate::NodeError;
 use crate::claimer::{BuildView, ClaimerClient};
-use crate::readmodel::ReadModel;
 use crate::config::NotifierSettings;
 use crate::liveness::Membership;
 use crate::network::{self, BallotRequest};
+use crate::readmodel::ReadModel;
 use crate::replica::ReplicaClient;
 
 /// The notifier as a node sees it (`GET /api/v1/notifier`).

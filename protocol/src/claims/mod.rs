@@ -737,6 +737,11 @@ impl Claims {
         self.jobs.get(job).map(|j| j.state())
     }
 
+    /// How many jobs the machine holds.
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
     /// Every job known, with its state.
     pub fn jobs(&self) -> impl Iterator<Item = (&JobSpec, JobState)> {
         self.jobs.values().map(|j| (&j.spec, j.state()))

@@ -175,6 +175,41 @@ async fn three_workers_give_each_commit_the_right_result_and_every_node_agrees()
     .await
     .unwrap();
     assert!(log.contains("FAIL: test_frobnicate"), "{log}");
+
+    // The views kept build by build are the views the records give from scratch: after a
+    // restart (views left in order), and after a restart with every view forgotten.
+    let mut mesh = mesh;
+    let settled = |b: &buildmesh_node::BuildView| b.builder == "plan9" || b.result.is_settled();
+    wait_for("every build settled on node 1", LONG, || async {
+        mesh.node(0).builds().await.unwrap().iter().all(settled)
+    })
+    .await;
+    let before = mesh.node(0).builds().await.unwrap();
+    let status_before = mesh.node(0).views().status().unwrap();
+    assert!(before.len() >= 10, "{before:?}");
+    for forget in [false, true] {
+        mesh.stop_node(0).await;
+        if forget {
+            let store = buildmesh_store::Store::open(mesh.data_dir(0)).unwrap();
+            store.views_clear().unwrap();
+            assert_eq!(store.view_count(), 0);
+        }
+        mesh.start_node(0).await;
+        wait_for("node 1 viewing every build again", LONG, || async {
+            mesh.node(0).builds().await.unwrap().len() == before.len()
+        })
+        .await;
+        assert_eq!(
+            mesh.node(0).builds().await.unwrap(),
+            before,
+            "forgotten: {forget}"
+        );
+        assert_eq!(
+            mesh.node(0).views().status().unwrap(),
+            status_before,
+            "forgotten: {forget}"
+        );
+    }
     mesh.shutdown().await;
 }
 

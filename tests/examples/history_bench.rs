@@ -1,0 +1,309 @@
+//! Prints what a long history costs one node: the latency of `GET /api/v1/status` and of
+//! `GET /api/v1/builds?builder=` (p50/p99 over 200 requests each), the node's idle RSS, how
+//! long a restart takes until its views are in order, and the store's size on disk, with 1,000
+//! results held and with many (1,000,000 by default).
+//!
+//! The history is written straight into a real node's store — 20 builders on one branch, one
+//! commit announcement per commit, one claim and one signed result (three steps) per build,
+//! all in the node's own hash-chained log — then a real `buildmesh run` process is started on
+//! it and measured over HTTP, after a restart.
+//!
+//! `cargo build --release -p buildmesh-node --bin buildmesh && \
+//!  cargo run --release -p buildmesh-tests --example history_bench [RESULTS...]`
+//! (set `BUILDMESH_BINARY` to the `buildmesh` binary to measure, as the tests do.)
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use buildmesh_node::config::NodeConfig;
+use buildmesh_protocol::docs::{Genesis, SignedDoc};
+use buildmesh_protocol::record::{
+    Body, BuildResult, ChangeSource, Claim, CommitSeen, JobKey, Purpose, Record, ResultCode,
+    StepResult,
+};
+use buildmesh_protocol::{Hash, SecretKey, Timestamp};
+use buildmesh_store::Store;
+use buildmesh_tests::procs::{Proc, json, run};
+use buildmesh_tests::{free_port_base, wait_for};
+
+const BUILDERS: usize = 20;
+const REPO: &str = "https://example.org/cpython.git";
+const BATCH: usize = 20_000;
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn dir_mib(p: &Path) -> f64 {
+    let mut total = 0u64;
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            (dir_mib(&e.path()) * 1024.0 * 1024.0) as u64
+        } else {
+            m.len()
+        };
+    }
+    total as f64 / 1024.0 / 1024.0
+}
+
+fn builders_toml() -> String {
+    let mut t = String::from("version = 1\n");
+    for b in 0..BUILDERS {
+        t.push_str(&format!(
+            "[[builder]]\nname = \"b{b:02}\"\nrepo = \"{REPO}\"\nbranches = [\"main\"]\n[[builder.step]]\nname = \"s\"\nrun = \"true\"\n\n"
+        ));
+    }
+    t
+}
+
+// Appends `results` builds of history to the node's own log in `store`: a commit
+// announcement per commit, then a claim and a result per builder.
+fn write_history(store: &Store, key: &SecretKey, from_commit: usize, results: usize) -> usize {
+    let (mut seq, mut prev) = store.head_of(&key.id()).expect("head");
+    let commits = results / BUILDERS;
+    let start = Timestamp::now().0 - (commits as u64 + 10) * 1000;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut author = |body: Body, t: Timestamp, batch: &mut Vec<_>| {
+        seq += 1;
+        let r = Record::author(key, seq, prev, t, &body).expect("record");
+        prev = r.hash;
+        batch.push(Ok(r));
+        if batch.len() >= BATCH {
+            for o in store.ingest_verified(std::mem::take(batch)) {
+                o.expect("stored");
+            }
+        }
+    };
+    for c in from_commit..from_commit + commits {
+        let t = Timestamp(start + (c - from_commit) as u64 * 1000);
+        let sha = format!("{:040x}", c as u128 * 0x9e37_79b9_7f4a_7c15);
+        author(
+            Body::CommitSeen(CommitSeen {
+                repo: REPO.into(),
+                branch: "main".into(),
+                sha: sha.clone(),
+                source: ChangeSource::Poller,
+                requested_by: None,
+                subject: Some(format!("commit {c}")),
+                request: None,
+            }),
+            t,
+            &mut batch,
+        );
+        for b in 0..BUILDERS {
+            let key_ = JobKey {
+                builder: format!("b{b:02}"),
+                repo: REPO.into(),
+                branch: "main".into(),
+                sha: sha.clone(),
+                purpose: Purpose::Build,
+            };
+            let job = key_.id();
+            author(
+                Body::Claim(Claim {
+                    job,
+                    key: key_.clone(),
+                    attempt: 1,
+                    lease_ms: 3000,
+                }),
+                t.plus(Duration::from_millis(10)),
+                &mut batch,
+            );
+            let steps = ["checkout", "compile", "test"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| StepResult {
+                    name: name.to_string(),
+                    result: ResultCode::Success,
+                    exit_code: Some(0),
+                    duration_ms: 100 * (i as u64 + 1),
+                    warnings: 0,
+                    log: Some(Hash::of(format!("{sha}{b}{name}").as_bytes())),
+                    failing_lines: Vec::new(),
+                })
+                .collect();
+            author(
+                Body::BuildResult(BuildResult {
+                    job,
+                    key: key_,
+                    attempt: 1,
+                    result: if c % 17 == 3 {
+                        ResultCode::Warnings
+                    } else {
+                        ResultCode::Success
+                    },
+                    steps,
+                    started: t.plus(Duration::from_millis(10)),
+                    finished: t.plus(Duration::from_millis(600)),
+                    config_version: 1,
+                }),
+                t.plus(Duration::from_millis(600)),
+                &mut batch,
+            );
+        }
+    }
+    for o in store.ingest_verified(batch) {
+        o.expect("stored");
+    }
+    store.flush().expect("flushed");
+    commits
+}
+
+async fn metric(api: &str, name: &str) -> Option<u64> {
+    let text = reqwest::get(format!("http://{api}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn latencies(api: &str, path: &str, n: usize) -> (f64, f64, usize) {
+    let client = reqwest::Client::new();
+    let mut v = Vec::with_capacity(n);
+    let mut size = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        let body = client
+            .get(format!("http://{api}{path}"))
+            .send()
+            .await
+            .expect("answer")
+            .bytes()
+            .await
+            .expect("body");
+        v.push(t.elapsed());
+        size = body.len();
+    }
+    (pct(&mut v, 0.5), pct(&mut v, 0.99), size)
+}
+
+fn stop(p: Proc) {
+    let pid = nix::unistd::Pid::from_raw(p.0.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let mut p = p;
+    let _ = p.0.wait();
+}
+
+// Starts the node and waits until it answers with every build viewed.
+async fn start(config: &Path, api: &str, builds: u64) -> (Proc, Duration) {
+    let t = Instant::now();
+    let p = run(config);
+    wait_for(
+        "the node to view every build",
+        Duration::from_secs(3600),
+        || async { metric(api, "buildmesh_build_views").await == Some(builds) },
+    )
+    .await;
+    (p, t.elapsed())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![1_000, 1_000_000]
+    } else {
+        sizes
+    };
+    println!("history_bench: one node, {BUILDERS} builders, results written into its log");
+    println!(
+        "{:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>10} {:>9} {:>9}",
+        "results",
+        "status50",
+        "status99",
+        "bybld50",
+        "bybld99",
+        "rows",
+        "rss MiB",
+        "restart s",
+        "jobs held",
+        "disk MiB"
+    );
+    for results in sizes {
+        let dir = tempfile::tempdir().unwrap();
+        let t = buildmesh_node::testnet::generate(&dir.path().join("mesh"), 1, free_port_base(1))
+            .unwrap();
+        let node = &t.nodes[0];
+        let config = NodeConfig::load(&node.config).unwrap();
+        let api = node.api.clone();
+        let maintainer =
+            SecretKey::from_file_text(&std::fs::read_to_string(&t.maintainer_key).unwrap())
+                .unwrap();
+        let genesis =
+            Genesis::verify(&SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap()).unwrap())
+                .unwrap();
+        // First start: the node writes its genesis and admission; the builders are published.
+        let p = run(&node.config);
+        wait_for("the node's API", Duration::from_secs(60), || async {
+            json(format!("http://{api}/api/v1/health")).await.is_some()
+        })
+        .await;
+        let builders =
+            buildmesh_protocol::builders::BuilderConfig::from_toml(genesis.mesh, &builders_toml())
+                .unwrap();
+        let mut doc = SignedDoc::new(&builders).unwrap();
+        doc.sign(&maintainer);
+        let resp = reqwest::Client::new()
+            .post(format!("http://{api}/api/v1/publish"))
+            .body(doc.to_bytes())
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        stop(p);
+
+        let key = SecretKey::from_file_text(&std::fs::read_to_string(&node.key).unwrap()).unwrap();
+        let t0 = Instant::now();
+        {
+            let store = Store::open(&config.data_dir).unwrap();
+            write_history(&store, &key, 0, results);
+        }
+        let wrote = t0.elapsed();
+        let builds = (results / BUILDERS * BUILDERS) as u64;
+        // The first start views every build once; the restart after it is what a node pays.
+        let (p, first) = start(&node.config, &api, builds).await;
+        stop(p);
+        let (p, restart) = start(&node.config, &api, builds).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (s50, s99, _) = latencies(&api, "/api/v1/status", 200).await;
+        let (b50, b99, _) = latencies(&api, "/api/v1/builds?builder=b07", 200).await;
+        let rows = json(format!("http://{api}/api/v1/status"))
+            .await
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0);
+        let rss = rss_mib(p.0.id());
+        let held = metric(&api, "buildmesh_jobs_held").await.unwrap_or(0);
+        stop(p);
+        println!(
+            "{results:>10} {s50:>9.2} {s99:>9.2} {b50:>9.2} {b99:>9.2} {rows:>8} {rss:>9.1} {:>10.1} {held:>9} {:>9.0}",
+            restart.as_secs_f64(),
+            dir_mib(&config.data_dir)
+        );
+        eprintln!(
+            "  ({results} results: written in {:.1} s, first start viewed them in {:.1} s)",
+            wrote.as_secs_f64(),
+            first.as_secs_f64()
+        );
+    }
+    println!(
+        "latencies in ms (status: GET /api/v1/status; bybld: GET /api/v1/builds?builder=, 500 newest)"
+    );
+}
