@@ -44,6 +44,14 @@ use crate::selfcheck::SelfCheck;
 /// How often a worker checks itself (free disk, its check command).
 const SELF_CHECK_EVERY: Duration = Duration::from_secs(10);
 
+/// Finished jobs the claim machine holds, beyond the open ones: older ones live in the views
+/// on disk (see `claims::let_go`). Two waves of a CPython-sized fleet.
+const KEEP_FINISHED: usize = 2_000;
+
+/// Commits remembered for deriving jobs when the builder configuration changes: a new builder
+/// builds the newest of them (collapsing skips the rest), not years of history.
+const KEEP_COMMITS: usize = 10_000;
+
 /// What this node's worker is doing, for its heartbeats.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Load {
@@ -192,6 +200,7 @@ pub(crate) struct Claimer {
     // trusted where their state matches (left in order at the last stop).
     views: Arc<ReadModel>,
     stored: Stored,
+    rebuilding: bool,
 }
 
 impl Claimer {
@@ -228,6 +237,7 @@ impl Claimer {
             checks_rx,
             views: parts.views.clone(),
             stored: Stored::Stale,
+            rebuilding: false,
         };
         let stats = claimer.stats.clone();
         let client = ClaimerClient {
@@ -270,6 +280,7 @@ impl Claimer {
                         self.on_record(&record).await;
                         self.tick().await;
                         self.write_views();
+                        self.let_go();
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "claimer fell behind the record feed; rebuilding from the store");
@@ -300,6 +311,7 @@ impl Claimer {
                 _ = tick.tick() => {
                     self.tick().await;
                     self.write_views();
+                    self.let_go();
                 }
                 Ok(()) = self.membership.changed() => self.refresh_workers(),
             }
@@ -371,6 +383,26 @@ impl Claimer {
 
     // Workers and their labels, and keys revoked as compromised, from the published trust.
     fn refresh_workers(&mut self) {
+        // Keys newly revoked as compromised: the older jobs they took part in are learnt again
+        // first, so that what they did stops counting there too.
+        let compromised: Vec<NodeId> = {
+            let membership = self.membership.borrow();
+            membership
+                .trust
+                .admissions()
+                .filter(|a| {
+                    membership
+                        .trust
+                        .revocation(&a.node)
+                        .is_some_and(|r| r.reason == RevocationReason::Compromised)
+                        && !self.distrusted.contains(&a.node)
+                })
+                .map(|a| a.node)
+                .collect()
+        };
+        for node in &compromised {
+            self.relearn_jobs_of(node);
+        }
         let membership = self.membership.borrow_and_update();
         let trust = &membership.trust;
         for a in trust.admissions() {
@@ -391,6 +423,7 @@ impl Claimer {
 
     // Rebuilds the machine's knowledge from the store (at start, or after missing records).
     fn rebuild(&mut self) {
+        self.rebuilding = true;
         let mut n = 0;
         let store = self.store.clone();
         for r in store.all_records() {
@@ -398,13 +431,19 @@ impl Claimer {
                 Ok(r) => {
                     self.learn(&r);
                     n += 1;
+                    if n % 10_000 == 0 {
+                        // Memory follows the open work at start too.
+                        self.write_views();
+                        self.let_go();
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "unreadable record while rebuilding jobs"),
             }
         }
+        self.rebuilding = false;
         tracing::debug!(
             records = n,
-            jobs = self.machine.jobs().count(),
+            jobs = self.machine.job_count(),
             "jobs rebuilt from the store"
         );
     }
@@ -473,6 +512,12 @@ impl Claimer {
                 let key = (repo.clone(), branch.clone(), sha.clone());
                 let t = record.envelope.time;
                 let first = *self.commits.entry(key).or_insert(t);
+                if self.commits.len() > KEEP_COMMITS + KEEP_COMMITS / 4 {
+                    let mut times: Vec<Timestamp> = self.commits.values().copied().collect();
+                    times.sort_unstable();
+                    let cut = times[times.len() - KEEP_COMMITS];
+                    self.commits.retain(|_, t| *t >= cut);
+                }
                 self.derive_jobs(&repo, &branch, &sha, first);
             }
             Ok(Body::Claim(Claim {
@@ -545,7 +590,9 @@ impl Claimer {
         let now = Timestamp::now();
         let specs = jobs::derive(config, repo, branch, sha, announced);
         for s in specs {
-            if !self.machine.knows(&s.id) {
+            // Not at a rebuild: the machine then learns every job again, letting go of the
+            // finished ones as it goes.
+            if !self.machine.knows(&s.id) && (self.rebuilding || !self.let_go_of(&s.id)) {
                 // Claims and results of this job already stored (a rebuild, or records that
                 // arrived before the configuration) are replayed by the machine itself.
                 let id = s.id;
@@ -736,8 +783,8 @@ impl Claimer {
                         q.jobs
                             .iter()
                             .filter_map(|j| {
-                                let spec = self.machine.spec(j)?;
-                                let view = self.view(spec, self.machine.state(j)?);
+                                // Held, or let go of: its view is written either way.
+                                let view = self.views.build(j).ok().flatten()?;
                                 let other = view.confirmation.as_ref();
                                 Some(Incident {
                                     build: view.id.clone(),
@@ -784,6 +831,64 @@ impl Claimer {
                 let _ = reply.send(self.machine.live_workers(Timestamp::now()));
             }
         }
+    }
+
+    // The jobs the machine let go of that `who` claimed or reported, learnt again with their
+    // claims and results (a key about to be revoked as compromised: what it did must stop
+    // counting in them too). Walks the key's own log, once.
+    fn relearn_jobs_of(&mut self, who: &NodeId) {
+        let Some(config) = self.config.clone() else {
+            return;
+        };
+        let head = self.store.head_of(who).map_or(0, |(seq, _)| seq);
+        let mut ids = BTreeSet::new();
+        for seq in 1..=head {
+            match self.store.record(who, seq).ok().flatten().map(|r| r.body()) {
+                Some(Ok(Body::Claim(c))) => ids.insert(c.job),
+                Some(Ok(Body::BuildResult(b))) => ids.insert(b.job),
+                _ => false,
+            };
+        }
+        let now = Timestamp::now();
+        let mut n = 0;
+        for id in ids {
+            if self.machine.knows(&id) {
+                continue;
+            }
+            let Ok(Some(v)) = self.views.build(&id) else {
+                continue;
+            };
+            let spec = jobs::derive(&config, &v.repo, &v.branch, &v.sha, v.announced)
+                .into_iter()
+                .find(|s| s.id == id);
+            if let Some(spec) = spec {
+                self.replay(&id, now);
+                self.machine.job(spec, now);
+                self.replay_new_jobs();
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(node = %who, jobs = n, "older jobs learnt again to void what a revoked key did in them");
+        }
+    }
+
+    // Lets the machine go of finished jobs beyond its window (their views are written).
+    fn let_go(&mut self) {
+        let gone = self.machine.let_go(KEEP_FINISHED);
+        if !gone.is_empty() {
+            tracing::debug!(
+                jobs = gone.len(),
+                held = self.machine.job_count(),
+                "finished jobs left to the views on disk"
+            );
+        }
+    }
+
+    // Whether the machine let go of this job: it has a settled view. Such a job is not
+    // derived again (a configuration change, an announcement repeated).
+    fn let_go_of(&self, job: &Hash) -> bool {
+        matches!(self.views.build(job), Ok(Some(v)) if v.result.is_settled())
     }
 
     // Writes the views of the jobs that changed (a confirmation's change shows in the build

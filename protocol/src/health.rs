@@ -191,6 +191,17 @@ impl Quarantine {
     }
 }
 
+/// A worker's health part-way through its events: what [`assess`] carries from one event to
+/// the next. A machine that lets go of old jobs keeps their events folded in here and goes on
+/// from it ([`resume`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fold {
+    health: Health,
+    // (unreproduced?, job) of the latest results.
+    window: VecDeque<(bool, Hash)>,
+    exceptions: Vec<Hash>,
+}
+
 /// Folds a worker's events (in commit order) into its health. `revalidated` gives, per
 /// quarantine episode, how many of its re-validation builds came back green; a quarantine
 /// ends, before the next event, once it has [`HealthSettings::revalidations`] of them, or once
@@ -203,21 +214,25 @@ pub fn assess(
     released: &BTreeSet<u32>,
     settings: &HealthSettings,
 ) -> Health {
-    let mut h = Health::default();
-    // (unreproduced?, job) of the latest results.
-    let mut window: VecDeque<(bool, Hash)> = VecDeque::new();
-    let mut exceptions: Vec<Hash> = Vec::new();
-    let released = |h: &mut Health, window: &mut VecDeque<(bool, Hash)>| {
-        if let Some(q) = &mut h.quarantine {
-            q.revalidated = revalidated.get(&q.episode).copied().unwrap_or(0);
-            if q.revalidated >= settings.revalidations.max(1) || released.contains(&q.episode) {
-                h.quarantine = None;
-                window.clear();
-            }
-        }
-    };
+    let fold = resume(Fold::default(), events, revalidated, released, settings);
+    health_of(&fold, revalidated, released, settings)
+}
+
+/// Goes on folding events into `fold` (see [`assess`]).
+pub fn resume(
+    fold: Fold,
+    events: &[Event],
+    revalidated: &BTreeMap<u32, u32>,
+    released: &BTreeSet<u32>,
+    settings: &HealthSettings,
+) -> Fold {
+    let Fold {
+        health: mut h,
+        mut window,
+        mut exceptions,
+    } = fold;
     for e in events {
-        released(&mut h, &mut window);
+        let_out(&mut h, &mut window, revalidated, released, settings);
         if h.quarantine.is_some() {
             continue;
         }
@@ -261,10 +276,44 @@ pub fn assess(
             h.streak = 0;
         }
     }
-    released(&mut h, &mut window);
+    Fold {
+        health: h,
+        window,
+        exceptions,
+    }
+}
+
+/// The health a fold gives now (a quarantine with its greens or a release ends).
+pub fn health_of(
+    fold: &Fold,
+    revalidated: &BTreeMap<u32, u32>,
+    released: &BTreeSet<u32>,
+    settings: &HealthSettings,
+) -> Health {
+    let mut h = fold.health.clone();
+    let mut window = fold.window.clone();
+    let_out(&mut h, &mut window, revalidated, released, settings);
     h.unreproduced = window.iter().filter(|(u, _)| *u).count() as u32;
-    h.exceptions_in_row = exceptions.len() as u32;
+    h.exceptions_in_row = fold.exceptions.len() as u32;
     h
+}
+
+// Ends a quarantine that has its greens or a maintainer's release; the worker starts again
+// with an empty window.
+fn let_out(
+    h: &mut Health,
+    window: &mut VecDeque<(bool, Hash)>,
+    revalidated: &BTreeMap<u32, u32>,
+    released: &BTreeSet<u32>,
+    settings: &HealthSettings,
+) {
+    if let Some(q) = &mut h.quarantine {
+        q.revalidated = revalidated.get(&q.episode).copied().unwrap_or(0);
+        if q.revalidated >= settings.revalidations.max(1) || released.contains(&q.episode) {
+            h.quarantine = None;
+            window.clear();
+        }
+    }
 }
 
 /// A worker's health as the views show it (`buildmesh nodes`, `/api/v1/nodes`).

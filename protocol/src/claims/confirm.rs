@@ -273,7 +273,12 @@ impl Claims {
     }
 
     // Each worker's events, in commit order, and its green re-validations per episode.
-    fn events(&self) -> BTreeMap<NodeId, WorkerEvents> {
+    pub(super) fn events(&self) -> BTreeMap<NodeId, WorkerEvents> {
+        self.events_of(|_| true)
+    }
+
+    // The same, from the jobs `of` picks only.
+    pub(super) fn events_of(&self, of: impl Fn(&Hash) -> bool) -> BTreeMap<NodeId, WorkerEvents> {
         // Commits on which more than one worker threw: the origin, the configuration or the
         // commit, not a host.
         let mut threw: BTreeMap<(&str, &str), BTreeSet<NodeId>> = BTreeMap::new();
@@ -290,7 +295,7 @@ impl Claims {
             }
         }
         let mut out: BTreeMap<NodeId, WorkerEvents> = BTreeMap::new();
-        for (id, j) in &self.jobs {
+        for (id, j) in self.jobs.iter().filter(|(id, _)| of(id)) {
             if let Purpose::Revalidate {
                 worker, episode, ..
             } = j.spec.key.purpose
@@ -388,13 +393,19 @@ impl Claims {
 
     fn refresh_health_once(&mut self, now: Timestamp) {
         let settings = self.health_settings;
-        self.health = self
-            .events()
+        let mut events = self.events();
+        // Workers whose every result the machine let go of still have a health.
+        for w in self.folded.keys() {
+            events.entry(*w).or_default();
+        }
+        self.health = events
             .into_iter()
             .map(|(w, (events, greens))| {
                 let events: Vec<Event> = events.into_iter().map(|(.., e)| e).collect();
                 let released = self.released.get(&w).cloned().unwrap_or_default();
-                (w, health::assess(&events, &greens, &released, &settings))
+                let (fold, greens) = self.folded_with(&w, greens);
+                let fold = health::resume(fold, &events, &greens, &released, &settings);
+                (w, health::health_of(&fold, &greens, &released, &settings))
             })
             .collect();
         let quarantined: Vec<(NodeId, health::Quarantine)> = self

@@ -58,6 +58,7 @@ use crate::record::{JobKey, ResultCode};
 use crate::time::Timestamp;
 
 mod confirm;
+mod window;
 
 pub use confirm::Confirmation;
 
@@ -269,6 +270,11 @@ pub struct Claims {
     // Jobs whose state or claims may have changed since the last `take_touched`: the node
     // writes their views again.
     touched: BTreeSet<Hash>,
+    // What the machine keeps of the finished jobs it let go of (see `window.rs`): each
+    // worker's health folded over their events, with their green re-validations per episode,
+    // and the newest verdict of each (builder, branch).
+    folded: BTreeMap<NodeId, (crate::health::Fold, BTreeMap<u32, u32>)>,
+    newest_verdict: BTreeMap<(String, String), u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -302,6 +308,8 @@ impl Claims {
             reports: BTreeMap::new(),
             gone: BTreeSet::new(),
             touched: BTreeSet::new(),
+            folded: BTreeMap::new(),
+            newest_verdict: BTreeMap::new(),
         }
     }
 
@@ -855,7 +863,7 @@ impl Claims {
         }
 
         // Collapsing: never-claimed jobs behind a newer verdict are skipped.
-        let mut newest_verdict: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut newest_verdict = self.newest_verdict.clone();
         for j in self.jobs.values() {
             if j.current().is_some() && j.spec.key.purpose.is_build() {
                 let k = (j.spec.key.builder.clone(), j.spec.key.branch.clone());
