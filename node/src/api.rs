@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::claimer::{BuildView, ClaimerClient};
-use crate::readmodel::{Found, ReadModel};
+use crate::readmodel::{Found, Kind, ReadModel};
 use crate::replica::ReplicaClient;
 use buildmesh_store::Listing;
 
@@ -55,6 +55,7 @@ pub struct ApiState {
     pub(crate) store: Arc<Store>,
     pub(crate) me: NodeId,
     pub(crate) webhook_secret: Option<Arc<Vec<u8>>>,
+    pub(crate) janitor: Arc<crate::janitor::JanitorStats>,
 }
 
 /// The routes.
@@ -266,6 +267,21 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         "Builds with a view in the read model.",
         s.claimer.views().len() as u64,
     );
+    gauge(
+        "buildmesh_logs_expired_total",
+        "Step logs the janitor deleted (retention or disk budget).",
+        s.janitor.logs_expired.load(Relaxed),
+    );
+    gauge(
+        "buildmesh_log_bytes_expired_total",
+        "Stored bytes of the step logs the janitor deleted.",
+        s.janitor.bytes_expired.load(Relaxed),
+    );
+    gauge(
+        "buildmesh_logs_over_budget_total",
+        "Step logs deleted before their date to stay under the disk budget.",
+        s.janitor.logs_over_budget.load(Relaxed),
+    );
     let health = s.claimer.health().await.unwrap_or_default();
     gauge(
         "buildmesh_workers_quarantined",
@@ -378,9 +394,17 @@ async fn read<T: Send + 'static>(
     }
 }
 
+fn json_bytes(body: Vec<u8>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 async fn status(State(s): State<ApiState>) -> Response {
-    match read(&s, |v| v.status()).await {
-        Ok(rows) => Json(rows).into_response(),
+    match read(&s, |v| v.status_json()).await {
+        Ok(rows) => json_bytes(rows),
         Err(r) => r,
     }
 }
@@ -429,18 +453,35 @@ async fn builds(State(s): State<ApiState>, Query(mut q): Query<BuildsQuery>) -> 
         q.builder = Some(b.name.clone());
     }
     let limit = q.limit.unwrap_or(500);
+    let kind = match q.purpose.as_deref() {
+        None | Some("build") => Some(Some(Kind::Build)),
+        Some("confirm") => Some(Some(Kind::Confirm)),
+        Some("revalidate") => Some(Some(Kind::Revalidate)),
+        Some("all") => Some(None),
+        Some(_) => None,
+    };
+    let Some(kind) = kind else {
+        return Json(Vec::<BuildView>::new()).into_response();
+    };
     let found = read(&s, move |v| {
-        let listing = match (&q.commit, &q.builder, &q.branch) {
-            (Some(c), _, _) => Listing::Commit(c),
-            (None, Some(b), Some(br)) => Listing::Branch(b, br),
-            (None, Some(b), None) => Listing::Builder(b),
-            (None, None, _) => Listing::All,
-        };
-        v.builds(listing, |b| matches(b, &q), limit)
+        match (&q.commit, &q.builder, &q.branch) {
+            // The listing is the query: the stored JSON as it is.
+            (None, Some(b), Some(br)) => v.builds_json(Listing::Branch(b, br), kind, limit),
+            (None, Some(b), None) => v.builds_json(Listing::Builder(b), kind, limit),
+            (None, None, None) => v.builds_json(Listing::All, kind, limit),
+            (Some(c), _, _) => {
+                let out = v.builds(Listing::Commit(c), |b| matches(b, &q), limit)?;
+                Ok(serde_json::to_vec(&out).unwrap_or_default())
+            }
+            (None, None, Some(_)) => {
+                let out = v.builds(Listing::All, |b| matches(b, &q), limit)?;
+                Ok(serde_json::to_vec(&out).unwrap_or_default())
+            }
+        }
     })
     .await;
     match found {
-        Ok(out) => Json(out).into_response(),
+        Ok(out) => json_bytes(out),
         Err(r) => r,
     }
 }
@@ -503,6 +544,19 @@ async fn log(
         let Some(h) = st.log else {
             continue;
         };
+        if let Ok(Some(until)) = s.store.kept_until(&h)
+            && until < Timestamp::now()
+        {
+            return error(
+                StatusCode::GONE,
+                format!(
+                    "the log of step {} of build {} expired on {} (the builder's keep_logs / keep_passing_logs)",
+                    st.name,
+                    build.id,
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::from(until))
+                ),
+            );
+        }
         match s.replica.blob(h, build.worker).await {
             Ok(Some(bytes)) => text.extend_from_slice(&bytes),
             Ok(None) => {

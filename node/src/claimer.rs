@@ -263,6 +263,7 @@ impl Claimer {
         let at = std::time::Instant::now();
         self.rebuild();
         self.write_views();
+        self.let_go();
         self.stored = Stored::Stale;
         tracing::debug!(jobs = self.views.len(), took = ?at.elapsed(), "build views up to date");
         self.publish_load();
@@ -873,9 +874,32 @@ impl Claimer {
         }
     }
 
+    // Dates the build's step logs by its builder's retention (the janitor deletes them after).
+    fn keep_logs_of(&self, view: &BuildView) {
+        let Some(finished) = view.finished else {
+            return;
+        };
+        let passing = matches!(view.result, BuildState::Success | BuildState::Warnings);
+        let keep = self
+            .config
+            .as_ref()
+            .and_then(|c| c.builder(&view.builder))
+            .map_or(buildmesh_protocol::builders::DEFAULT_KEEP_LOGS, |b| {
+                b.keep_logs(passing)
+            });
+        for log in view.steps.iter().filter_map(|s| s.log) {
+            if let Err(e) = self.store.keep_blob_until(&log, finished.plus(keep)) {
+                tracing::warn!(error = %e, "cannot date a step log");
+            }
+        }
+    }
+
     // Lets the machine go of finished jobs beyond its window (their views are written).
     fn let_go(&mut self) {
         let gone = self.machine.let_go(KEEP_FINISHED);
+        self.stats
+            .jobs_held
+            .store(self.machine.job_count() as u64, Ordering::Relaxed);
         if !gone.is_empty() {
             tracing::debug!(
                 jobs = gone.len(),
@@ -920,7 +944,9 @@ impl Claimer {
             {
                 continue;
             }
-            views.push(self.view(spec, state));
+            let view = self.view(spec, state);
+            self.keep_logs_of(&view);
+            views.push(view);
         }
         if let Err(e) = self.views.write(views) {
             tracing::error!(error = %e, "cannot write build views");

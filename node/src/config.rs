@@ -111,6 +111,15 @@ confirm_wait = "10s"
 # "0": no limit). Default 80%.
 # step_memory = "80%"
 
+[store]
+# Step logs go when their builders' `keep_logs` / `keep_passing_logs` (180 and 30 days by
+# default) have passed; the signed records stay. The janitor looks this often, and deletes in
+# small batches without stopping the node.
+janitor_interval = "10m"
+# When the database grows past this ("50GiB"; "0" for none, the default), the janitor also
+# deletes the logs that would go first, until it has freed the excess.
+# disk_budget = "50GiB"
+
 [announcer]
 # Announcer nodes poll the builders' repositories this often (0s: never).
 poll_interval = "30s"
@@ -156,6 +165,15 @@ struct FileForm {
     announcer: AnnouncerForm,
     #[serde(default)]
     notifier: NotifierForm,
+    #[serde(default)]
+    store: StoreForm,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreForm {
+    janitor_interval: Option<String>,
+    disk_budget: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,6 +251,26 @@ pub struct NodeConfig {
     pub announcer: AnnouncerSettings,
     /// Mail.
     pub notifier: NotifierSettings,
+    /// Retention.
+    pub store: StoreSettings,
+}
+
+/// How long the node keeps what, on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// How often the janitor deletes expired step logs. Default 10 min.
+    pub janitor_interval: Duration,
+    /// The database size past which the janitor deletes the logs due first; `None`: no budget.
+    pub disk_budget: Option<u64>,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            janitor_interval: Duration::from_secs(600),
+            disk_budget: None,
+        }
+    }
 }
 
 /// How this node mails, when it holds the notifier lease.
@@ -596,6 +634,27 @@ impl NodeConfig {
                 "shorter than mesh.heartbeat_interval: every node would look dead".into(),
             ));
         }
+        let store = StoreSettings {
+            janitor_interval: duration(
+                "store.janitor_interval",
+                &form.store.janitor_interval,
+                StoreSettings::default().janitor_interval,
+            )?,
+            disk_budget: match &form.store.disk_budget {
+                None => None,
+                Some(b) => match b.parse::<crate::selfcheck::DiskFloor>() {
+                    Ok(crate::selfcheck::DiskFloor::Bytes(0)) => None,
+                    Ok(crate::selfcheck::DiskFloor::Bytes(n)) => Some(n),
+                    Ok(_) => {
+                        return Err(invalid(
+                            "store.disk_budget",
+                            format!("`{b}` is not a size such as \"50GiB\""),
+                        ));
+                    }
+                    Err(e) => return Err(invalid("store.disk_budget", e)),
+                },
+            },
+        };
         let config = NodeConfig {
             file: path.to_path_buf(),
             key: resolve(&form.key),
@@ -609,6 +668,7 @@ impl NodeConfig {
             worker,
             announcer,
             notifier,
+            store,
         };
         for (entry, file) in [
             ("key", &config.key),
@@ -669,6 +729,29 @@ mod tests {
         assert!(e.to_string().contains("worker.timeout_factor"), "{e}");
         let e = NodeConfig::parse(&p, "key = 1").unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn the_store_keys_are_read_and_bad_ones_named() {
+        let d = dir_with_files();
+        let p = d.path().join("node.toml");
+        let c = NodeConfig::parse(&p, EXAMPLE).unwrap();
+        assert_eq!(c.store, StoreSettings::default());
+        let with = |v: &str| EXAMPLE.replace("# disk_budget = \"50GiB\"", v);
+        let c = NodeConfig::parse(&p, &with("disk_budget = \"2GiB\"")).unwrap();
+        assert_eq!(c.store.disk_budget, Some(2 << 30));
+        let c = NodeConfig::parse(&p, &with("disk_budget = \"0\"")).unwrap();
+        assert_eq!(c.store.disk_budget, None);
+        for bad in ["disk_budget = \"10%\"", "disk_budget = \"big\""] {
+            let e = NodeConfig::parse(&p, &with(bad)).unwrap_err();
+            assert!(e.to_string().contains("store.disk_budget"), "{bad}: {e}");
+        }
+        let e = NodeConfig::parse(
+            &p,
+            &EXAMPLE.replace("janitor_interval = \"10m\"", "janitor_interval = \"often\""),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("store.janitor_interval"), "{e}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod demo;
 pub mod executor;
 pub mod files;
 pub mod isolation;
+pub mod janitor;
 mod liveness;
 pub mod network;
 pub mod node;

@@ -307,6 +307,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         api_hint: api.to_string(),
         cancel: cancel.child_token(),
     });
+    let (janitor, janitor_stats) =
+        crate::janitor::Janitor::new(store.clone(), config.store.clone());
     let net_cancel = CancellationToken::new();
     let failure = Failure {
         first: Arc::new(OnceLock::new()),
@@ -344,6 +346,15 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             async move { f.watch("notifier", infallible(notifier.run())).await }
                 .instrument(span.clone()),
         );
+        let f = failure.clone();
+        let janitor_cancel = cancel.child_token();
+        tasks.spawn(
+            async move {
+                f.watch("janitor", infallible(janitor.run(janitor_cancel)))
+                    .await
+            }
+            .instrument(span.clone()),
+        );
         if a.roles.contains(&Role::Announcer)
             && let Some(interval) = config.announcer.poll_interval
         {
@@ -378,6 +389,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             store: store.clone(),
             me,
             webhook_secret: webhook_secret.map(Arc::new),
+            janitor: janitor_stats,
         };
         let api_cancel = cancel.child_token();
         let f = failure.clone();

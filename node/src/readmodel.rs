@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use buildmesh_protocol::codec;
 use buildmesh_protocol::record::{BuildState, Purpose, StepResult};
 use buildmesh_protocol::{Hash, NodeId, Timestamp};
 use buildmesh_store::{Listed, Listing, Store, StoreError};
@@ -119,6 +118,26 @@ pub struct InProgress {
     pub worker: Option<NodeId>,
 }
 
+/// What a build is for, as the listings tag it: a query for one kind reads no other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// An ordinary build.
+    Build = 0,
+    /// A confirmation of another build's red.
+    Confirm = 1,
+    /// A quarantined worker's re-validation.
+    Revalidate = 2,
+}
+
+fn kind_of(p: &Purpose) -> u8 {
+    (match p {
+        Purpose::Build => Kind::Build,
+        Purpose::Confirm { .. } => Kind::Confirm,
+        Purpose::Revalidate { .. } => Kind::Revalidate,
+    }) as u8
+}
+
 /// What a build id (`<hex prefix of the job>[-<attempt>]`) names.
 #[derive(Debug)]
 pub enum Found {
@@ -135,7 +154,7 @@ pub enum Found {
 const STATUS_DEPTH: usize = 1_000;
 
 /// The layout of the stored views: a node that finds another one rebuilds them.
-const VIEWS_VERSION: &[u8] = b"1";
+const VIEWS_VERSION: &[u8] = b"2";
 const VIEWS_VERSION_KEY: &str = "views_version";
 /// Set while a claimer keeps the views; cleared when it stopped in order. Found set at start,
 /// the views may lag the records (a killed process): every one is rebuilt.
@@ -209,6 +228,7 @@ impl ReadModel {
                 builder: &view.builder,
                 branch: &view.branch,
                 sha: &view.sha,
+                kind: kind_of(&view.purpose),
             };
             if !self.store.view_put(at, &bytes)? {
                 continue;
@@ -239,8 +259,47 @@ impl ReadModel {
         listing: Listing<'a>,
     ) -> impl Iterator<Item = Result<BuildView, StoreError>> + 'a {
         self.store
-            .views_newest(listing)
+            .views_newest(listing, None)
             .map(|item| item.and_then(|(job, bytes)| decode(&job.to_string(), &bytes)))
+    }
+
+    /// The newest `limit` builds listed whose purpose is of `kind` (any, when `None`), as the
+    /// JSON array the API answers: the views are stored as that JSON, so nothing is decoded.
+    pub fn builds_json(
+        &self,
+        listing: Listing<'_>,
+        kind: Option<Kind>,
+        limit: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        let mut out = b"[".to_vec();
+        for (i, item) in self
+            .store
+            .views_newest(listing, kind.map(|k| k as u8))
+            .take(limit)
+            .enumerate()
+        {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&item?.1);
+        }
+        out.push(b']');
+        Ok(out)
+    }
+
+    /// Every status row, by builder then branch, as the JSON array the API answers.
+    pub fn status_json(&self) -> Result<Vec<u8>, StoreError> {
+        let rows = self.store.status_rows()?;
+        let mut out = Vec::with_capacity(2 + rows.iter().map(|r| r.len() + 1).sum::<usize>());
+        out.push(b'[');
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(r);
+        }
+        out.push(b']');
+        Ok(out)
     }
 
     /// The builds listed, newest announcement first, that `keep` keeps, at most `limit`.
@@ -323,7 +382,7 @@ impl ReadModel {
         let mut row = None;
         for item in self
             .store
-            .views_newest(Listing::Branch(builder, branch))
+            .views_newest(Listing::Branch(builder, branch), Some(Kind::Build as u8))
             .take(STATUS_DEPTH)
         {
             let (job, bytes) = item?;
@@ -376,14 +435,15 @@ impl ReadModel {
     }
 }
 
+// Views and rows are kept as the JSON the API answers with.
 fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
-    codec::encode(what, value).map_err(|e| StoreError::WriteFailed {
-        reason: e.to_string(),
+    serde_json::to_vec(value).map_err(|e| StoreError::WriteFailed {
+        reason: format!("{what}: {e}"),
     })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    codec::decode("view", bytes).map_err(|e| StoreError::Corrupt {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         tree: "views",
         key: what.to_string(),
         reason: e.to_string(),

@@ -112,6 +112,8 @@ fn spec(name: &str, repo: &str, sha: &str, steps: Vec<Step>) -> BuildSpec {
             steps,
             max_attempts: 4,
             confirm: None,
+            keep_logs_ms: None,
+            keep_passing_logs_ms: None,
         },
         worker: SecretKey::from_seed([7; 32]).id(),
         worker_name: "worker-seven".to_string(),

@@ -77,7 +77,21 @@ pub struct Builder {
     /// file leaves it out, and then [`Builder::confirm_mode`] gives the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirm: Option<ConfirmMode>,
+    /// How long its builds' step logs are kept, in milliseconds (the key `keep_logs`); `None`
+    /// when the file leaves it out: [`DEFAULT_KEEP_LOGS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_logs_ms: Option<u64>,
+    /// The same for its passing builds (success, warnings), usually shorter (the key
+    /// `keep_passing_logs`); `None`: [`DEFAULT_KEEP_PASSING_LOGS`], at most `keep_logs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_passing_logs_ms: Option<u64>,
 }
+
+/// Step logs are kept this long by default: 180 days, as CPython's buildbot keeps them.
+pub const DEFAULT_KEEP_LOGS: std::time::Duration = std::time::Duration::from_secs(180 * 86_400);
+/// Logs of passing builds are kept this long by default (and never longer than `keep_logs`).
+pub const DEFAULT_KEEP_PASSING_LOGS: std::time::Duration =
+    std::time::Duration::from_secs(30 * 86_400);
 
 /// A builder without `max_attempts` gets this many.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
@@ -144,6 +158,20 @@ impl Builder {
     pub fn confirm_mode(&self) -> ConfirmMode {
         self.confirm
             .unwrap_or_else(|| ConfirmMode::default_for(self.is_stable()))
+    }
+
+    /// How long the step logs of a build that ended `passing` (success or warnings) or not
+    /// are kept: `keep_passing_logs` or `keep_logs`, or their defaults.
+    pub fn keep_logs(&self, passing: bool) -> std::time::Duration {
+        let all = self
+            .keep_logs_ms
+            .map_or(DEFAULT_KEEP_LOGS, std::time::Duration::from_millis);
+        if !passing {
+            return all;
+        }
+        self.keep_passing_logs_ms
+            .map_or(DEFAULT_KEEP_PASSING_LOGS, std::time::Duration::from_millis)
+            .min(all)
     }
 }
 
@@ -214,6 +242,10 @@ struct BuilderToml {
     max_attempts: Option<Spanned<u32>>,
     #[serde(default)]
     confirm: Option<Spanned<String>>,
+    #[serde(default)]
+    keep_logs: Option<Spanned<String>>,
+    #[serde(default)]
+    keep_passing_logs: Option<Spanned<String>>,
     #[serde(default, rename = "step")]
     steps: Vec<StepToml>,
 }
@@ -381,6 +413,20 @@ impl BuilderConfig {
                         .map_err(|e| err(Some(c.span()), "confirm", e))?,
                 ),
             };
+            let keep = |field: &str, v: &Option<Spanned<String>>| match v {
+                None => Ok(None),
+                Some(t) => humantime::parse_duration(t.get_ref())
+                    .map(|d| Some(d.as_millis() as u64))
+                    .map_err(|e| {
+                        err(
+                            Some(t.span()),
+                            field,
+                            format!("`{}` is not a duration such as \"180d\": {e}", t.get_ref()),
+                        )
+                    }),
+            };
+            let keep_logs_ms = keep("keep_logs", &b.keep_logs)?;
+            let keep_passing_logs_ms = keep("keep_passing_logs", &b.keep_passing_logs)?;
             let mut steps = Vec::new();
             for s in b.steps {
                 if s.name.get_ref().trim().is_empty() {
@@ -463,6 +509,8 @@ impl BuilderConfig {
                 steps,
                 max_attempts,
                 confirm,
+                keep_logs_ms,
+                keep_passing_logs_ms,
             });
         }
         let health = match file.health {
@@ -639,6 +687,37 @@ retries = 1
         let bytes = crate::codec::encode("old builder", &old).unwrap();
         let b: Builder = crate::codec::decode("builder", &bytes).unwrap();
         assert_eq!(b.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    }
+
+    #[test]
+    fn log_retention_defaults_in_one_place_encodes_as_before_and_bad_values_name_their_line() {
+        let c = BuilderConfig::from_toml(Hash::ZERO, GOOD).unwrap();
+        let b = &c.builders[0];
+        assert_eq!(b.keep_logs(false), DEFAULT_KEEP_LOGS);
+        assert_eq!(b.keep_logs(true), DEFAULT_KEEP_PASSING_LOGS);
+        // Left out, the keys are not written: the signed bytes are what they always were.
+        let text = String::from_utf8_lossy(&crate::codec::encode("c", &c).unwrap()).into_owned();
+        assert!(!text.contains("keep_"), "{text}");
+        let set = GOOD.replace(
+            "requires = { os = \"linux\" }",
+            "requires = { os = \"linux\" }\nkeep_logs = \"90d\"\nkeep_passing_logs = \"365d\"",
+        );
+        let b = &BuilderConfig::from_toml(Hash::ZERO, &set).unwrap().builders[0];
+        assert_eq!(
+            b.keep_logs(false),
+            std::time::Duration::from_secs(90 * 86_400)
+        );
+        // Passing logs never outlive the others.
+        assert_eq!(
+            b.keep_logs(true),
+            std::time::Duration::from_secs(90 * 86_400)
+        );
+        let bad = GOOD.replace(
+            "requires = { os = \"linux\" }",
+            "requires = { os = \"linux\" }\nkeep_passing_logs = \"a while\"",
+        );
+        let e = BuilderConfig::from_toml(Hash::ZERO, &bad).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (10, "keep_passing_logs"), "{e}");
     }
 
     #[test]

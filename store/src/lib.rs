@@ -23,6 +23,7 @@ use std::sync::Mutex;
 use buildmesh_protocol::NodeId;
 use buildmesh_protocol::record::RecordError;
 
+pub use blobs::Expired;
 pub use logs::{Ingest, RecordRef, verify_all};
 pub use views::{Listed, Listing};
 
@@ -121,6 +122,10 @@ pub struct Store {
     flags: sled::Tree,
     /// hash -> compressed blob.
     blobs: sled::Tree,
+    /// hash -> the time (ms) it is kept until, set by the builds that name it.
+    blob_keep: sled::Tree,
+    /// (time, hash) -> empty: blobs by the time they may go.
+    blob_expiry: sled::Tree,
     /// (repo, branch, time, sha) -> record ref of the first announcement.
     commits: sled::Tree,
     /// (repo, branch, sha) -> record ref: announcements collapse here.
@@ -165,6 +170,8 @@ impl Store {
             forks: db.open_tree("forks")?,
             flags: db.open_tree("flags")?,
             blobs: db.open_tree("blobs")?,
+            blob_keep: db.open_tree("blob_keep")?,
+            blob_expiry: db.open_tree("blob_expiry")?,
             commits: db.open_tree("commits")?,
             commit_seen: db.open_tree("commit_seen")?,
             results_by_job: db.open_tree("results_by_job")?,

@@ -28,6 +28,9 @@ pub struct Listed<'a> {
     pub branch: &'a str,
     /// Commit (hex).
     pub sha: &'a str,
+    /// What kind of build (the node's tag: an ordinary build, a confirmation …), kept in the
+    /// listings so that a query for one kind reads no other.
+    pub kind: u8,
 }
 
 /// Which builds to list, newest first.
@@ -52,20 +55,21 @@ impl Store {
         // The listings first: a listing whose view is not written yet is skipped by readers,
         // and written again with the view.
         let tail = Key::new().u64(at.order).hash(at.job).build();
-        self.views_by_order.insert(&tail, &[])?;
+        let kind = [at.kind];
+        self.views_by_order.insert(&tail, &kind)?;
         self.views_by_builder
-            .insert(Key::new().str(at.builder).bytes(&tail).build(), &[])?;
+            .insert(Key::new().str(at.builder).bytes(&tail).build(), &kind)?;
         self.views_by_branch.insert(
             Key::new()
                 .str(at.builder)
                 .str(at.branch)
                 .bytes(&tail)
                 .build(),
-            &[],
+            &kind,
         )?;
         self.views_by_commit.insert(
             Key::new().bytes(at.sha.as_bytes()).hash(at.job).build(),
-            &[],
+            &kind,
         )?;
         self.views.insert(at.job.0, view)?;
         Ok(true)
@@ -90,12 +94,13 @@ impl Store {
         Ok(out)
     }
 
-    /// The views listed, newest announcement first (for one announcement, by job id), as far
-    /// as the caller reads; a commit's builds come by sha instead (a handful: the caller sorts
-    /// them).
+    /// The views listed, newest announcement first (for one announcement, by job id), of the
+    /// kind asked for (any, when `None`), as far as the caller reads; a commit's builds come
+    /// by sha instead (a handful: the caller sorts them).
     pub fn views_newest<'a>(
         &'a self,
         listing: Listing<'_>,
+        kind: Option<u8>,
     ) -> impl Iterator<Item = Result<(Hash, Vec<u8>), StoreError>> + 'a {
         let (tree, name, prefix) = match listing {
             Listing::All => (&self.views_by_order, "views_by_order", Vec::new()),
@@ -116,6 +121,11 @@ impl Store {
             ),
         };
         tree.scan_prefix(prefix).rev().filter_map(move |item| {
+            if let (Ok((_, v)), Some(want)) = (&item, kind)
+                && v.first() != Some(&want)
+            {
+                return None;
+            }
             let job = item
                 .map_err(StoreError::from)
                 .and_then(|(k, _)| job_of(name, &k, k.len().saturating_sub(32)));

@@ -441,6 +441,7 @@ fn views_are_listed_newest_first_by_builder_branch_and_commit_and_survive_a_reop
                 builder,
                 branch,
                 sha,
+                kind: (i == 4) as u8,
             };
             assert!(store.view_put(at, format!("view {i}").as_bytes()).unwrap());
             // The same view again changes nothing.
@@ -453,6 +454,7 @@ fn views_are_listed_newest_first_by_builder_branch_and_commit_and_survive_a_reop
             builder: "linux",
             branch: "main",
             sha: "aa11",
+            kind: 0,
         };
         assert!(store.view_put(at, b"view 1, finished").unwrap());
         assert!(store.status_put("linux", "main", b"row").unwrap());
@@ -462,7 +464,7 @@ fn views_are_listed_newest_first_by_builder_branch_and_commit_and_survive_a_reop
     let store = Store::open(dir.path()).unwrap();
     let list = |l: Listing| -> Vec<String> {
         store
-            .views_newest(l)
+            .views_newest(l, None)
             .map(|r| String::from_utf8(r.unwrap().1).unwrap())
             .collect()
     };
@@ -483,6 +485,15 @@ fn views_are_listed_newest_first_by_builder_branch_and_commit_and_survive_a_reop
     by_commit.sort();
     assert_eq!(by_commit, ["view 2", "view 4", "view 5"]);
     assert_eq!(list(Listing::Commit("bb22")).len(), 2);
+    // One kind of build only.
+    let kind = |k: u8| -> Vec<String> {
+        store
+            .views_newest(Listing::Commit("bb22"), Some(k))
+            .map(|r| String::from_utf8(r.unwrap().1).unwrap())
+            .collect()
+    };
+    assert_eq!(kind(1), ["view 4"]);
+    assert_eq!(kind(0), ["view 2"]);
     assert_eq!(
         store.views_with_prefix(&[4, 4], 10).unwrap(),
         vec![(job(4), b"view 4".to_vec())]
@@ -493,4 +504,43 @@ fn views_are_listed_newest_first_by_builder_branch_and_commit_and_survive_a_reop
     assert_eq!(store.view_count(), 0);
     assert!(list(Listing::All).is_empty());
     assert!(store.status_rows().unwrap().is_empty());
+}
+
+#[test]
+fn blobs_go_when_their_builds_let_them_and_an_expired_blob_is_not_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let short = store.put_blob(b"a passing build's log").unwrap();
+    let long = store.put_blob(b"a red build's log").unwrap();
+    let shared = store.put_blob(b"the same log, two builds").unwrap();
+    let unclaimed = store.put_blob(b"a log no result names yet").unwrap();
+    store.keep_blob_until(&short, Timestamp(1_000)).unwrap();
+    store.keep_blob_until(&long, Timestamp(9_000)).unwrap();
+    // Two builds name the same blob: the later date holds, whatever order they come in.
+    store.keep_blob_until(&shared, Timestamp(8_000)).unwrap();
+    store.keep_blob_until(&shared, Timestamp(2_000)).unwrap();
+    assert_eq!(store.kept_until(&shared).unwrap(), Some(Timestamp(8_000)));
+
+    let e = store.expire_blobs(Timestamp(5_000), 100).unwrap();
+    assert_eq!((e.blobs, e.more), (1, false));
+    assert!(e.bytes > 0);
+    assert!(!store.has_blob(&short).unwrap());
+    assert!(store.has_blob(&long).unwrap() && store.has_blob(&shared).unwrap());
+    // A peer's copy of the expired blob is not stored again.
+    assert!(
+        store
+            .put_blob_checked(&short, b"a passing build's log")
+            .unwrap()
+    );
+    assert!(!store.has_blob(&short).unwrap());
+
+    // Under a disk budget: the earliest dates go first, a few at a time.
+    let e = store.expire_blobs(Timestamp(u64::MAX), 1).unwrap();
+    assert_eq!((e.blobs, e.more), (1, true));
+    assert!(!store.has_blob(&shared).unwrap() && store.has_blob(&long).unwrap());
+    store.expire_blobs(Timestamp(u64::MAX), 10).unwrap();
+    assert!(!store.has_blob(&long).unwrap());
+    // A blob no build named is never expired.
+    assert!(store.has_blob(&unclaimed).unwrap());
+    assert_eq!(store.blob_usage().unwrap().0, 1);
 }

@@ -608,6 +608,8 @@ impl World {
                         steps: Vec::new(),
                         max_attempts: DEFAULT_MAX_ATTEMPTS,
                         confirm: None,
+                        keep_logs_ms: None,
+                        keep_passing_logs_ms: None,
                     }],
                     health: Default::default(),
                 };

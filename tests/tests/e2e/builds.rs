@@ -632,3 +632,74 @@ async fn a_worker_revoked_as_compromised_loses_its_verdicts_and_the_commit_is_bu
     }
     mesh.shutdown().await;
 }
+
+// Retention: a passing build's log goes once its builder's `keep_passing_logs` passed, on
+// every node, and its view says so; a red build's log (`keep_logs`, 180 days by default)
+// stays; the records stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_passing_builds_log_expires_on_every_node_and_a_red_ones_stays() {
+    let mesh = Mesh::start_with(2, |_, c| {
+        c.store.janitor_interval = Duration::from_millis(500);
+    })
+    .await;
+    ready(&mesh).await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    let toml = format!(
+        "version = 1\n[[builder]]\nname = \"kept\"\nrepo = \"{}\"\nbranches = [\"*\"]\nkeep_passing_logs = \"2s\"\nconfirm = \"none\"\n[[builder.step]]\nname = \"s\"\nrun = \"echo checking; test -f pass\"\n",
+        repo.url()
+    );
+    mesh.publish_builders(0, &toml).await;
+    let green = repo.commit("green", &[("pass", "")], "green");
+    let red = repo.commit("red", &[("fail", "")], "red");
+    mesh.announce(0, &repo.url(), "green", &green).await;
+    mesh.announce(0, &repo.url(), "red", &red).await;
+    let g = mesh.wait_build(0, "kept", &green, LONG, is_verdict).await;
+    let r = mesh.wait_build(0, "kept", &red, LONG, is_verdict).await;
+    assert_eq!(
+        (g.result.as_str(), r.result.as_str()),
+        ("success", "failure")
+    );
+    let log = |i: usize, id: String| {
+        let api = mesh.node(i).api;
+        async move {
+            let resp = reqwest::get(format!("http://{api}/api/v1/builds/{id}/log"))
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    for i in 0..2 {
+        wait_for("the passing build's log to expire", LONG, || async {
+            let (status, text) = log(i, g.id.clone()).await;
+            status == 410 && text.contains("expired")
+        })
+        .await;
+        let (status, text) = log(i, r.id.clone()).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("checking"), "{text}");
+    }
+    // The node that built it deleted the log.
+    let expired = |i: usize| {
+        let api = mesh.node(i).api;
+        async move {
+            let m = reqwest::get(format!("http://{api}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            m.lines()
+                .find_map(|l| l.strip_prefix("buildmesh_logs_expired_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+    wait_for("the janitor to delete the log", LONG, || async {
+        expired(0).await + expired(1).await > 0
+    })
+    .await;
+    // The build itself is still there, with its steps.
+    let b = mesh.wait_build(1, "kept", &green, LONG, is_verdict).await;
+    assert_eq!(b.steps.len(), 1);
+    mesh.shutdown().await;
+}
