@@ -263,9 +263,9 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         stats.jobs_held.load(Relaxed),
     );
     gauge(
-        "buildmesh_build_views",
-        "Builds with a view in the read model.",
-        s.claimer.views().len() as u64,
+        "buildmesh_claimer_ready",
+        "1 once the claimer has read the history at start (its views are in order).",
+        stats.ready.load(Relaxed),
     );
     gauge(
         "buildmesh_logs_expired_total",

@@ -91,6 +91,8 @@ pub struct ClaimerStats {
     pub quarantines: AtomicU64,
     /// Jobs the claim machine holds in memory.
     pub jobs_held: AtomicU64,
+    /// 1 once the claimer has read the history at start and its views are in order.
+    pub ready: AtomicU64,
 }
 
 impl ClaimerClient {
@@ -265,7 +267,8 @@ impl Claimer {
         self.write_views();
         self.let_go();
         self.stored = Stored::Stale;
-        tracing::debug!(jobs = self.views.len(), took = ?at.elapsed(), "build views up to date");
+        self.stats.ready.store(1, Ordering::Relaxed);
+        tracing::debug!(jobs = self.machine.job_count(), took = ?at.elapsed(), "build views up to date");
         self.publish_load();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -365,16 +365,6 @@ impl ReadModel {
         Ok(found.pop().map_or(Found::None, |b| Found::One(Box::new(b))))
     }
 
-    /// Builds with a view.
-    pub fn len(&self) -> usize {
-        self.store.view_count()
-    }
-
-    /// Whether no build has a view yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     // The status row of (builder, branch): its newest verdict, with the newer builds still
     // pending or running beside it; while nothing has a verdict, the newest build's state.
     fn refresh_status(&self, builder: &str, branch: &str) -> Result<(), StoreError> {

@@ -162,7 +162,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Builds with a view.
+    /// Builds with a view (walks every one: for tests and tools, not for a hot path).
     pub fn view_count(&self) -> usize {
         self.views.len()
     }

@@ -1,7 +1,8 @@
 //! Prints what a long history costs one node: the latency of `GET /api/v1/status` and of
 //! `GET /api/v1/builds?builder=` (p50/p99 over 200 requests each), the node's idle RSS, how
 //! long a restart takes until its views are in order, and the store's size on disk, with 1,000
-//! results held and with many (1,000,000 by default).
+//! results held and with many (1,000,000 by default); then the disk 1,000 builds take with
+//! their step logs, kept and with retention.
 //!
 //! The history is written straight into a real node's store — 20 builders on one branch, one
 //! commit announcement per commit, one claim and one signed result (three steps) per build,
@@ -10,7 +11,7 @@
 //!
 //! `cargo build --release -p buildmesh-node --bin buildmesh && \
 //!  cargo run --release -p buildmesh-tests --example history_bench [RESULTS...]`
-//! (set `BUILDMESH_BINARY` to the `buildmesh` binary to measure, as the tests do.)
+//! (the `buildmesh` binary beside the example's directory is the one measured).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -57,19 +58,35 @@ fn dir_mib(p: &Path) -> f64 {
     total as f64 / 1024.0 / 1024.0
 }
 
-fn builders_toml() -> String {
+// The builders, each with `extra` keys.
+fn builders_toml(extra: &str) -> String {
     let mut t = String::from("version = 1\n");
     for b in 0..BUILDERS {
         t.push_str(&format!(
-            "[[builder]]\nname = \"b{b:02}\"\nrepo = \"{REPO}\"\nbranches = [\"main\"]\n[[builder.step]]\nname = \"s\"\nrun = \"true\"\n\n"
+            "[[builder]]\nname = \"b{b:02}\"\nrepo = \"{REPO}\"\nbranches = [\"main\"]\nconfirm = \"none\"\n{extra}[[builder.step]]\nname = \"s\"\nrun = \"true\"\n\n"
         ));
     }
     t
 }
 
+// A step's log as a compiler and a test runner write it: about 12 KB.
+fn step_log(sha: &str, builder: usize, step: &str) -> Vec<u8> {
+    let mut log = format!("=== {step} of {sha} on b{builder:02} ===\n");
+    for i in 0..120 {
+        log.push_str(&format!(
+            "gcc -O2 -Wall -c Objects/obj{i}.c -o Objects/obj{i}.o  # {step} {} ms\n",
+            (i * 37 + builder * 11) % 997
+        ));
+    }
+    log.push_str("== Tests result: SUCCESS ==\n");
+    log.into_bytes()
+}
+
 // Appends `results` builds of history to the node's own log in `store`: a commit
-// announcement per commit, then a claim and a result per builder.
-fn write_history(store: &Store, key: &SecretKey, from_commit: usize, results: usize) -> usize {
+// announcement per commit, then a claim and a result per builder; with `logs`, each step's
+// log is stored too, and one build in ten is red.
+fn write_history(store: &Store, key: &SecretKey, results: usize, logs: bool) -> usize {
+    let from_commit = 0;
     let (mut seq, mut prev) = store.head_of(&key.id()).expect("head");
     let commits = results / BUILDERS;
     let start = Timestamp::now().0 - (commits as u64 + 10) * 1000;
@@ -129,7 +146,13 @@ fn write_history(store: &Store, key: &SecretKey, from_commit: usize, results: us
                     exit_code: Some(0),
                     duration_ms: 100 * (i as u64 + 1),
                     warnings: 0,
-                    log: Some(Hash::of(format!("{sha}{b}{name}").as_bytes())),
+                    log: Some(if logs {
+                        store
+                            .put_blob(&step_log(&sha, b, name))
+                            .expect("log stored")
+                    } else {
+                        Hash::of(format!("{sha}{b}{name}").as_bytes())
+                    }),
                     failing_lines: Vec::new(),
                 })
                 .collect();
@@ -138,7 +161,9 @@ fn write_history(store: &Store, key: &SecretKey, from_commit: usize, results: us
                     job,
                     key: key_,
                     attempt: 1,
-                    result: if c % 17 == 3 {
+                    result: if logs && (c + b) % 10 == 0 {
+                        ResultCode::Failure
+                    } else if c % 17 == 3 {
                         ResultCode::Warnings
                     } else {
                         ResultCode::Success
@@ -199,14 +224,14 @@ fn stop(p: Proc) {
     let _ = p.0.wait();
 }
 
-// Starts the node and waits until it answers with every build viewed.
-async fn start(config: &Path, api: &str, builds: u64) -> (Proc, Duration) {
+// Starts the node and waits until its claimer has read the history (its views in order).
+async fn start(config: &Path, api: &str) -> (Proc, Duration) {
     let t = Instant::now();
     let p = run(config);
     wait_for(
-        "the node to view every build",
+        "the node to read its history",
         Duration::from_secs(3600),
-        || async { metric(api, "buildmesh_build_views").await == Some(builds) },
+        || async { metric(api, "buildmesh_claimer_ready").await == Some(1) },
     )
     .await;
     (p, t.elapsed())
@@ -238,50 +263,21 @@ async fn main() {
         "disk MiB"
     );
     for results in sizes {
-        let dir = tempfile::tempdir().unwrap();
-        let t = buildmesh_node::testnet::generate(&dir.path().join("mesh"), 1, free_port_base(1))
-            .unwrap();
+        let (dir, t, config) = setup(&builders_toml(""), "").await;
+        let _keep = dir;
         let node = &t.nodes[0];
-        let config = NodeConfig::load(&node.config).unwrap();
         let api = node.api.clone();
-        let maintainer =
-            SecretKey::from_file_text(&std::fs::read_to_string(&t.maintainer_key).unwrap())
-                .unwrap();
-        let genesis =
-            Genesis::verify(&SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap()).unwrap())
-                .unwrap();
-        // First start: the node writes its genesis and admission; the builders are published.
-        let p = run(&node.config);
-        wait_for("the node's API", Duration::from_secs(60), || async {
-            json(format!("http://{api}/api/v1/health")).await.is_some()
-        })
-        .await;
-        let builders =
-            buildmesh_protocol::builders::BuilderConfig::from_toml(genesis.mesh, &builders_toml())
-                .unwrap();
-        let mut doc = SignedDoc::new(&builders).unwrap();
-        doc.sign(&maintainer);
-        let resp = reqwest::Client::new()
-            .post(format!("http://{api}/api/v1/publish"))
-            .body(doc.to_bytes())
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success());
-        stop(p);
-
         let key = SecretKey::from_file_text(&std::fs::read_to_string(&node.key).unwrap()).unwrap();
         let t0 = Instant::now();
         {
             let store = Store::open(&config.data_dir).unwrap();
-            write_history(&store, &key, 0, results);
+            write_history(&store, &key, results, false);
         }
         let wrote = t0.elapsed();
-        let builds = (results / BUILDERS * BUILDERS) as u64;
         // The first start views every build once; the restart after it is what a node pays.
-        let (p, first) = start(&node.config, &api, builds).await;
+        let (p, first) = start(&node.config, &api).await;
         stop(p);
-        let (p, restart) = start(&node.config, &api, builds).await;
+        let (p, restart) = start(&node.config, &api).await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         let (s50, s99, _) = latencies(&api, "/api/v1/status", 200).await;
         let (b50, b99, _) = latencies(&api, "/api/v1/builds?builder=b07", 200).await;
@@ -306,4 +302,105 @@ async fn main() {
     println!(
         "latencies in ms (status: GET /api/v1/status; bybld: GET /api/v1/builds?builder=, 500 newest)"
     );
+    retention(10_000).await;
+}
+
+// A one-node testnet with these builders published, stopped: (its directory, the testnet,
+// the node's configuration). `store` is the node's `[store]` table.
+async fn setup(
+    builders: &str,
+    store: &str,
+) -> (
+    tempfile::TempDir,
+    buildmesh_node::testnet::Testnet,
+    NodeConfig,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let t =
+        buildmesh_node::testnet::generate(&dir.path().join("mesh"), 1, free_port_base(1)).unwrap();
+    let node = &t.nodes[0];
+    if !store.is_empty() {
+        let mut text = std::fs::read_to_string(&node.config).unwrap();
+        text.push_str(&format!("\n[store]\n{store}"));
+        std::fs::write(&node.config, text).unwrap();
+    }
+    let config = NodeConfig::load(&node.config).unwrap();
+    let api = node.api.clone();
+    let maintainer =
+        SecretKey::from_file_text(&std::fs::read_to_string(&t.maintainer_key).unwrap()).unwrap();
+    let genesis =
+        Genesis::verify(&SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap()).unwrap())
+            .unwrap();
+    // First start: the node writes its genesis and admission; the builders are published.
+    let p = run(&node.config);
+    wait_for("the node's API", Duration::from_secs(60), || async {
+        json(format!("http://{api}/api/v1/health")).await.is_some()
+    })
+    .await;
+    let builders =
+        buildmesh_protocol::builders::BuilderConfig::from_toml(genesis.mesh, builders).unwrap();
+    let mut doc = SignedDoc::new(&builders).unwrap();
+    doc.sign(&maintainer);
+    let resp = reqwest::Client::new()
+        .post(format!("http://{api}/api/v1/publish"))
+        .body(doc.to_bytes())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    stop(p);
+    (dir, t, config)
+}
+
+// Disk per 1,000 builds with three ~12 KB step logs each (one build in ten red): logs kept
+// (the default 30 days for passing builds), and passing logs kept one second, measured after
+// the janitor ran and again after a restart (sled gives space back slowly).
+async fn retention(results: usize) {
+    println!(
+        "\nretention: {results} builds, 3 step logs each, 1 in 10 red; MiB on disk per 1,000 builds"
+    );
+    println!(
+        "{:>28} {:>12} {:>14} {:>14} {:>10}",
+        "", "logs held", "after janitor", "after restart", "log MiB"
+    );
+    for (label, extra) in [
+        ("kept (defaults)", ""),
+        ("keep_passing_logs = 1s", "keep_passing_logs = \"1s\"\n"),
+    ] {
+        let (dir, t, config) = setup(&builders_toml(extra), "janitor_interval = \"1s\"\n").await;
+        let _keep = dir;
+        let node = &t.nodes[0];
+        let api = node.api.clone();
+        let key = SecretKey::from_file_text(&std::fs::read_to_string(&node.key).unwrap()).unwrap();
+        {
+            let store = Store::open(&config.data_dir).unwrap();
+            write_history(&store, &key, results, true);
+        }
+        let builds = (results / BUILDERS * BUILDERS) as u64;
+        let (p, _) = start(&node.config, &api).await;
+        if !extra.is_empty() {
+            // Every passing build's three logs (a few are shared by identical content).
+            let red = builds / 10;
+            wait_for("the janitor", Duration::from_secs(600), || async {
+                metric(&api, "buildmesh_logs_expired_total")
+                    .await
+                    .is_some_and(|n| n >= (builds - red) * 3 * 9 / 10)
+            })
+            .await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        stop(p);
+        let after = dir_mib(&config.data_dir);
+        let (p, _) = start(&node.config, &api).await;
+        stop(p);
+        let restarted = dir_mib(&config.data_dir);
+        let (held, bytes) = Store::open(&config.data_dir).unwrap().blob_usage().unwrap();
+        let per = |mib: f64| mib * 1000.0 / builds as f64;
+        println!(
+            "{label:>28} {held:>12} {:>14.1} {:>14.1} {:>10.1}",
+            per(after),
+            per(restarted),
+            bytes as f64 / 1048576.0
+        );
+    }
 }
