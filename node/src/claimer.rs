@@ -524,6 +524,11 @@ impl Claimer {
                 }
                 self.derive_jobs(&repo, &branch, &sha, first);
             }
+            // A claim or result of a job the machine let go of changes nothing it holds (and
+            // would only wait in its buffer for a job that is not coming back).
+            Ok(Body::Claim(Claim { job, .. }))
+                if !self.machine.knows(&job) && self.let_go_of(&job) => {}
+            Ok(Body::BuildResult(r)) if !self.machine.knows(&r.job) && self.let_go_of(&r.job) => {}
             Ok(Body::Claim(Claim {
                 job, attempt, key, ..
             })) if !self.distrusted.contains(&author) => {

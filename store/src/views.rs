@@ -167,7 +167,8 @@ impl Store {
         self.views.len()
     }
 
-    /// Forgets every view, listing and status row (to rebuild them from the records).
+    /// Forgets every view, listing and status row (to rebuild them from the records), and
+    /// flushes.
     pub fn views_clear(&self) -> Result<(), StoreError> {
         for t in [
             &self.views,
@@ -179,7 +180,7 @@ impl Store {
         ] {
             t.clear()?;
         }
-        Ok(())
+        self.flush()
     }
 }
 

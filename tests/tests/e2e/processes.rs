@@ -174,7 +174,8 @@ async fn killing_the_worker_mid_step_moves_the_job_before_its_lease_and_leaves_n
         .await
         .unwrap();
     assert!(r.status().is_success());
-    // Let the configuration reach every node and the workers' views settle.
+    // Let the configuration reach every node, every node recover its own log (it takes no
+    // submission before), and the workers' views settle.
     for api in &apis {
         wait_for(
             "the configuration everywhere",
@@ -182,7 +183,7 @@ async fn killing_the_worker_mid_step_moves_the_job_before_its_lease_and_leaves_n
             || async {
                 json(format!("http://{api}/api/v1/health"))
                     .await
-                    .is_some_and(|h| h["config_version"] == 1)
+                    .is_some_and(|h| h["config_version"] == 1 && h["caught_up"] == true)
             },
         )
         .await;
