@@ -172,7 +172,20 @@ impl Mesh {
         assert!(self.nodes[i].is_none(), "node {i} is already running");
         let mut config = self.configs[i].clone();
         config.bootstrap = self.addrs().await;
-        let node = start(config).await.expect("node starts");
+        // A node stopped in this process lets go of its database's lock a moment later.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let node = loop {
+            match start(config.clone()).await {
+                Ok(node) => break node,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("node starts: {e}"),
+            }
+        };
         // Wait until it listens, so that the next node can bootstrap from it.
         wait_for("the node to listen", Duration::from_secs(10), || async {
             node.listen_addrs()

@@ -644,10 +644,15 @@ impl Notifier {
             let tx = self.sent_tx.clone();
             let me = self.me;
             let hint = self.api_hint.clone();
+            let stop = self.cancel.clone();
             tokio::spawn(
                 async move {
-                let outcome =
-                    mail::send(&settings, &host, port, &alert, &claimer, &replica, &hint).await;
+                // A node that stops sends nothing more: the lease is gone with it, and a mail
+                // its server did not take yet is the next holder's to send.
+                let outcome = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    o = mail::send(&settings, &host, port, &alert, &claimer, &replica, &hint) => o,
+                };
                 let t = alert.as_transition();
                 if outcome.is_ok() {
                     let body = Body::NotificationSent(NotificationSent {
