@@ -9,9 +9,12 @@
 //! every worker's health, and pauses claiming while this worker's self-checks fail
 //! ([`crate::selfcheck`]).
 //!
-//! Long because it also builds the API's view of every job from the store (`BuildView`, with
-//! its attempts, confirmation and health); that view moves to a read model kept per record,
-//! which leaves this module the driver it is meant to be.
+//! It also writes the read model ([`crate::readmodel`]): after each record and tick, the view
+//! of every job the machine says changed (`BuildView`, built from the store with its attempts
+//! and confirmation), the retention date of its logs, and it lets the machine go of finished
+//! jobs beyond its window. One module because the driver, the views and the window turn on the
+//! same question — which jobs just changed — and the same store reads; the view-building part
+//! (`view`, `confirmation_view`) is the piece to move out next if it grows.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

@@ -1065,7 +1065,7 @@ mod tests {
             .collect()
     }
 
-    fn spec(n: u64) -> JobSpec {
+    pub(super) fn spec(n: u64) -> JobSpec {
         let key = JobKey {
             builder: "b".into(),
             repo: "r".into(),

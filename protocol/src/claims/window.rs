@@ -107,30 +107,11 @@ impl Claims {
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::super::{ClaimSettings, Claims, JobSpec};
-    use crate::health::ConfirmMode;
+    use super::super::tests::spec;
+    use super::super::{ClaimSettings, Claims};
     use crate::keys::{NodeId, SecretKey};
-    use crate::record::{JobKey, ResultCode};
+    use crate::record::ResultCode;
     use crate::time::Timestamp;
-
-    fn spec(n: u64) -> JobSpec {
-        let key = JobKey {
-            builder: "b".into(),
-            repo: "r".into(),
-            branch: "main".into(),
-            sha: format!("{n:040x}"),
-            purpose: Default::default(),
-        };
-        JobSpec {
-            id: key.id(),
-            key,
-            requires: BTreeMap::new(),
-            priority: 0,
-            order: n,
-            max_attempts: 4,
-            confirm: ConfirmMode::None,
-        }
-    }
 
     fn machine(me: NodeId, workers: &[NodeId]) -> Claims {
         let mut m = Claims::new(me, ClaimSettings::default(), 0);

@@ -1,4 +1,7 @@
-//! Builds without a master: real workers build a real git repository.
+//! Builds without a master: real workers build a real git repository. One file for what a
+//! build goes through on a mesh — claims, results, retries, crossed claims, logs, their
+//! retention, revocation — sharing one `ci.sh` fixture and its builders, hence its length;
+//! notifier, health and isolation have files of their own.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
