@@ -56,10 +56,13 @@ pub struct ApiState {
     pub(crate) me: NodeId,
     pub(crate) webhook_secret: Option<Arc<Vec<u8>>>,
     pub(crate) janitor: Arc<crate::janitor::JanitorStats>,
+    pub(crate) events: Arc<crate::web::events::EventHub>,
+    pub(crate) show_owner_addresses: bool,
 }
 
-/// The routes.
+/// The routes: the API and, beside it, the web console ([`crate::web::router`]).
 pub fn router(state: ApiState) -> Router {
+    let console = crate::web::router(state.clone());
     Router::new()
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/health", get(health))
@@ -75,6 +78,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/notifications", get(notifications))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(console)
 }
 
 fn error(status: StatusCode, message: impl ToString) -> Response {

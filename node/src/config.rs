@@ -59,8 +59,14 @@ data_dir = "data"
 listen = ["/ip4/0.0.0.0/tcp/7701", "/ip4/0.0.0.0/udp/7701/quic-v1"]
 # Peers to dial at start and whenever the connection drops; /p2p/ID may be left out.
 bootstrap = []
-# The read-only HTTP API (status, builds, logs, nodes, metrics). Loopback by default.
+# The read-only HTTP API (status, builds, logs, nodes, metrics) and the web console
+# (http://127.0.0.1:7700/). Loopback by default.
 api = "127.0.0.1:7700"
+# The web console alone (its pages, /events and the badges; no API, no write), for an address
+# that faces a network. Off by default.
+# web = "0.0.0.0:8010"
+# Whether the console shows owners' whole mail addresses (otherwise the part before the @).
+show_owner_addresses = false
 
 [mesh]
 # How often this node says it is alive.
@@ -158,6 +164,10 @@ struct FileForm {
     #[serde(default)]
     api: Option<String>,
     #[serde(default)]
+    web: Option<String>,
+    #[serde(default)]
+    show_owner_addresses: Option<bool>,
+    #[serde(default)]
     mesh: MeshForm,
     #[serde(default)]
     worker: WorkerForm,
@@ -241,8 +251,12 @@ pub struct NodeConfig {
     pub listen: Vec<Multiaddr>,
     /// Peers dialled at start and redialled when lost.
     pub bootstrap: Vec<Multiaddr>,
-    /// HTTP API address (port 0: any free port).
+    /// HTTP API address (port 0: any free port); it serves the web console too.
     pub api: SocketAddr,
+    /// The web console's own address (pages, events, badges only), if any.
+    pub web: Option<SocketAddr>,
+    /// Whether the console shows owners' whole mail addresses.
+    pub show_owner_addresses: bool,
     /// Mesh timing.
     pub mesh: MeshSettings,
     /// Building.
@@ -443,6 +457,13 @@ impl NodeConfig {
             Some(s) => s
                 .parse()
                 .map_err(|e| invalid("api", format!("`{s}` is not host:port: {e}")))?,
+        };
+        let web = match &form.web {
+            None => None,
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|e| invalid("web", format!("`{s}` is not host:port: {e}")))?,
+            ),
         };
         let d = MeshSettings::default();
         let mesh = MeshSettings {
@@ -664,6 +685,8 @@ impl NodeConfig {
             listen,
             bootstrap: addrs("bootstrap", &form.bootstrap)?,
             api,
+            web,
+            show_owner_addresses: form.show_owner_addresses.unwrap_or(false),
             mesh,
             worker,
             announcer,

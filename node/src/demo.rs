@@ -139,8 +139,9 @@ impl<W: Write> Demo<'_, W> {
     }
 }
 
-/// Runs the demo, writing what happens to `out`. With `keep`, the mesh's files stay there.
-pub async fn run<W: Write>(keep: Option<&Path>, out: &mut W) -> Result<(), DemoError> {
+/// Runs the demo, writing what happens to `out`. With `keep`, the mesh's files stay there; with
+/// `serve`, the mesh keeps running after it, its web console open, until Ctrl-C.
+pub async fn run<W: Write>(keep: Option<&Path>, serve: bool, out: &mut W) -> Result<(), DemoError> {
     let tmp;
     let dir: PathBuf = match keep {
         Some(d) => {
@@ -160,6 +161,13 @@ pub async fn run<W: Write>(keep: Option<&Path>, out: &mut W) -> Result<(), DemoE
         names: Vec::new(),
     };
     let result = go(&mut demo, &dir).await;
+    if serve && result.is_ok() {
+        for n in &demo.nodes {
+            writeln!(demo.out, "{}'s web console: http://{}/", n.name, n.api)?;
+        }
+        writeln!(demo.out, "The mesh runs until Ctrl-C.")?;
+        let _ = tokio::signal::ctrl_c().await;
+    }
     for n in demo.nodes.drain(..) {
         n.shutdown().await;
     }

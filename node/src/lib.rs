@@ -44,6 +44,7 @@ pub mod selfcheck;
 pub mod smtp_sink;
 pub mod sources;
 pub mod testnet;
+pub mod web;
 
 pub use claimer::{BuildView, Load};
 pub use node::{Fatal, NodeError, NodeHandle, start};

@@ -134,8 +134,10 @@ pub struct NodeHandle {
     pub id: NodeId,
     /// Its name (from its admission).
     pub name: String,
-    /// Where its API listens.
+    /// Where its API (and the web console beside it) listens.
     pub api: SocketAddr,
+    /// Where its web console alone listens, if it has its own address.
+    pub web: Option<SocketAddr>,
     /// Its store, for reading.
     pub store: Arc<Store>,
     replica: ReplicaClient,
@@ -291,6 +293,20 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         addr: config.api,
         reason: e.to_string(),
     })?;
+    let web_listener = match config.web {
+        Some(addr) => {
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| NodeError::Api {
+                        addr,
+                        reason: e.to_string(),
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let web = web_listener.as_ref().and_then(|l| l.local_addr().ok());
     let (notifier, notifier_client) = Notifier::new(NotifierParts {
         me: key.id(),
         voter: a.roles.contains(&Role::Notifier),
@@ -382,6 +398,29 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
                 .ok()
                 .map(|s| s.into_bytes()),
         };
+        // What open console pages follow (`GET /events`).
+        let events = Arc::new(crate::web::events::EventHub::new(cancel.child_token()));
+        {
+            let follow = crate::web::events::follow(
+                events.clone(),
+                claimer_client.views().subscribe(),
+                feed.subscribe(),
+            );
+            let stop = cancel.child_token();
+            let f = failure.clone();
+            tasks.spawn(
+                async move {
+                    let run = async move {
+                        tokio::select! {
+                            _ = follow => {}
+                            _ = stop.cancelled() => {}
+                        }
+                    };
+                    f.watch("events", infallible(run)).await
+                }
+                .instrument(span.clone()),
+            );
+        }
         let state = crate::api::ApiState {
             replica: replica_client.clone(),
             claimer: claimer_client.clone(),
@@ -390,7 +429,22 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             me,
             webhook_secret: webhook_secret.map(Arc::new),
             janitor: janitor_stats,
+            events: events.clone(),
+            show_owner_addresses: config.show_owner_addresses,
         };
+        if let Some(listener) = web_listener {
+            let console = crate::web::router(state.clone());
+            let web_cancel = cancel.child_token();
+            let f = failure.clone();
+            tasks.spawn(
+                async move {
+                    let served = axum::serve(listener, console)
+                        .with_graceful_shutdown(async move { web_cancel.cancelled().await });
+                    f.watch("web", served.into_future()).await
+                }
+                .instrument(span.clone()),
+            );
+        }
         let api_cancel = cancel.child_token();
         let f = failure.clone();
         tasks.spawn(
@@ -412,6 +466,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         id: me,
         name,
         api,
+        web,
         store,
         replica: replica_client,
         claimer: claimer_client,

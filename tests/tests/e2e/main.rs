@@ -9,3 +9,4 @@ mod misbehaviour;
 mod notifier;
 mod processes;
 mod trust;
+mod web;
