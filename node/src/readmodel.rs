@@ -118,6 +118,24 @@ pub struct InProgress {
     pub worker: Option<NodeId>,
 }
 
+/// The few fields of a build that a grid of builds shows, read from its view without the rest
+/// (steps, attempts): the console reads thousands of them.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Cell {
+    /// The build id.
+    pub id: String,
+    /// Builder.
+    pub builder: String,
+    /// Branch.
+    pub branch: String,
+    /// Commit.
+    pub sha: String,
+    /// Its state.
+    pub result: BuildState,
+    /// When the commit was first announced.
+    pub announced: Timestamp,
+}
+
 /// What a build is for, as the listings tag it: a query for one kind reads no other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -261,6 +279,15 @@ impl ReadModel {
         self.store
             .views_newest(listing, None)
             .map(|item| item.and_then(|(job, bytes)| decode(&job.to_string(), &bytes)))
+    }
+
+    /// The newest `limit` ordinary builds listed, as grid cells.
+    pub fn cells(&self, listing: Listing<'_>, limit: usize) -> Result<Vec<Cell>, StoreError> {
+        self.store
+            .views_newest(listing, Some(Kind::Build as u8))
+            .take(limit)
+            .map(|item| item.and_then(|(job, bytes)| decode(&job.to_string(), &bytes)))
+            .collect()
     }
 
     /// The newest `limit` builds listed whose purpose is of `kind` (any, when `None`), as the

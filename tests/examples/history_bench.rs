@@ -13,50 +13,21 @@
 //!  cargo run --release -p buildmesh-tests --example history_bench [RESULTS...]`
 //! (the `buildmesh` binary beside the example's directory is the one measured).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use buildmesh_node::config::NodeConfig;
-use buildmesh_protocol::docs::{Genesis, SignedDoc};
 use buildmesh_protocol::record::{
     Body, BuildResult, ChangeSource, Claim, CommitSeen, JobKey, Purpose, Record, ResultCode,
     StepResult,
 };
 use buildmesh_protocol::{Hash, SecretKey, Timestamp};
 use buildmesh_store::Store;
-use buildmesh_tests::procs::{Proc, json, run};
-use buildmesh_tests::{free_port_base, wait_for};
+use buildmesh_tests::bench::{dir_mib, latencies, metric, rss_mib, setup, start, stop};
+use buildmesh_tests::procs::json;
+use buildmesh_tests::wait_for;
 
 const BUILDERS: usize = 20;
 const REPO: &str = "https://example.org/cpython.git";
 const BATCH: usize = 20_000;
-
-fn pct(v: &mut [Duration], p: f64) -> f64 {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn dir_mib(p: &Path) -> f64 {
-    let mut total = 0u64;
-    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-        let m = e.metadata().unwrap();
-        total += if m.is_dir() {
-            (dir_mib(&e.path()) * 1024.0 * 1024.0) as u64
-        } else {
-            m.len()
-        };
-    }
-    total as f64 / 1024.0 / 1024.0
-}
 
 // The builders, each with `extra` keys.
 fn builders_toml(extra: &str) -> String {
@@ -185,58 +156,6 @@ fn write_history(store: &Store, key: &SecretKey, results: usize, logs: bool) -> 
     commits
 }
 
-async fn metric(api: &str, name: &str) -> Option<u64> {
-    let text = reqwest::get(format!("http://{api}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-async fn latencies(api: &str, path: &str, n: usize) -> (f64, f64, usize) {
-    let client = reqwest::Client::new();
-    let mut v = Vec::with_capacity(n);
-    let mut size = 0;
-    for _ in 0..n {
-        let t = Instant::now();
-        let body = client
-            .get(format!("http://{api}{path}"))
-            .send()
-            .await
-            .expect("answer")
-            .bytes()
-            .await
-            .expect("body");
-        v.push(t.elapsed());
-        size = body.len();
-    }
-    (pct(&mut v, 0.5), pct(&mut v, 0.99), size)
-}
-
-fn stop(p: Proc) {
-    let pid = nix::unistd::Pid::from_raw(p.0.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let mut p = p;
-    let _ = p.0.wait();
-}
-
-// Starts the node and waits until its claimer has read the history (its views in order).
-async fn start(config: &Path, api: &str) -> (Proc, Duration) {
-    let t = Instant::now();
-    let p = run(config);
-    wait_for(
-        "the node to read its history",
-        Duration::from_secs(3600),
-        || async { metric(api, "buildmesh_claimer_ready").await == Some(1) },
-    )
-    .await;
-    (p, t.elapsed())
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let sizes: Vec<usize> = std::env::args()
@@ -303,53 +222,6 @@ async fn main() {
         "latencies in ms (status: GET /api/v1/status; bybld: GET /api/v1/builds?builder=, 500 newest)"
     );
     retention(10_000).await;
-}
-
-// A one-node testnet with these builders published, stopped: (its directory, the testnet,
-// the node's configuration). `store` is the node's `[store]` table.
-async fn setup(
-    builders: &str,
-    store: &str,
-) -> (
-    tempfile::TempDir,
-    buildmesh_node::testnet::Testnet,
-    NodeConfig,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let t =
-        buildmesh_node::testnet::generate(&dir.path().join("mesh"), 1, free_port_base(1)).unwrap();
-    let node = &t.nodes[0];
-    if !store.is_empty() {
-        let mut text = std::fs::read_to_string(&node.config).unwrap();
-        text.push_str(&format!("\n[store]\n{store}"));
-        std::fs::write(&node.config, text).unwrap();
-    }
-    let config = NodeConfig::load(&node.config).unwrap();
-    let api = node.api.clone();
-    let maintainer =
-        SecretKey::from_file_text(&std::fs::read_to_string(&t.maintainer_key).unwrap()).unwrap();
-    let genesis =
-        Genesis::verify(&SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap()).unwrap())
-            .unwrap();
-    // First start: the node writes its genesis and admission; the builders are published.
-    let p = run(&node.config);
-    wait_for("the node's API", Duration::from_secs(60), || async {
-        json(format!("http://{api}/api/v1/health")).await.is_some()
-    })
-    .await;
-    let builders =
-        buildmesh_protocol::builders::BuilderConfig::from_toml(genesis.mesh, builders).unwrap();
-    let mut doc = SignedDoc::new(&builders).unwrap();
-    doc.sign(&maintainer);
-    let resp = reqwest::Client::new()
-        .post(format!("http://{api}/api/v1/publish"))
-        .body(doc.to_bytes())
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
-    stop(p);
-    (dir, t, config)
 }
 
 // Disk per 1,000 builds with three ~12 KB step logs each (one build in ten red): logs kept

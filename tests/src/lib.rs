@@ -13,6 +13,7 @@ use buildmesh_protocol::docs::SignedDoc;
 use buildmesh_protocol::{NodeId, SecretKey};
 use libp2p::Multiaddr;
 
+pub mod bench;
 pub mod peer;
 pub mod procs;
 pub mod sim;

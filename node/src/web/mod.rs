@@ -32,7 +32,7 @@ use buildmesh_protocol::record::BuildState;
 use serde::Deserialize;
 
 use crate::api::ApiState;
-use crate::readmodel::{BuildView, Found, ReadModel, StatusRow};
+use crate::readmodel::{BuildView, Cell, Found, ReadModel, StatusRow};
 use crate::replica::NodeView;
 use buildmesh_store::Listing;
 
@@ -330,11 +330,8 @@ pub(crate) struct ConsoleRow {
     pub sha: String,
     pub branch: String,
     pub announced: buildmesh_protocol::Timestamp,
-    pub cells: std::collections::BTreeMap<String, BuildView>,
+    pub cells: std::collections::BTreeMap<String, Cell>,
 }
-
-// Builds read for the console: enough for its commits on a CPython-sized fleet.
-const CONSOLE_SCAN: usize = 20_000;
 
 async fn console(State(s): State<ApiState>, Query(q): Query<ConsoleQuery>) -> Response {
     let cfg = config(&s).await;
@@ -349,40 +346,39 @@ async fn console(State(s): State<ApiState>, Query(q): Query<ConsoleQuery>) -> Re
         .filter(|b| tag.as_ref().is_none_or(|t| b.tags.contains(t)))
         .filter(|b| branch.as_ref().is_none_or(|br| b.wants_branch(br)))
         .collect();
-    let wanted: std::collections::BTreeSet<String> =
-        builders.iter().map(|b| b.name.clone()).collect();
+    let names: Vec<String> = builders.iter().map(|b| b.name.clone()).collect();
     let want_branch = branch.clone();
+    // Each builder's newest builds (of the branch, if one is asked for): a builder builds a
+    // commit once, so the `commits` newest commits' cells are among its `commits` newest
+    // builds. Bounded by builders × commits, whatever the history.
     let rows = match read(&s, move |v| {
-        let mut rows: Vec<ConsoleRow> = Vec::new();
-        let mut index: std::collections::HashMap<(String, String), usize> = Default::default();
-        for b in v.newest(Listing::All).take(CONSOLE_SCAN) {
-            let b = b?;
-            if !b.purpose.is_build()
-                || want_branch.as_ref().is_some_and(|br| *br != b.branch)
-                || !wanted.contains(&b.builder)
-            {
-                continue;
-            }
-            let key = (b.branch.clone(), b.sha.clone());
-            let at = match index.get(&key) {
-                Some(i) => *i,
-                None => {
-                    if rows.len() == commits {
-                        // Listed newest announcement first: every later build is older.
-                        break;
-                    }
-                    rows.push(ConsoleRow {
-                        sha: b.sha.clone(),
-                        branch: b.branch.clone(),
-                        announced: b.announced,
+        let mut by_commit: std::collections::HashMap<(String, String), ConsoleRow> =
+            Default::default();
+        for name in &names {
+            let listing = match &want_branch {
+                Some(br) => Listing::Branch(name, br),
+                None => Listing::Builder(name),
+            };
+            for c in v.cells(listing, commits)? {
+                let row = by_commit
+                    .entry((c.branch.clone(), c.sha.clone()))
+                    .or_insert_with(|| ConsoleRow {
+                        sha: c.sha.clone(),
+                        branch: c.branch.clone(),
+                        announced: c.announced,
                         cells: Default::default(),
                     });
-                    index.insert(key, rows.len() - 1);
-                    rows.len() - 1
-                }
-            };
-            rows[at].cells.entry(b.builder.clone()).or_insert(b);
+                row.announced = row.announced.min(c.announced);
+                row.cells.entry(c.builder.clone()).or_insert(c);
+            }
         }
+        let mut rows: Vec<ConsoleRow> = by_commit.into_values().collect();
+        rows.sort_by(|a, b| {
+            b.announced
+                .cmp(&a.announced)
+                .then_with(|| a.sha.cmp(&b.sha))
+        });
+        rows.truncate(commits);
         Ok(rows)
     })
     .await
@@ -400,6 +396,7 @@ async fn console(State(s): State<ApiState>, Query(q): Query<ConsoleQuery>) -> Re
                 .cloned()
         })
         .chain(rows.iter().map(|r| r.branch.clone()))
+        .chain(branch.iter().cloned())
         .collect();
     let tags: std::collections::BTreeSet<String> = cfg
         .iter()

@@ -320,7 +320,7 @@ pub(super) fn console(
                                 @for (_, list) in &groups {
                                     @for b in list {
                                         @match r.cells.get(&b.name) {
-                                            Some(v) => td class={ "cell " (colour(v.result)) } data-builder=(b.name) data-result=(v.result.as_str()) {
+                                            Some(v) => td class={ "cell " (colour(v.result)) } data-result=(v.result.as_str()) {
                                                 a href={ "/builds/" (v.id) } title={ (b.name) ": " (v.result.as_str()) } { (cell_mark(v.result)) }
                                             },
                                             None => td.cell.none {},

@@ -384,7 +384,7 @@ async fn in_a_browser_a_red_build_reaches_the_open_console_and_dashboard_without
 
     // The console, open, with a mark that a reload would lose.
     c.goto(&format!("{web}/console")).await.unwrap();
-    let cell = format!("td.cell[data-builder=\"{BUILDER}\"]");
+    let cell = format!("tr[data-sha=\"{green}\"] td.cell");
     assert_eq!(
         c.find(fantoccini::Locator::Css(&cell))
             .await

@@ -1,0 +1,208 @@
+//! Prints how long the web console's pages take on a CPython-sized history: 160 builders over
+//! 7 branches, 50 commits on each branch (56,000 builds), about one builder in twelve red with a
+//! streak of a few commits. The history is written straight into a real node's own log, then a
+//! real `buildmesh run` process serves it; each page is fetched 50 times over loopback and its
+//! p50 and p99 printed (the aim: under 50 ms for `/console` and `/`).
+//!
+//! `cargo build --release -p buildmesh-node --bin buildmesh && \
+//!  cargo run --release -p buildmesh-tests --example console_bench [COMMITS_PER_BRANCH]`
+
+use std::time::{Duration, Instant};
+
+use buildmesh_protocol::record::{
+    Body, BuildResult, ChangeSource, Claim, CommitSeen, JobKey, Purpose, Record, ResultCode,
+    StepResult,
+};
+use buildmesh_protocol::{Hash, SecretKey, Timestamp};
+use buildmesh_store::Store;
+use buildmesh_tests::bench::{latencies, rss_mib, setup, start, stop};
+
+const BUILDERS: usize = 160;
+const BRANCHES: [&str; 7] = ["main", "3.14", "3.13", "3.12", "3.11", "3.10", "3.9"];
+const REPO: &str = "https://example.org/cpython.git";
+const PLATFORMS: [&str; 8] = [
+    "AMD64 Debian root",
+    "AMD64 Fedora Rawhide LTO + PGO",
+    "aarch64 Fedora Stable",
+    "AMD64 Windows11",
+    "ARM64 macOS",
+    "s390x RHEL8",
+    "PPC64LE Fedora",
+    "x86 Gentoo Installed",
+];
+const OSES: [&str; 8] = [
+    "linux", "linux", "linux", "windows", "macos", "linux", "linux", "linux",
+];
+
+fn name(b: usize) -> String {
+    format!("{} {b:03}", PLATFORMS[b % PLATFORMS.len()])
+}
+
+fn builders_toml() -> String {
+    let mut t = String::from("version = 1\n");
+    for b in 0..BUILDERS {
+        let tier = 1 + b % 3;
+        let stable = if b % 3 == 0 { "\"stable\", " } else { "" };
+        t.push_str(&format!(
+            "[[builder]]\nname = \"{}\"\nrepo = \"{REPO}\"\nbranches = [\"*\"]\ntags = [{stable}\"tier-{tier}\"]\nrequires = {{ os = \"{}\" }}\nconfirm = \"none\"\n[[builder.step]]\nname = \"test\"\nrun = \"true\"\n\n",
+            name(b),
+            OSES[b % OSES.len()]
+        ));
+    }
+    t
+}
+
+// A red streak: builder `b` fails the newest `b % 5 + 1` commits of a branch when b % 12 == 5.
+fn result_of(b: usize, commit: usize, commits: usize) -> ResultCode {
+    if b % 12 == 5 && commit + b % 5 + 1 >= commits {
+        ResultCode::Failure
+    } else if (b + commit) % 29 == 0 {
+        ResultCode::Warnings
+    } else {
+        ResultCode::Success
+    }
+}
+
+fn write_history(store: &Store, key: &SecretKey, commits: usize) -> usize {
+    let (mut seq, mut prev) = store.head_of(&key.id()).expect("head");
+    let total = commits * BRANCHES.len();
+    let start = Timestamp::now().0 - (total as u64 + 10) * 1000;
+    let mut batch = Vec::with_capacity(20_000);
+    let mut author = |body: Body, t: Timestamp, batch: &mut Vec<_>| {
+        seq += 1;
+        let r = Record::author(key, seq, prev, t, &body).expect("record");
+        prev = r.hash;
+        batch.push(Ok(r));
+        if batch.len() >= 20_000 {
+            for o in store.ingest_verified(std::mem::take(batch)) {
+                o.expect("stored");
+            }
+        }
+    };
+    let mut builds = 0;
+    for c in 0..commits {
+        for (i, branch) in BRANCHES.iter().enumerate() {
+            let t = Timestamp(start + (c * BRANCHES.len() + i) as u64 * 1000);
+            let sha = format!("{:040x}", (c * 7 + i + 1) as u128 * 0x9e37_79b9_7f4a_7c15);
+            author(
+                Body::CommitSeen(CommitSeen {
+                    repo: REPO.into(),
+                    branch: branch.to_string(),
+                    sha: sha.clone(),
+                    source: ChangeSource::Poller,
+                    requested_by: None,
+                    subject: Some(format!("gh-{c}: change {i}")),
+                    request: None,
+                }),
+                t,
+                &mut batch,
+            );
+            for b in 0..BUILDERS {
+                let key_ = JobKey {
+                    builder: name(b),
+                    repo: REPO.into(),
+                    branch: branch.to_string(),
+                    sha: sha.clone(),
+                    purpose: Purpose::Build,
+                };
+                let job = key_.id();
+                author(
+                    Body::Claim(Claim {
+                        job,
+                        key: key_.clone(),
+                        attempt: 1,
+                        lease_ms: 3000,
+                    }),
+                    t.plus(Duration::from_millis(10)),
+                    &mut batch,
+                );
+                let result = result_of(b, c, commits);
+                author(
+                    Body::BuildResult(BuildResult {
+                        job,
+                        key: key_,
+                        attempt: 1,
+                        result,
+                        steps: vec![StepResult {
+                            name: "test".into(),
+                            result,
+                            exit_code: Some(if result == ResultCode::Failure { 1 } else { 0 }),
+                            duration_ms: 600,
+                            warnings: 0,
+                            log: Some(Hash::of(format!("{sha}{b}").as_bytes())),
+                            failing_lines: Vec::new(),
+                        }],
+                        started: t.plus(Duration::from_millis(10)),
+                        finished: t.plus(Duration::from_millis(600)),
+                        config_version: 1,
+                    }),
+                    t.plus(Duration::from_millis(600)),
+                    &mut batch,
+                );
+                builds += 1;
+            }
+        }
+    }
+    for o in store.ingest_verified(batch) {
+        o.expect("stored");
+    }
+    store.flush().expect("flushed");
+    builds
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let commits: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(50);
+    let (dir, t, config) = setup(&builders_toml(), "").await;
+    let _keep = dir;
+    let node = &t.nodes[0];
+    let api = node.api.clone();
+    let key = SecretKey::from_file_text(&std::fs::read_to_string(&node.key).unwrap()).unwrap();
+    let t0 = Instant::now();
+    let builds = {
+        let store = Store::open(&config.data_dir).unwrap();
+        write_history(&store, &key, commits)
+    };
+    eprintln!(
+        "console_bench: {builds} builds written in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let (p, first) = start(&node.config, &api).await;
+    eprintln!(
+        "console_bench: the node viewed them in {:.1} s",
+        first.as_secs_f64()
+    );
+    println!(
+        "console_bench: {BUILDERS} builders x {} branches x {commits} commits = {builds} builds, one node",
+        BRANCHES.len()
+    );
+    println!(
+        "{:<44} {:>9} {:>9} {:>10}",
+        "page", "p50 ms", "p99 ms", "bytes"
+    );
+    let red = format!("/builders/{}", name(5).replace(' ', "%20"));
+    for path in [
+        "/",
+        "/console",
+        "/console?branch=3.13",
+        "/console?tag=stable",
+        red.as_str(),
+        "/workers",
+        "/notifier",
+        "/badge/main.svg",
+        "/api/v1/status",
+    ] {
+        // CONSOLE_BENCH_REPEAT raises the 50 requests per page (for a profiler to sample).
+        let n = std::env::var("CONSOLE_BENCH_REPEAT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50);
+        let (p50, p99, size) = latencies(&api, path, n).await;
+        println!("{path:<44} {p50:>9.2} {p99:>9.2} {size:>10}");
+    }
+    println!("idle RSS {:.0} MiB", rss_mib(p.0.id()));
+    stop(p);
+}
