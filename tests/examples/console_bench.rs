@@ -42,7 +42,7 @@ fn builders_toml() -> String {
     let mut t = String::from("version = 1\n");
     for b in 0..BUILDERS {
         let tier = 1 + b % 3;
-        let stable = if b % 3 == 0 { "\"stable\", " } else { "" };
+        let stable = if b.is_multiple_of(3) { "\"stable\", " } else { "" };
         t.push_str(&format!(
             "[[builder]]\nname = \"{}\"\nrepo = \"{REPO}\"\nbranches = [\"*\"]\ntags = [{stable}\"tier-{tier}\"]\nrequires = {{ os = \"{}\" }}\nconfirm = \"none\"\n[[builder.step]]\nname = \"test\"\nrun = \"true\"\n\n",
             name(b),
@@ -56,7 +56,7 @@ fn builders_toml() -> String {
 fn result_of(b: usize, commit: usize, commits: usize) -> ResultCode {
     if b % 12 == 5 && commit + b % 5 + 1 >= commits {
         ResultCode::Failure
-    } else if (b + commit) % 29 == 0 {
+    } else if (b + commit).is_multiple_of(29) {
         ResultCode::Warnings
     } else {
         ResultCode::Success
