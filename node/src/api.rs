@@ -385,17 +385,25 @@ pub struct Notification {
 
 pub use crate::readmodel::{InProgress, StatusRow};
 
-// Reads the read model off the async workers (sled may touch the disk).
+/// Reads the read model off the async workers (sled may touch the disk); a failure comes with
+/// the status it answers (500 for the store, 503 when the read could not run).
+pub(crate) async fn read_views<T: Send + 'static>(
+    s: &ApiState,
+    f: impl FnOnce(&ReadModel) -> Result<T, buildmesh_store::StoreError> + Send + 'static,
+) -> Result<T, (StatusCode, String)> {
+    let views = s.claimer.views().clone();
+    match tokio::task::spawn_blocking(move || f(&views)).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+}
+
 async fn read<T: Send + 'static>(
     s: &ApiState,
     f: impl FnOnce(&ReadModel) -> Result<T, buildmesh_store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
-    let views = s.claimer.views().clone();
-    match tokio::task::spawn_blocking(move || f(&views)).await {
-        Ok(Ok(t)) => Ok(t),
-        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
-        Err(e) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
-    }
+    read_views(s, f).await.map_err(|(code, e)| error(code, e))
 }
 
 fn json_bytes(body: Vec<u8>) -> Response {

@@ -136,6 +136,23 @@ pub struct Cell {
     pub announced: Timestamp,
 }
 
+/// A build's id: the first 16 hex digits of its job id, `-`, its attempt.
+pub fn build_id(job: &Hash, attempt: u32) -> String {
+    format!("{}-{attempt}", &job.to_string()[..16])
+}
+
+// A build's summary in its builder's listings: what a cell shows that the listing's key does not
+// (short names: one is kept per build in two listings).
+#[derive(Serialize, Deserialize)]
+struct Summary<'a> {
+    r: BuildState,
+    a: u32,
+    #[serde(borrow)]
+    s: &'a str,
+    #[serde(borrow)]
+    b: &'a str,
+}
+
 /// What a build is for, as the listings tag it: a query for one kind reads no other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -172,7 +189,7 @@ pub enum Found {
 const STATUS_DEPTH: usize = 1_000;
 
 /// The layout of the stored views: a node that finds another one rebuilds them.
-const VIEWS_VERSION: &[u8] = b"2";
+const VIEWS_VERSION: &[u8] = b"3";
 const VIEWS_VERSION_KEY: &str = "views_version";
 /// Set while a claimer keeps the views; cleared when it stopped in order. Found set at start,
 /// the views may lag the records (a killed process): every one is rebuilt.
@@ -240,6 +257,15 @@ impl ReadModel {
         let mut changed = 0;
         for view in views {
             let bytes = encode("build view", &view)?;
+            let summary = encode(
+                "build summary",
+                &Summary {
+                    r: view.result,
+                    a: view.attempt,
+                    s: &view.sha,
+                    b: &view.branch,
+                },
+            )?;
             let at = Listed {
                 job: &view.job,
                 order: view.announced.millis(),
@@ -247,6 +273,7 @@ impl ReadModel {
                 branch: &view.branch,
                 sha: &view.sha,
                 kind: kind_of(&view.purpose),
+                summary: &summary,
             };
             if !self.store.view_put(at, &bytes)? {
                 continue;
@@ -281,13 +308,37 @@ impl ReadModel {
             .map(|item| item.and_then(|(job, bytes)| decode(&job.to_string(), &bytes)))
     }
 
-    /// The newest `limit` ordinary builds listed, as grid cells.
-    pub fn cells(&self, listing: Listing<'_>, limit: usize) -> Result<Vec<Cell>, StoreError> {
-        self.store
-            .views_newest(listing, Some(Kind::Build as u8))
+    /// A builder's newest `limit` ordinary builds (on `branch`, or on any), as grid cells: read
+    /// from the summaries in its listing, without a view.
+    pub fn cells(
+        &self,
+        builder: &str,
+        branch: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Cell>, StoreError> {
+        let mut out = Vec::with_capacity(limit);
+        for item in self
+            .store
+            .summaries_newest(builder, branch, Kind::Build as u8)
             .take(limit)
-            .map(|item| item.and_then(|(job, bytes)| decode(&job.to_string(), &bytes)))
-            .collect()
+        {
+            let (job, order, bytes) = item?;
+            let s: Summary<'_> =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    tree: "views_by_builder",
+                    key: job.to_string(),
+                    reason: e.to_string(),
+                })?;
+            out.push(Cell {
+                id: build_id(&job, s.a),
+                builder: builder.to_string(),
+                branch: s.b.to_string(),
+                sha: s.s.to_string(),
+                result: s.r,
+                announced: Timestamp(order),
+            });
+        }
+        Ok(out)
     }
 
     /// The newest `limit` builds listed whose purpose is of `kind` (any, when `None`), as the

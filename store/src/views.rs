@@ -31,6 +31,10 @@ pub struct Listed<'a> {
     /// What kind of build (the node's tag: an ordinary build, a confirmation …), kept in the
     /// listings so that a query for one kind reads no other.
     pub kind: u8,
+    /// A few bytes of the build (the node's: what a grid of builds shows), kept in its
+    /// builder's listings so that a grid reads them without the views
+    /// ([`Store::summaries_newest`]).
+    pub summary: &'a [u8],
 }
 
 /// Which builds to list, newest first.
@@ -56,16 +60,17 @@ impl Store {
         // and written again with the view.
         let tail = Key::new().u64(at.order).hash(at.job).build();
         let kind = [at.kind];
+        let summary = [&kind[..], at.summary].concat();
         self.views_by_order.insert(&tail, &kind)?;
         self.views_by_builder
-            .insert(Key::new().str(at.builder).bytes(&tail).build(), &kind)?;
+            .insert(Key::new().str(at.builder).bytes(&tail).build(), &*summary)?;
         self.views_by_branch.insert(
             Key::new()
                 .str(at.builder)
                 .str(at.branch)
                 .bytes(&tail)
                 .build(),
-            &kind,
+            &*summary,
         )?;
         self.views_by_commit.insert(
             Key::new().bytes(at.sha.as_bytes()).hash(at.job).build(),
@@ -139,6 +144,48 @@ impl Store {
                 Ok(None) => None,
                 Err(e) => Some(Err(e.into())),
             }
+        })
+    }
+
+    /// The summaries of a builder's builds (on one branch, or on all), newest announcement
+    /// first, of `kind`: (job, order, summary), as far as the caller reads. One prefix scan of
+    /// one listing: no view is read.
+    pub fn summaries_newest<'a>(
+        &'a self,
+        builder: &str,
+        branch: Option<&str>,
+        kind: u8,
+    ) -> impl Iterator<Item = Result<(Hash, u64, Vec<u8>), StoreError>> + 'a {
+        let (tree, name, prefix) = match branch {
+            Some(br) => (
+                &self.views_by_branch,
+                "views_by_branch",
+                Key::new().str(builder).str(br).build(),
+            ),
+            None => (
+                &self.views_by_builder,
+                "views_by_builder",
+                Key::new().str(builder).build(),
+            ),
+        };
+        tree.scan_prefix(prefix).rev().filter_map(move |item| {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            };
+            if v.first() != Some(&kind) {
+                return None;
+            }
+            let at = k.len().saturating_sub(40);
+            let order = k
+                .get(at..at + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            Some(match (job_of(name, &k, at + 8), order) {
+                (Ok(job), Some(order)) => Ok((job, order, v[1..].to_vec())),
+                (Err(e), _) => Err(e),
+                (_, None) => Err(corrupt(name, &k, "no order")),
+            })
         })
     }
 

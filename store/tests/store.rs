@@ -435,6 +435,7 @@ fn views_are_listed_newest_first_by_builder_branch_and_commit_and_survive_a_reop
     {
         let store = Store::open(dir.path()).unwrap();
         for (i, order, builder, branch, sha) in builds {
+            let cell = format!("cell {i}");
             let at = Listed {
                 job: &job(i),
                 order,
@@ -442,6 +443,7 @@ fn views_are_listed_newest_first_by_builder_branch_and_commit_and_survive_a_reop
                 branch,
                 sha,
                 kind: (i == 4) as u8,
+                summary: cell.as_bytes(),
             };
             assert!(store.view_put(at, format!("view {i}").as_bytes()).unwrap());
             // The same view again changes nothing.
@@ -455,6 +457,7 @@ fn views_are_listed_newest_first_by_builder_branch_and_commit_and_survive_a_reop
             branch: "main",
             sha: "aa11",
             kind: 0,
+            summary: b"cell 1, finished",
         };
         assert!(store.view_put(at, b"view 1, finished").unwrap());
         assert!(store.status_put("linux", "main", b"row").unwrap());
@@ -494,6 +497,29 @@ fn views_are_listed_newest_first_by_builder_branch_and_commit_and_survive_a_reop
     };
     assert_eq!(kind(1), ["view 4"]);
     assert_eq!(kind(0), ["view 2"]);
+    // A builder's summaries, without the views: the newest of job 1, with its order.
+    let summaries = |branch: Option<&str>, k: u8| -> Vec<(Hash, u64, String)> {
+        store
+            .summaries_newest("linux", branch, k)
+            .map(|r| {
+                let (j, o, v) = r.unwrap();
+                (j, o, String::from_utf8(v).unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(
+        summaries(None, 0),
+        [
+            (job(2), 30, "cell 2".to_string()),
+            (job(3), 20, "cell 3".to_string()),
+            (job(1), 10, "cell 1, finished".to_string())
+        ]
+    );
+    assert_eq!(
+        summaries(Some("3.13"), 0),
+        [(job(3), 20, "cell 3".to_string())]
+    );
+    assert!(summaries(None, 1).is_empty());
     assert_eq!(
         store.views_with_prefix(&[4, 4], 10).unwrap(),
         vec![(job(4), b"view 4".to_vec())]

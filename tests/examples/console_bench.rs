@@ -10,12 +10,11 @@
 use std::time::{Duration, Instant};
 
 use buildmesh_protocol::record::{
-    Body, BuildResult, ChangeSource, Claim, CommitSeen, JobKey, Purpose, Record, ResultCode,
-    StepResult,
+    Body, BuildResult, ChangeSource, Claim, CommitSeen, JobKey, Purpose, ResultCode, StepResult,
 };
 use buildmesh_protocol::{Hash, SecretKey, Timestamp};
 use buildmesh_store::Store;
-use buildmesh_tests::bench::{latencies, rss_mib, setup, start, stop};
+use buildmesh_tests::bench::{History, latencies, rss_mib, setup, start, stop};
 
 const BUILDERS: usize = 160;
 const BRANCHES: [&str; 7] = ["main", "3.14", "3.13", "3.12", "3.11", "3.10", "3.9"];
@@ -42,7 +41,11 @@ fn builders_toml() -> String {
     let mut t = String::from("version = 1\n");
     for b in 0..BUILDERS {
         let tier = 1 + b % 3;
-        let stable = if b.is_multiple_of(3) { "\"stable\", " } else { "" };
+        let stable = if b.is_multiple_of(3) {
+            "\"stable\", "
+        } else {
+            ""
+        };
         t.push_str(&format!(
             "[[builder]]\nname = \"{}\"\nrepo = \"{REPO}\"\nbranches = [\"*\"]\ntags = [{stable}\"tier-{tier}\"]\nrequires = {{ os = \"{}\" }}\nconfirm = \"none\"\n[[builder.step]]\nname = \"test\"\nrun = \"true\"\n\n",
             name(b),
@@ -64,27 +67,15 @@ fn result_of(b: usize, commit: usize, commits: usize) -> ResultCode {
 }
 
 fn write_history(store: &Store, key: &SecretKey, commits: usize) -> usize {
-    let (mut seq, mut prev) = store.head_of(&key.id()).expect("head");
     let total = commits * BRANCHES.len();
     let start = Timestamp::now().0 - (total as u64 + 10) * 1000;
-    let mut batch = Vec::with_capacity(20_000);
-    let mut author = |body: Body, t: Timestamp, batch: &mut Vec<_>| {
-        seq += 1;
-        let r = Record::author(key, seq, prev, t, &body).expect("record");
-        prev = r.hash;
-        batch.push(Ok(r));
-        if batch.len() >= 20_000 {
-            for o in store.ingest_verified(std::mem::take(batch)) {
-                o.expect("stored");
-            }
-        }
-    };
+    let mut history = History::new(store, key);
     let mut builds = 0;
     for c in 0..commits {
         for (i, branch) in BRANCHES.iter().enumerate() {
             let t = Timestamp(start + (c * BRANCHES.len() + i) as u64 * 1000);
             let sha = format!("{:040x}", (c * 7 + i + 1) as u128 * 0x9e37_79b9_7f4a_7c15);
-            author(
+            history.author(
                 Body::CommitSeen(CommitSeen {
                     repo: REPO.into(),
                     branch: branch.to_string(),
@@ -95,7 +86,6 @@ fn write_history(store: &Store, key: &SecretKey, commits: usize) -> usize {
                     request: None,
                 }),
                 t,
-                &mut batch,
             );
             for b in 0..BUILDERS {
                 let key_ = JobKey {
@@ -106,7 +96,7 @@ fn write_history(store: &Store, key: &SecretKey, commits: usize) -> usize {
                     purpose: Purpose::Build,
                 };
                 let job = key_.id();
-                author(
+                history.author(
                     Body::Claim(Claim {
                         job,
                         key: key_.clone(),
@@ -114,10 +104,9 @@ fn write_history(store: &Store, key: &SecretKey, commits: usize) -> usize {
                         lease_ms: 3000,
                     }),
                     t.plus(Duration::from_millis(10)),
-                    &mut batch,
                 );
                 let result = result_of(b, c, commits);
-                author(
+                history.author(
                     Body::BuildResult(BuildResult {
                         job,
                         key: key_,
@@ -137,16 +126,12 @@ fn write_history(store: &Store, key: &SecretKey, commits: usize) -> usize {
                         config_version: 1,
                     }),
                     t.plus(Duration::from_millis(600)),
-                    &mut batch,
                 );
                 builds += 1;
             }
         }
     }
-    for o in store.ingest_verified(batch) {
-        o.expect("stored");
-    }
-    store.flush().expect("flushed");
+    history.finish();
     builds
 }
 

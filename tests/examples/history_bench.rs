@@ -16,18 +16,16 @@
 use std::time::{Duration, Instant};
 
 use buildmesh_protocol::record::{
-    Body, BuildResult, ChangeSource, Claim, CommitSeen, JobKey, Purpose, Record, ResultCode,
-    StepResult,
+    Body, BuildResult, ChangeSource, Claim, CommitSeen, JobKey, Purpose, ResultCode, StepResult,
 };
 use buildmesh_protocol::{Hash, SecretKey, Timestamp};
 use buildmesh_store::Store;
-use buildmesh_tests::bench::{dir_mib, latencies, metric, rss_mib, setup, start, stop};
+use buildmesh_tests::bench::{History, dir_mib, latencies, metric, rss_mib, setup, start, stop};
 use buildmesh_tests::procs::json;
 use buildmesh_tests::wait_for;
 
 const BUILDERS: usize = 20;
 const REPO: &str = "https://example.org/cpython.git";
-const BATCH: usize = 20_000;
 
 // The builders, each with `extra` keys.
 fn builders_toml(extra: &str) -> String {
@@ -58,25 +56,13 @@ fn step_log(sha: &str, builder: usize, step: &str) -> Vec<u8> {
 // log is stored too, and one build in ten is red.
 fn write_history(store: &Store, key: &SecretKey, results: usize, logs: bool) -> usize {
     let from_commit = 0;
-    let (mut seq, mut prev) = store.head_of(&key.id()).expect("head");
     let commits = results / BUILDERS;
     let start = Timestamp::now().0 - (commits as u64 + 10) * 1000;
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut author = |body: Body, t: Timestamp, batch: &mut Vec<_>| {
-        seq += 1;
-        let r = Record::author(key, seq, prev, t, &body).expect("record");
-        prev = r.hash;
-        batch.push(Ok(r));
-        if batch.len() >= BATCH {
-            for o in store.ingest_verified(std::mem::take(batch)) {
-                o.expect("stored");
-            }
-        }
-    };
+    let mut history = History::new(store, key);
     for c in from_commit..from_commit + commits {
         let t = Timestamp(start + (c - from_commit) as u64 * 1000);
         let sha = format!("{:040x}", c as u128 * 0x9e37_79b9_7f4a_7c15);
-        author(
+        history.author(
             Body::CommitSeen(CommitSeen {
                 repo: REPO.into(),
                 branch: "main".into(),
@@ -87,7 +73,6 @@ fn write_history(store: &Store, key: &SecretKey, results: usize, logs: bool) -> 
                 request: None,
             }),
             t,
-            &mut batch,
         );
         for b in 0..BUILDERS {
             let key_ = JobKey {
@@ -98,7 +83,7 @@ fn write_history(store: &Store, key: &SecretKey, results: usize, logs: bool) -> 
                 purpose: Purpose::Build,
             };
             let job = key_.id();
-            author(
+            history.author(
                 Body::Claim(Claim {
                     job,
                     key: key_.clone(),
@@ -106,7 +91,6 @@ fn write_history(store: &Store, key: &SecretKey, results: usize, logs: bool) -> 
                     lease_ms: 3000,
                 }),
                 t.plus(Duration::from_millis(10)),
-                &mut batch,
             );
             let steps = ["checkout", "compile", "test"]
                 .iter()
@@ -127,7 +111,7 @@ fn write_history(store: &Store, key: &SecretKey, results: usize, logs: bool) -> 
                     failing_lines: Vec::new(),
                 })
                 .collect();
-            author(
+            history.author(
                 Body::BuildResult(BuildResult {
                     job,
                     key: key_,
@@ -145,14 +129,10 @@ fn write_history(store: &Store, key: &SecretKey, results: usize, logs: bool) -> 
                     config_version: 1,
                 }),
                 t.plus(Duration::from_millis(600)),
-                &mut batch,
             );
         }
     }
-    for o in store.ingest_verified(batch) {
-        o.expect("stored");
-    }
-    store.flush().expect("flushed");
+    history.finish();
     commits
 }
 

@@ -143,3 +143,58 @@ pub async fn setup(
     stop(p);
     (dir, t, config)
 }
+
+/// Appends records to a node's own log, straight into its store in batches of 20,000: how the
+/// history benchmarks write years of builds before a node is started on them.
+#[derive(Debug)]
+pub struct History<'a> {
+    store: &'a buildmesh_store::Store,
+    key: &'a SecretKey,
+    seq: u64,
+    prev: buildmesh_protocol::Hash,
+    batch: Vec<Result<buildmesh_protocol::record::Record, buildmesh_store::StoreError>>,
+}
+
+impl<'a> History<'a> {
+    const BATCH: usize = 20_000;
+
+    /// Goes on from the head of `key`'s log in `store`.
+    pub fn new(store: &'a buildmesh_store::Store, key: &'a SecretKey) -> Self {
+        let (seq, prev) = store.head_of(&key.id()).expect("head");
+        History {
+            store,
+            key,
+            seq,
+            prev,
+            batch: Vec::with_capacity(Self::BATCH),
+        }
+    }
+
+    /// Signs `body` as the next record, dated `t`.
+    pub fn author(
+        &mut self,
+        body: buildmesh_protocol::record::Body,
+        t: buildmesh_protocol::Timestamp,
+    ) {
+        self.seq += 1;
+        let r = buildmesh_protocol::record::Record::author(self.key, self.seq, self.prev, t, &body)
+            .expect("record");
+        self.prev = r.hash;
+        self.batch.push(Ok(r));
+        if self.batch.len() >= Self::BATCH {
+            self.store_batch();
+        }
+    }
+
+    fn store_batch(&mut self) {
+        for o in self.store.ingest_verified(std::mem::take(&mut self.batch)) {
+            o.expect("stored");
+        }
+    }
+
+    /// Stores what is left and flushes.
+    pub fn finish(mut self) {
+        self.store_batch();
+        self.store.flush().expect("flushed");
+    }
+}

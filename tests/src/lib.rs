@@ -121,6 +121,29 @@ impl Mesh {
         mesh
     }
 
+    /// Waits until node `i` has caught up with its peers.
+    pub async fn wait_caught_up(&self, i: usize) {
+        wait_for("the node to catch up", Duration::from_secs(90), || async {
+            self.node(i)
+                .metrics()
+                .await
+                .map(|m| m.caught_up)
+                .unwrap_or(false)
+        })
+        .await;
+    }
+
+    /// Waits until every running node has caught up and every claimer counts every worker
+    /// live: the mesh is ready for jobs.
+    pub async fn wait_ready(&self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.is_some() {
+                self.wait_caught_up(i).await;
+            }
+        }
+        self.wait_workers_known().await;
+    }
+
     /// Waits until every running node's claimer counts every running worker live, so that
     /// rank orders agree before jobs arrive.
     pub async fn wait_workers_known(&self) {

@@ -117,25 +117,14 @@ fn problem(status: StatusCode, title: &str, message: String) -> Response {
     (status, html(pages::problem(title, &message))).into_response()
 }
 
-// Reads the read model off the async workers (sled may touch the disk).
+// Reads the read model off the async workers; a failure is an error page.
 async fn read<T: Send + 'static>(
     s: &ApiState,
     f: impl FnOnce(&ReadModel) -> Result<T, buildmesh_store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
-    let views = s.claimer.views().clone();
-    match tokio::task::spawn_blocking(move || f(&views)).await {
-        Ok(Ok(t)) => Ok(t),
-        Ok(Err(e)) => Err(problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Store error",
-            e.to_string(),
-        )),
-        Err(e) => Err(problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Unavailable",
-            e.to_string(),
-        )),
-    }
+    crate::api::read_views(s, f)
+        .await
+        .map_err(|(code, e)| problem(code, "Cannot read the builds", e))
 }
 
 async fn config(s: &ApiState) -> Option<BuilderConfig> {
@@ -355,11 +344,7 @@ async fn console(State(s): State<ApiState>, Query(q): Query<ConsoleQuery>) -> Re
         let mut by_commit: std::collections::HashMap<(String, String), ConsoleRow> =
             Default::default();
         for name in &names {
-            let listing = match &want_branch {
-                Some(br) => Listing::Branch(name, br),
-                None => Listing::Builder(name),
-            };
-            for c in v.cells(listing, commits)? {
+            for c in v.cells(name, want_branch.as_deref(), commits)? {
                 let row = by_commit
                     .entry((c.branch.clone(), c.sha.clone()))
                     .or_insert_with(|| ConsoleRow {

@@ -75,29 +75,12 @@ fn one_step_builder(repo: &str, name: &str, run: &str) -> String {
     )
 }
 
-async fn ready(mesh: &Mesh) {
-    for (i, n) in mesh.nodes.iter().enumerate() {
-        if n.is_some() {
-            wait_for("caught up", LONG, || async {
-                mesh.node(i)
-                    .metrics()
-                    .await
-                    .map(|m| m.caught_up)
-                    .unwrap_or(false)
-            })
-            .await;
-        }
-    }
-    // Every claimer hears every worker before jobs arrive, so rank orders agree.
-    mesh.wait_workers_known().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_give_each_commit_the_right_result_and_every_node_agrees() {
     // No poller: the commits built are the ones announced here (a restart below would
     // otherwise have the announcer find `main` and build it).
     let mesh = Mesh::start_with(3, |_, c| c.announcer.poll_interval = None).await;
-    ready(&mesh).await;
+    mesh.wait_ready().await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     let markers = mesh.dir.path().join("markers");
     std::fs::create_dir_all(&markers).unwrap();
@@ -231,7 +214,7 @@ async fn three_workers_give_each_commit_the_right_result_and_every_node_agrees()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_no_live_worker_matches_stays_pending() {
     let mesh = Mesh::start(2).await;
-    ready(&mesh).await;
+    mesh.wait_ready().await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     mesh.publish_builders(0, &builders(&repo.url(), "/nonexistent"))
         .await;
@@ -265,7 +248,7 @@ async fn a_job_no_live_worker_matches_stays_pending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_steady_state_no_job_runs_on_two_workers() {
     let mesh = Mesh::start(3).await;
-    ready(&mesh).await;
+    mesh.wait_ready().await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     let toml = one_step_builder(&repo.url(), "any", "echo ok");
     mesh.publish_builders(0, &toml).await;
@@ -313,7 +296,7 @@ async fn an_exception_is_retried_on_another_worker_and_never_shown_red() {
     for i in 0..3 {
         mesh.start_node(i).await;
     }
-    ready(&mesh).await;
+    mesh.wait_ready().await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     let toml = one_step_builder(&repo.url(), "any", "echo ok");
     mesh.publish_builders(0, &toml).await;
@@ -370,7 +353,7 @@ async fn an_exception_is_retried_on_another_worker_and_never_shown_red() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_red_log_over_the_frame_limit_is_copied_to_every_node() {
     let mesh = Mesh::start(2).await;
-    ready(&mesh).await;
+    mesh.wait_ready().await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     // About 13 MiB of output that lz4 cannot shrink below the frame limit.
     let run = "head -c 10000000 /dev/urandom | base64 -w 100; echo FAIL: test_big; exit 1";
@@ -412,7 +395,7 @@ async fn a_red_log_over_the_frame_limit_is_copied_to_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_red_builds_log_outlives_its_worker() {
     let mut mesh = Mesh::start(3).await;
-    ready(&mesh).await;
+    mesh.wait_ready().await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     mesh.publish_builders(0, &builders(&repo.url(), "/nonexistent"))
         .await;
@@ -452,7 +435,7 @@ async fn submit_needs_the_announcer_role_and_webhooks_need_the_secret() {
     mesh.config_mut(0).announcer.webhook_secret_file = Some(secret_file);
     mesh.start_node(0).await;
     mesh.start_node(1).await;
-    ready(&mesh).await;
+    mesh.wait_ready().await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     mesh.publish_builders(0, &builders(&repo.url(), "/nonexistent"))
         .await;
@@ -564,7 +547,7 @@ async fn a_silent_worker_loses_its_job_to_another_within_the_lease() {
         mesh.config_mut(i).worker.max_builds = Some(4);
         mesh.start_node(i).await;
     }
-    ready(&mesh).await;
+    mesh.wait_ready().await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     let toml = one_step_builder(&repo.url(), "slow", "sleep 30");
     mesh.publish_builders(0, &toml).await;
@@ -603,7 +586,7 @@ async fn a_silent_worker_loses_its_job_to_another_within_the_lease() {
 async fn a_worker_revoked_as_compromised_loses_its_verdicts_and_the_commit_is_built_again() {
     use buildmesh_protocol::docs::RevocationReason;
     let mesh = Mesh::start(3).await;
-    ready(&mesh).await;
+    mesh.wait_ready().await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     mesh.publish_builders(0, &one_step_builder(&repo.url(), "b", "true"))
         .await;
@@ -657,7 +640,7 @@ async fn a_passing_builds_log_expires_on_every_node_and_a_red_ones_stays() {
         c.store.janitor_interval = Duration::from_millis(500);
     })
     .await;
-    ready(&mesh).await;
+    mesh.wait_ready().await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     let toml = format!(
         "version = 1\n[[builder]]\nname = \"kept\"\nrepo = \"{}\"\nbranches = [\"*\"]\nkeep_passing_logs = \"2s\"\nconfirm = \"none\"\n[[builder.step]]\nname = \"s\"\nrun = \"echo checking; test -f pass\"\n",

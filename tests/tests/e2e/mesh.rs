@@ -34,22 +34,11 @@ async fn author_n(mesh: &Mesh, i: usize, n: u64, offset: u64) -> u64 {
     last
 }
 
-async fn caught_up(mesh: &Mesh, i: usize) {
-    wait_for("the node to catch up", LONG, || async {
-        mesh.node(i)
-            .metrics()
-            .await
-            .map(|m| m.caught_up)
-            .unwrap_or(false)
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_nodes_from_one_bootstrap_each_record_reaches_all() {
     let mesh = Mesh::start(5).await;
     for i in 0..5 {
-        caught_up(&mesh, i).await;
+        mesh.wait_caught_up(i).await;
     }
     // Every node's first record is its own admission; it must reach everyone.
     for i in 0..5 {
@@ -79,7 +68,7 @@ async fn three_nodes_on_the_memory_transport_replicate_without_a_port() {
     })
     .await;
     for i in 0..3 {
-        caught_up(&mesh, i).await;
+        mesh.wait_caught_up(i).await;
         let addrs = mesh.node(i).listen_addrs().await.expect("listen addresses");
         assert!(
             !addrs.is_empty() && addrs.iter().all(|a| a.to_string().starts_with("/memory/")),
@@ -97,7 +86,7 @@ async fn three_nodes_on_the_memory_transport_replicate_without_a_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_started_after_ten_thousand_records_catches_up() {
     let mut mesh = Mesh::start_some(3, 2).await;
-    caught_up(&mesh, 0).await;
+    mesh.wait_caught_up(0).await;
     let last = author_n(&mesh, 0, 10_000, 0).await;
     assert!(last >= 10_000);
     mesh.start_node(2).await;
@@ -113,7 +102,7 @@ async fn a_node_started_after_ten_thousand_records_catches_up() {
 async fn a_partition_heals_and_every_node_ends_with_every_record() {
     let mesh = Mesh::start(4).await;
     for i in 0..4 {
-        caught_up(&mesh, i).await;
+        mesh.wait_caught_up(i).await;
         mesh.wait_replicated(mesh.id(i), 1, LONG).await;
     }
     let left = [mesh.id(0), mesh.id(1)];
@@ -160,7 +149,7 @@ async fn visible_records(mesh: &Mesh, i: usize, author: NodeId) -> usize {
 async fn a_revoked_node_is_cut_off_and_its_later_records_refused() {
     let mesh = Mesh::start(4).await;
     for i in 0..4 {
-        caught_up(&mesh, i).await;
+        mesh.wait_caught_up(i).await;
     }
     let victim = mesh.id(3);
     let before = author_n(&mesh, 3, 3, 0).await;
@@ -272,7 +261,7 @@ fn serde_bytes_buf(v: Vec<u8>) -> serde_bytes::ByteBuf {
 async fn a_node_whose_disk_was_wiped_rejoins_without_a_fork() {
     let mut mesh = Mesh::start(3).await;
     for i in 0..3 {
-        caught_up(&mesh, i).await;
+        mesh.wait_caught_up(i).await;
     }
     let before = author_n(&mesh, 2, 5, 0).await;
     mesh.wait_replicated(mesh.id(2), before, LONG).await;
@@ -280,7 +269,7 @@ async fn a_node_whose_disk_was_wiped_rejoins_without_a_fork() {
     std::fs::remove_dir_all(mesh.data_dir(2)).unwrap();
     mesh.start_node(2).await;
     // It authors nothing until it has its log back …
-    caught_up(&mesh, 2).await;
+    mesh.wait_caught_up(2).await;
     assert_eq!(
         mesh.node(2).version_vector().unwrap().get(&mesh.id(2)),
         before

@@ -44,22 +44,6 @@ async fn get(url: &str) -> (u16, String) {
     (status, r.text().await.unwrap_or_default())
 }
 
-async fn ready(mesh: &Mesh) {
-    for (i, n) in mesh.nodes.iter().enumerate() {
-        if n.is_some() {
-            wait_for("caught up", LONG, || async {
-                mesh.node(i)
-                    .metrics()
-                    .await
-                    .map(|m| m.caught_up)
-                    .unwrap_or(false)
-            })
-            .await;
-        }
-    }
-    mesh.wait_workers_known().await;
-}
-
 async fn mesh_with_console() -> (Mesh, GitRepo) {
     let mesh = Mesh::start_with(3, |i, c| {
         c.announcer.poll_interval = None;
@@ -68,7 +52,7 @@ async fn mesh_with_console() -> (Mesh, GitRepo) {
         }
     })
     .await;
-    ready(&mesh).await;
+    mesh.wait_ready().await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     mesh.publish_builders(0, &builders(&repo.url())).await;
     (mesh, repo)
