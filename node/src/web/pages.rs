@@ -1,5 +1,7 @@
 //! The pages' markup (maud: every value spliced in is escaped). One function per page, plus the
-//! layout they share and the badge; the data they show is gathered in [`super`].
+//! layout they share and the badge; the data they show is gathered in [`super`]. One job, the
+//! console's HTML, kept in one file so that the layout and the pieces every page uses (state
+//! chips, times, links, the log's lines) sit beside the pages; hence its length.
 
 use std::collections::{BTreeMap, BTreeSet};
 
