@@ -28,6 +28,26 @@ pub fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The share of one core a process used over `over` (user and system time, from /proc).
+pub async fn cpu_share(pid: u32, over: Duration) -> f64 {
+    let ticks = || -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+        n(11) + n(12)
+    };
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let before = ticks();
+    tokio::time::sleep(over).await;
+    (ticks() - before) / hz / over.as_secs_f64()
+}
+
 /// What a directory holds, in MiB.
 pub fn dir_mib(p: &Path) -> f64 {
     let mut total = 0u64;

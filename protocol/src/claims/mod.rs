@@ -48,7 +48,7 @@
 //! write the same per-job table, and splitting them would spread one invariant over files;
 //! hence its length.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use crate::entitle::Refusal;
@@ -779,6 +779,15 @@ impl Claims {
             .collect()
     }
 
+    // Whether this node's labels and trust let it build `job` (what [`Claims::eligible`] asks
+    // of it, without the others).
+    fn may_build(&self, job: &Hash) -> bool {
+        let (Some(j), Some(me)) = (self.jobs.get(job), self.workers.get(&self.me)) else {
+            return false;
+        };
+        labels_meet(&me.labels, &j.spec.requires) && self.may_rank(&j.spec, &self.me)
+    }
+
     /// The order in which eligible workers take (job, attempt) now.
     pub fn order(&self, job: &Hash, now: Timestamp) -> Vec<NodeId> {
         self.order_with(job, now, &self.busy())
@@ -862,23 +871,39 @@ impl Claims {
             }
         }
 
-        // Collapsing: never-claimed jobs behind a newer verdict are skipped.
-        let mut newest_verdict = self.newest_verdict.clone();
-        for j in self.jobs.values() {
-            if j.current().is_some() && j.spec.key.purpose.is_build() {
-                let k = (j.spec.key.builder.clone(), j.spec.key.branch.clone());
-                let e = newest_verdict.entry(k).or_insert(0);
-                *e = (*e).max(j.spec.order);
+        // Collapsing: never-claimed jobs behind a newer verdict are skipped. Every tick asks
+        // this of every job held: the names are borrowed, not copied.
+        let skip: Vec<Hash> = {
+            let mut newest: HashMap<(&str, &str), u64> = self
+                .newest_verdict
+                .iter()
+                .map(|((b, br), o)| ((b.as_str(), br.as_str()), *o))
+                .collect();
+            for j in self.jobs.values() {
+                if j.current().is_some() && j.spec.key.purpose.is_build() {
+                    let e = newest
+                        .entry((&j.spec.key.builder, &j.spec.key.branch))
+                        .or_insert(0);
+                    *e = (*e).max(j.spec.order);
+                }
             }
-        }
-        for j in self.jobs.values_mut() {
-            if j.is_final() || !j.counted.is_empty() || !j.spec.key.purpose.is_build() {
-                continue;
-            }
-            let k = (j.spec.key.builder.clone(), j.spec.key.branch.clone());
-            if newest_verdict.get(&k).is_some_and(|&o| o > j.spec.order) {
+            self.jobs
+                .values()
+                .filter(|j| {
+                    !j.is_final()
+                        && j.counted.is_empty()
+                        && j.spec.key.purpose.is_build()
+                        && newest
+                            .get(&(j.spec.key.builder.as_str(), j.spec.key.branch.as_str()))
+                            .is_some_and(|&o| o > j.spec.order)
+                })
+                .map(|j| j.spec.id)
+                .collect()
+        };
+        for id in skip {
+            if let Some(j) = self.jobs.get_mut(&id) {
                 j.skipped = true;
-                self.touched.insert(j.spec.id);
+                self.touched.insert(id);
             }
         }
 
@@ -897,6 +922,11 @@ impl Claims {
         for (_, _, id) in open {
             if self.free() == 0 {
                 break;
+            }
+            // A job this node may not build is not ranked: a builder whose only platform is
+            // offline keeps its jobs open for as long, and every tick asks.
+            if !self.may_build(&id) {
+                continue;
             }
             let order = self.order_with(&id, now, &busy);
             let Some(rank) = order.iter().position(|w| *w == self.me) else {
