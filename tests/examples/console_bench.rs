@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use buildmesh_protocol::record::{
-    Body, BuildResult, ChangeSource, Claim, CommitSeen, JobKey, Purpose, ResultCode, StepResult,
+    Body, ChangeSource, CommitSeen, JobKey, Purpose, ResultCode, StepResult,
 };
 use buildmesh_protocol::{Hash, SecretKey, Timestamp};
 use buildmesh_store::Store;
@@ -92,38 +92,17 @@ fn write_history(store: &Store, key: &SecretKey, commits: usize) -> usize {
                     sha: sha.clone(),
                     purpose: Purpose::Build,
                 };
-                let job = key_.id();
-                history.author(
-                    Body::Claim(Claim {
-                        job,
-                        key: key_.clone(),
-                        attempt: 1,
-                        lease_ms: 3000,
-                    }),
-                    t.plus(Duration::from_millis(10)),
-                );
                 let result = result_of(b, c, commits);
-                history.author(
-                    Body::BuildResult(BuildResult {
-                        job,
-                        key: key_,
-                        attempt: 1,
-                        result,
-                        steps: vec![StepResult {
-                            name: "test".into(),
-                            result,
-                            exit_code: Some(if result == ResultCode::Failure { 1 } else { 0 }),
-                            duration_ms: 600,
-                            warnings: 0,
-                            log: Some(Hash::of(format!("{sha}{b}").as_bytes())),
-                            failing_lines: Vec::new(),
-                        }],
-                        started: t.plus(Duration::from_millis(10)),
-                        finished: t.plus(Duration::from_millis(600)),
-                        config_version: 1,
-                    }),
-                    t.plus(Duration::from_millis(600)),
-                );
+                let step = StepResult {
+                    name: "test".into(),
+                    result,
+                    exit_code: Some(if result == ResultCode::Failure { 1 } else { 0 }),
+                    duration_ms: 600,
+                    warnings: 0,
+                    log: Some(Hash::of(format!("{sha}{b}").as_bytes())),
+                    failing_lines: Vec::new(),
+                };
+                history.build(key_, result, vec![step], t);
                 builds += 1;
             }
         }

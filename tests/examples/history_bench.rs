@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use buildmesh_protocol::record::{
-    Body, BuildResult, ChangeSource, Claim, CommitSeen, JobKey, Purpose, ResultCode, StepResult,
+    Body, ChangeSource, CommitSeen, JobKey, Purpose, ResultCode, StepResult,
 };
 use buildmesh_protocol::{Hash, SecretKey, Timestamp};
 use buildmesh_store::Store;
@@ -82,16 +82,6 @@ fn write_history(store: &Store, key: &SecretKey, results: usize, logs: bool) -> 
                 sha: sha.clone(),
                 purpose: Purpose::Build,
             };
-            let job = key_.id();
-            history.author(
-                Body::Claim(Claim {
-                    job,
-                    key: key_.clone(),
-                    attempt: 1,
-                    lease_ms: 3000,
-                }),
-                t.plus(Duration::from_millis(10)),
-            );
             let steps = ["checkout", "compile", "test"]
                 .iter()
                 .enumerate()
@@ -111,25 +101,14 @@ fn write_history(store: &Store, key: &SecretKey, results: usize, logs: bool) -> 
                     failing_lines: Vec::new(),
                 })
                 .collect();
-            history.author(
-                Body::BuildResult(BuildResult {
-                    job,
-                    key: key_,
-                    attempt: 1,
-                    result: if logs && (c + b) % 10 == 0 {
-                        ResultCode::Failure
-                    } else if c % 17 == 3 {
-                        ResultCode::Warnings
-                    } else {
-                        ResultCode::Success
-                    },
-                    steps,
-                    started: t.plus(Duration::from_millis(10)),
-                    finished: t.plus(Duration::from_millis(600)),
-                    config_version: 1,
-                }),
-                t.plus(Duration::from_millis(600)),
-            );
+            let result = if logs && (c + b) % 10 == 0 {
+                ResultCode::Failure
+            } else if c % 17 == 3 {
+                ResultCode::Warnings
+            } else {
+                ResultCode::Success
+            };
+            history.build(key_, result, steps, t);
         }
     }
     history.finish();

@@ -206,6 +206,43 @@ impl<'a> History<'a> {
         }
     }
 
+    /// Authors one build of `key` announced at `t`: its claim (attempt 1) 10 ms later and its
+    /// result with `steps` 600 ms later.
+    pub fn build(
+        &mut self,
+        key: buildmesh_protocol::record::JobKey,
+        result: buildmesh_protocol::record::ResultCode,
+        steps: Vec<buildmesh_protocol::record::StepResult>,
+        t: buildmesh_protocol::Timestamp,
+    ) {
+        use buildmesh_protocol::record::{Body, BuildResult, Claim};
+        let job = key.id();
+        let started = t.plus(Duration::from_millis(10));
+        let finished = t.plus(Duration::from_millis(600));
+        self.author(
+            Body::Claim(Claim {
+                job,
+                key: key.clone(),
+                attempt: 1,
+                lease_ms: 3000,
+            }),
+            started,
+        );
+        self.author(
+            Body::BuildResult(BuildResult {
+                job,
+                key,
+                attempt: 1,
+                result,
+                steps,
+                started,
+                finished,
+                config_version: 1,
+            }),
+            finished,
+        );
+    }
+
     fn store_batch(&mut self) {
         for o in self.store.ingest_verified(std::mem::take(&mut self.batch)) {
             o.expect("stored");

@@ -1,6 +1,8 @@
 //! The end-to-end harness: real nodes (libp2p over loopback TCP, sled on disk) started in this
 //! process from a generated testnet, raw protocol peers to play misbehaving hosts, and condition
-//! waits with generous deadlines.
+//! waits with generous deadlines. One job, a mesh for a test to drive: starting and stopping
+//! its nodes, its git repository, publishing builders, announcing commits and waiting on what
+//! every node shows, kept in one file because each test uses most of them; hence its length.
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -44,16 +44,21 @@ fn svg(label: &str, (message, fill): (&str, &str)) -> Response {
         .into_response()
 }
 
+// The answer to a badge path that does not end in `.svg`.
+fn not_a_badge() -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "a badge ends in .svg".into(),
+    )
+}
+
 pub(super) async fn builder_badge(
     State(s): State<ApiState>,
     Path((builder, branch)): Path<(String, String)>,
 ) -> Response {
     let Some(branch) = branch.strip_suffix(".svg").map(str::to_string) else {
-        return problem(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "a badge ends in .svg".into(),
-        );
+        return not_a_badge();
     };
     let name = config(&s)
         .await
@@ -83,11 +88,7 @@ pub(super) async fn branch_badge(
     Path(branch): Path<String>,
 ) -> Response {
     let Some(branch) = branch.strip_suffix(".svg").map(str::to_string) else {
-        return problem(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "a badge ends in .svg".into(),
-        );
+        return not_a_badge();
     };
     let stable: std::collections::BTreeSet<String> = config(&s)
         .await
