@@ -67,6 +67,10 @@ pub enum RecordError {
         /// [`MAX_RECORD_BYTES`].
         limit: usize,
     },
+    /// The bytes decode, but are not the one encoding the author's node wrote: a relay changed
+    /// them without touching the signed envelope. Refused so that a record has one form only.
+    #[error("record bytes are not in canonical form")]
+    NotCanonical,
     /// The first record of a log must point at the zero hash.
     #[error("record 1 of {author} has a non-zero prev hash")]
     BadGenesisLink {
@@ -290,6 +294,9 @@ impl Record {
     /// admission or the chain (see `Trust` and the store).
     pub fn verify(bytes: &[u8]) -> Result<Record, RecordError> {
         let signed: SignedRecord = codec::decode_limited("record", bytes, MAX_RECORD_BYTES)?;
+        if codec::encode("record", &signed)? != bytes {
+            return Err(RecordError::NotCanonical);
+        }
         let envelope: Envelope = codec::decode("record envelope", &signed.envelope)?;
         envelope
             .author

@@ -185,7 +185,9 @@ fn a_flipped_bit_anywhere_in_a_record_fails_verification() {
     for body in every_body() {
         let r = Record::author(&author, 1, Hash::ZERO, T0, &body).unwrap();
         for i in 0..r.bytes.len() {
-            for bit in [0u8, 3, 7] {
+            // Every bit: flipping bit 5 of a CBOR header turns a text key into a byte key, which
+            // serde reads the same; only the canonical-form check refuses that.
+            for bit in 0u8..8 {
                 let mut b = r.bytes.clone();
                 b[i] ^= 1 << bit;
                 assert!(
