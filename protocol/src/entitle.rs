@@ -16,6 +16,11 @@
 //!   [`crate::claims`] (attempts grow one at a time up to the builder's `max_attempts`, the
 //!   worker's labels match the builder's, a result counts only from its attempt's winner);
 //! - `Publish`: the document's own maintainer signatures (see [`crate::trust`]);
+//! - `Rebuild`: the signed request of a caller with the announcer or maintainer role that asks
+//!   for exactly these builders of this commit ([`rebuild`]);
+//! - `Cancel`: the signed request of an admitted caller that names this job ([`cancel`]);
+//!   whether that caller may stop that job (a maintainer, or the key whose request started it)
+//!   is a rule over the job, applied where jobs are known ([`may_cancel`]);
 //! - a kind this node does not know: stored and forwarded, never counted.
 //!
 //! Times: a record dated more than [`MAX_FUTURE`] ahead of the receiver's clock is not yet due;
@@ -25,10 +30,10 @@ use std::time::Duration;
 
 use crate::docs::Role;
 use crate::keys::NodeId;
-use crate::record::{Body, CommitSeen, Envelope};
+use crate::record::{Body, Cancel, CommitSeen, Envelope, Rebuild};
 use crate::time::Timestamp;
 use crate::trust::Trust;
-use crate::wire::ApiAction;
+use crate::wire::{ApiAction, ApiRequest, SignedRequest};
 
 /// How far ahead of the receiver's clock a record may be dated and still be taken now. Clocks
 /// of volunteer hosts drift by seconds, rarely by minutes; a record further ahead waits (it
@@ -62,6 +67,9 @@ pub enum Refusal {
     OthersRevalidation,
     /// A body that does not decode although its kind is known.
     Malformed,
+    /// A cancel from a caller who is neither a maintainer nor the key whose request started
+    /// the build.
+    NotCanceller,
 }
 
 impl Refusal {
@@ -78,6 +86,7 @@ impl Refusal {
             Refusal::Unclaimed => "unclaimed-result",
             Refusal::OthersRevalidation => "unentitled-revalidation",
             Refusal::Malformed => "malformed-body",
+            Refusal::NotCanceller => "unentitled-cancel",
         }
     }
 
@@ -136,6 +145,8 @@ pub fn record(trust: &Trust, envelope: &Envelope, body: Option<&Body>, now: Time
                 .ok_or(Refusal::NotWorker)
         }
         Body::Publish(_) => Ok(()),
+        Body::Rebuild(r) => rebuild(trust, envelope.time, r).map(|_| ()),
+        Body::Cancel(c) => cancel(trust, envelope.time, c).map(|_| ()),
     };
     match verdict {
         Ok(()) => Entitled::Counts,
@@ -181,6 +192,59 @@ pub fn commit_seen(
             Ok(())
         }
         _ => Err(Refusal::BadRequest),
+    }
+}
+
+// The caller's request a record dated `time` carries: it verifies and is dated near the record.
+fn carried(signed: &SignedRequest, time: Timestamp) -> Result<ApiRequest, Refusal> {
+    let req = signed.verify().map_err(|_| Refusal::BadRequest)?;
+    let skew = if req.time > time {
+        req.time.since(time)
+    } else {
+        time.since(req.time)
+    };
+    if skew > MAX_REQUEST_SKEW {
+        return Err(Refusal::BadRequest);
+    }
+    Ok(req)
+}
+
+/// The rule for a `Rebuild` record dated `time`: its request verifies, comes from an announcer
+/// or a maintainer, and asks for exactly these builders of this commit. Returns the caller.
+pub fn rebuild(trust: &Trust, time: Timestamp, r: &Rebuild) -> Result<NodeId, Refusal> {
+    let req = carried(&r.request, time)?;
+    if !may_request_announce(trust, &req.key, req.time)
+        || !req.action.asks_rebuild(&r.branch, &r.sha, &r.builders)
+    {
+        return Err(Refusal::BadRequest);
+    }
+    Ok(req.key)
+}
+
+/// The record-level rule for a `Cancel` dated `time`: its request verifies, comes from an
+/// admitted caller, and names this job. Returns the caller and when it asked; whether it may
+/// stop this job is [`may_cancel`].
+pub fn cancel(trust: &Trust, time: Timestamp, c: &Cancel) -> Result<(NodeId, Timestamp), Refusal> {
+    let req = carried(&c.request, time)?;
+    if trust.may_author(&req.key, req.time).is_err() || !req.action.asks_cancel(&c.job) {
+        return Err(Refusal::BadRequest);
+    }
+    Ok((req.key, req.time))
+}
+
+/// Whether `caller`, asking at `at`, may stop a job: a maintainer may stop any; anyone else
+/// only a job their own request started (`starters`: the rebuild's caller, or the keys whose
+/// `submit` announced the commit).
+pub fn may_cancel(
+    trust: &Trust,
+    caller: &NodeId,
+    at: Timestamp,
+    starters: &[NodeId],
+) -> Result<(), Refusal> {
+    if trust.is_maintainer(caller, at) || starters.contains(caller) {
+        Ok(())
+    } else {
+        Err(Refusal::NotCanceller)
     }
 }
 
@@ -338,6 +402,80 @@ mod tests {
         assert_eq!(
             by(&m.worker, &commit(Some(forged))),
             Entitled::Kept(Refusal::BadRequest)
+        );
+    }
+
+    #[test]
+    fn rebuilds_need_an_announcers_request_for_exactly_them_and_cancels_an_admitted_caller() {
+        let m = mesh();
+        let t = &m.trust;
+        let now = Timestamp(NOW);
+        let sha = "abcdef0123456789";
+        let ask = |k: &SecretKey, builder: Option<&str>, prefix: &str| {
+            SignedRequest::sign(
+                k,
+                ApiAction::Rebuild {
+                    sha: prefix.into(),
+                    branch: None,
+                    builder: builder.map(Into::into),
+                },
+                now,
+            )
+        };
+        let rebuild = |request: SignedRequest, builders: &[&str]| {
+            Body::Rebuild(Rebuild {
+                repo: "r".into(),
+                branch: "main".into(),
+                sha: sha.into(),
+                builders: builders.iter().map(|b| b.to_string()).collect(),
+                request,
+            })
+        };
+        let by = |b: &Body| record(t, &env(&m.worker, b.kind(), NOW), Some(b), now);
+        assert_eq!(
+            by(&rebuild(ask(&m.announcer, Some("b1"), "abcdef0"), &["b1"])),
+            Entitled::Counts
+        );
+        assert_eq!(
+            by(&rebuild(ask(&m.maintainer, None, sha), &[])),
+            Entitled::Counts
+        );
+        for bad in [
+            // A worker may not ask; the record names another builder, more builders, another
+            // commit, or a prefix too short to mean one commit.
+            rebuild(ask(&m.worker, Some("b1"), sha), &["b1"]),
+            rebuild(ask(&m.announcer, Some("b1"), sha), &["b2"]),
+            rebuild(ask(&m.announcer, Some("b1"), sha), &["b1", "b2"]),
+            rebuild(ask(&m.announcer, None, "abcdef1"), &[]),
+            rebuild(ask(&m.announcer, None, "abc"), &[]),
+        ] {
+            assert_eq!(by(&bad), Entitled::Kept(Refusal::BadRequest));
+        }
+        let job = Hash::of(b"job");
+        let stop = |k: &SecretKey, build: String| {
+            Body::Cancel(Cancel {
+                job,
+                request: SignedRequest::sign(k, ApiAction::Cancel { build }, now),
+            })
+        };
+        let id = format!("{}-2", &job.to_string()[..16]);
+        assert_eq!(by(&stop(&m.worker, id.clone())), Entitled::Counts);
+        let stranger = SecretKey::from_seed([9; 32]);
+        assert_eq!(
+            by(&stop(&stranger, id)),
+            Entitled::Kept(Refusal::BadRequest)
+        );
+        let other = Hash::of(b"other").to_string();
+        assert_eq!(
+            by(&stop(&m.worker, other[..16].to_string())),
+            Entitled::Kept(Refusal::BadRequest)
+        );
+        // Which job a caller may stop: a maintainer any, others their own.
+        assert!(may_cancel(t, &m.maintainer.id(), now, &[]).is_ok());
+        assert!(may_cancel(t, &m.announcer.id(), now, &[m.announcer.id()]).is_ok());
+        assert_eq!(
+            may_cancel(t, &m.announcer.id(), now, &[m.worker.id()]),
+            Err(Refusal::NotCanceller)
         );
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::builders::BuilderConfig;
 use crate::claims::JobSpec;
-use crate::record::JobKey;
+use crate::record::{JobKey, Purpose, Rebuild};
 use crate::time::Timestamp;
 
 /// An announcement older than this when a node first learns it is old news: a node back from a
@@ -27,17 +27,44 @@ pub fn derive(
     sha: &str,
     announced: Timestamp,
 ) -> Vec<JobSpec> {
+    specs(config, repo, branch, sha, announced, Purpose::Build, &[])
+}
+
+/// The jobs of a counted rebuild asked for at `asked`: one per builder it names (every builder
+/// of the commit when it names none), ordered by when it was asked, so that each comes after
+/// every earlier build of its commit. A builder the configuration does not have (any more) gets
+/// no job.
+pub fn rebuild(config: &BuilderConfig, r: &Rebuild, asked: Timestamp) -> Vec<JobSpec> {
+    let Some(purpose) = r.purpose() else {
+        return Vec::new();
+    };
+    specs(config, &r.repo, &r.branch, &r.sha, asked, purpose, &r.builders)
+}
+
+fn specs(
+    config: &BuilderConfig,
+    repo: &str,
+    branch: &str,
+    sha: &str,
+    announced: Timestamp,
+    purpose: Purpose,
+    only: &[String],
+) -> Vec<JobSpec> {
     config
         .builders
         .iter()
-        .filter(|b| b.repo == repo && b.wants_branch(branch))
+        .filter(|b| {
+            b.repo == repo
+                && b.wants_branch(branch)
+                && (only.is_empty() || only.contains(&b.name))
+        })
         .map(|b| {
             let key = JobKey {
                 builder: b.name.clone(),
                 repo: repo.to_string(),
                 branch: branch.to_string(),
                 sha: sha.to_string(),
-                purpose: Default::default(),
+                purpose,
             };
             JobSpec {
                 id: key.id(),

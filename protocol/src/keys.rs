@@ -69,6 +69,10 @@ pub enum Domain {
     Request,
     /// A [`crate::docs::Release`] document.
     Release,
+    /// A record of kind `Rebuild`.
+    Rebuild,
+    /// A record of kind `Cancel`.
+    Cancel,
 }
 
 impl Domain {
@@ -87,6 +91,8 @@ impl Domain {
             Domain::Ephemeral => b"buildmesh/v1/ephemeral",
             Domain::Request => b"buildmesh/v1/request",
             Domain::Release => b"buildmesh/v1/doc/release",
+            Domain::Rebuild => b"buildmesh/v1/record/rebuild",
+            Domain::Cancel => b"buildmesh/v1/record/cancel",
         }
     }
 

@@ -96,6 +96,10 @@ pub enum RecordKind {
     NotificationSent,
     /// See [`Publish`].
     Publish,
+    /// See [`Rebuild`].
+    Rebuild,
+    /// See [`Cancel`].
+    Cancel,
     /// A kind named by a newer version of the protocol.
     Unknown(KindName),
 }
@@ -142,12 +146,14 @@ impl fmt::Debug for KindName {
 }
 
 impl RecordKind {
-    const KNOWN: [RecordKind; 5] = [
+    const KNOWN: [RecordKind; 7] = [
         RecordKind::CommitSeen,
         RecordKind::Claim,
         RecordKind::BuildResult,
         RecordKind::NotificationSent,
         RecordKind::Publish,
+        RecordKind::Rebuild,
+        RecordKind::Cancel,
     ];
 
     /// The kind's name, as it travels.
@@ -158,6 +164,8 @@ impl RecordKind {
             RecordKind::BuildResult => "build-result",
             RecordKind::NotificationSent => "notification-sent",
             RecordKind::Publish => "publish",
+            RecordKind::Rebuild => "rebuild",
+            RecordKind::Cancel => "cancel",
             RecordKind::Unknown(n) => n.as_str(),
         }
     }
@@ -184,6 +192,8 @@ impl RecordKind {
             RecordKind::BuildResult => Domain::BuildResult.tag().to_vec(),
             RecordKind::NotificationSent => Domain::NotificationSent.tag().to_vec(),
             RecordKind::Publish => Domain::Publish.tag().to_vec(),
+            RecordKind::Rebuild => Domain::Rebuild.tag().to_vec(),
+            RecordKind::Cancel => Domain::Cancel.tag().to_vec(),
             RecordKind::Unknown(n) => format!("buildmesh/v1/record/{}", n.as_str()).into_bytes(),
         }
     }
@@ -358,6 +368,10 @@ pub enum Body {
     NotificationSent(NotificationSent),
     /// See [`Publish`].
     Publish(Publish),
+    /// See [`Rebuild`].
+    Rebuild(Rebuild),
+    /// See [`Cancel`].
+    Cancel(Cancel),
 }
 
 impl Body {
@@ -369,6 +383,8 @@ impl Body {
             Body::BuildResult(_) => RecordKind::BuildResult,
             Body::NotificationSent(_) => RecordKind::NotificationSent,
             Body::Publish(_) => RecordKind::Publish,
+            Body::Rebuild(_) => RecordKind::Rebuild,
+            Body::Cancel(_) => RecordKind::Cancel,
         }
     }
 
@@ -379,6 +395,8 @@ impl Body {
             Body::BuildResult(b) => codec::encode("build-result body", b),
             Body::NotificationSent(b) => codec::encode("notification-sent body", b),
             Body::Publish(b) => codec::encode("publish body", b),
+            Body::Rebuild(b) => codec::encode("rebuild body", b),
+            Body::Cancel(b) => codec::encode("cancel body", b),
         }
     }
 
@@ -394,6 +412,8 @@ impl Body {
                 Body::NotificationSent(codec::decode("notification-sent body", bytes)?)
             }
             RecordKind::Publish => Body::Publish(codec::decode("publish body", bytes)?),
+            RecordKind::Rebuild => Body::Rebuild(codec::decode("rebuild body", bytes)?),
+            RecordKind::Cancel => Body::Cancel(codec::decode("cancel body", bytes)?),
             RecordKind::Unknown(n) => return Err(RecordError::UnknownKind(n.as_str().into())),
         })
     }
@@ -478,6 +498,14 @@ pub enum Purpose {
         /// Who reported the red.
         worker: NodeId,
     },
+    /// Builds a commit again on someone's request (`buildmesh rebuild`): a job of its own,
+    /// whatever the commit's other jobs came to, whose result becomes the builder's current one.
+    Rebuild {
+        /// The hash of the caller's signed request (one rebuild per request).
+        request: Hash,
+        /// The caller: it may cancel the build.
+        by: NodeId,
+    },
     /// Builds a known-green commit on a quarantined worker, so that it can earn its way out.
     Revalidate {
         /// The quarantined worker.
@@ -493,6 +521,12 @@ impl Purpose {
     /// Whether it is an ordinary build.
     pub fn is_build(&self) -> bool {
         *self == Purpose::Build
+    }
+
+    /// Whether its result is the commit's result on its builder, as an ordinary build's is:
+    /// an ordinary build or a rebuild (a confirmation or a re-validation is about a host).
+    pub fn is_ordinary(&self) -> bool {
+        matches!(self, Purpose::Build | Purpose::Rebuild { .. })
     }
 }
 
@@ -759,6 +793,45 @@ pub struct NotificationSent {
     pub to: Vec<String>,
     /// The election term of the sender.
     pub term: u64,
+}
+
+/// A rebuild a caller asked for: one new job per builder named, each a [`Purpose::Rebuild`]
+/// of the commit, ordered after every earlier build of it (by this record's time) so that its
+/// result becomes the builder's current one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rebuild {
+    /// Repository.
+    pub repo: String,
+    /// Branch.
+    pub branch: String,
+    /// Full commit id.
+    pub sha: String,
+    /// The builders to build it again; empty for every builder that builds the commit.
+    pub builders: Vec<String>,
+    /// The caller's signed request ([`crate::wire::ApiAction::Rebuild`]): every node checks
+    /// the caller's role from it.
+    pub request: crate::wire::SignedRequest,
+}
+
+impl Rebuild {
+    /// The purpose of its jobs.
+    pub fn purpose(&self) -> Option<Purpose> {
+        let req = self.request.verify().ok()?;
+        Some(Purpose::Rebuild {
+            request: Hash::of(&self.request.bytes),
+            by: req.key,
+        })
+    }
+}
+
+/// A caller stops a build (`buildmesh cancel`): a running one on whichever worker runs it, a
+/// pending one before anyone claims it. The job ends `cancelled`, final, never mailed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// The job.
+    pub job: Hash,
+    /// The caller's signed request ([`crate::wire::ApiAction::Cancel`]).
+    pub request: crate::wire::SignedRequest,
 }
 
 /// A maintainer-signed document, published through a node's log.

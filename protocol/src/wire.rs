@@ -281,7 +281,60 @@ pub enum ApiAction {
         /// Full commit id.
         sha: String,
     },
+    /// Build a commit again (`buildmesh rebuild`).
+    Rebuild {
+        /// The commit, as the caller typed it (a full id or an unambiguous prefix).
+        sha: String,
+        /// Its branch, when the caller named one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        branch: Option<String>,
+        /// The builder; `None` for every builder of the commit (`--all`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        builder: Option<String>,
+    },
+    /// Stop a build (`buildmesh cancel`).
+    Cancel {
+        /// The build as the caller named it: a build id (`<job prefix>[-<attempt>]`).
+        build: String,
+    },
 }
+
+impl ApiAction {
+    /// Whether a rebuild record for `builders` of (`branch`, `sha`) is what this asks for.
+    pub fn asks_rebuild(&self, r_branch: &str, r_sha: &str, builders: &[String]) -> bool {
+        match self {
+            ApiAction::Rebuild {
+                sha,
+                branch,
+                builder,
+            } => {
+                sha.len() >= MIN_SHA_PREFIX
+                    && r_sha.starts_with(sha.as_str())
+                    && branch.as_deref().is_none_or(|b| b == r_branch)
+                    && match builder {
+                        Some(b) => builders.len() == 1 && builders[0] == *b,
+                        None => builders.is_empty(),
+                    }
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a cancel record for `job` is what this asks for.
+    pub fn asks_cancel(&self, job: &Hash) -> bool {
+        match self {
+            ApiAction::Cancel { build } => {
+                let prefix = build.split_once('-').map_or(build.as_str(), |(p, _)| p);
+                prefix.len() >= MIN_SHA_PREFIX
+                    && job.to_string().starts_with(&prefix.to_ascii_lowercase())
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The shortest commit or build id prefix a request may name: what `git log --oneline` shows.
+pub const MIN_SHA_PREFIX: usize = 7;
 
 impl SignedRequest {
     /// Signs a request with the caller's key.

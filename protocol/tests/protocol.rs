@@ -122,6 +122,31 @@ fn every_body() -> Vec<Body> {
         Body::Publish(Publish {
             doc: signed(&admission(mesh, &key(5), &[Role::Worker], None), &[&key(1)]),
         }),
+        Body::Rebuild(buildmesh_protocol::record::Rebuild {
+            repo: k.repo.clone(),
+            branch: k.branch.clone(),
+            sha: k.sha.clone(),
+            builders: vec![k.builder.clone()],
+            request: buildmesh_protocol::wire::SignedRequest::sign(
+                &key(4),
+                buildmesh_protocol::wire::ApiAction::Rebuild {
+                    sha: k.sha.clone(),
+                    branch: None,
+                    builder: Some(k.builder.clone()),
+                },
+                T0,
+            ),
+        }),
+        Body::Cancel(buildmesh_protocol::record::Cancel {
+            job: k.id(),
+            request: buildmesh_protocol::wire::SignedRequest::sign(
+                &key(4),
+                buildmesh_protocol::wire::ApiAction::Cancel {
+                    build: k.id().to_string()[..16].to_string(),
+                },
+                T0,
+            ),
+        }),
     ]
 }
 
@@ -518,6 +543,8 @@ proptest! {
             buildmesh_protocol::record::RecordKind::BuildResult,
             buildmesh_protocol::record::RecordKind::NotificationSent,
             buildmesh_protocol::record::RecordKind::Publish,
+            buildmesh_protocol::record::RecordKind::Rebuild,
+            buildmesh_protocol::record::RecordKind::Cancel,
         ] {
             let _ = Body::decode(kind, &bytes);
         }
@@ -525,7 +552,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_valid_records_never_panic(idx in any::<proptest::sample::Index>(), val in any::<u8>(), which in 0usize..5) {
+    fn mutated_valid_records_never_panic(idx in any::<proptest::sample::Index>(), val in any::<u8>(), which in 0usize..7) {
         let body = every_body().swap_remove(which);
         let r = Record::author(&key(3), 1, Hash::ZERO, T0, &body).unwrap();
         let mut b = r.bytes.clone();

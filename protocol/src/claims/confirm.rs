@@ -255,6 +255,7 @@ impl Claims {
             JobState::Running { .. } => BuildState::Running,
             JobState::Skipped => BuildState::Skipped,
             JobState::GivenUp { .. } => BuildState::Exception,
+            JobState::Cancelled { .. } => BuildState::Cancelled,
             JobState::Done {
                 result: ResultCode::Failure,
                 ..

@@ -121,8 +121,8 @@ pub enum Action {
         /// The lease to announce, in milliseconds.
         lease_ms: u64,
     },
-    /// Stop this node's build of (job, attempt): another worker won it, or a newer attempt
-    /// superseded it.
+    /// Stop this node's build of (job, attempt): another worker won it, a newer attempt
+    /// superseded it, or a caller cancelled the job.
     Abandon {
         /// The job.
         job: Hash,
@@ -162,6 +162,11 @@ pub enum JobState {
         /// Attempts made.
         attempts: u32,
     },
+    /// Stopped on a caller's request before it had a verdict: final, never retried.
+    Cancelled {
+        /// The attempt it was in.
+        attempt: u32,
+    },
 }
 
 impl JobState {
@@ -171,7 +176,8 @@ impl JobState {
         match self {
             JobState::Pending { attempt }
             | JobState::Running { attempt, .. }
-            | JobState::Done { attempt, .. } => *attempt,
+            | JobState::Done { attempt, .. }
+            | JobState::Cancelled { attempt } => *attempt,
             JobState::GivenUp { attempts } => *attempts,
             JobState::Skipped => 1,
         }
@@ -206,6 +212,8 @@ struct Job {
     results: BTreeMap<(u32, NodeId), ResultCode>,
     skipped: bool,
     given_up: bool,
+    // A caller stopped it (see `Claims::cancel`).
+    cancelled: bool,
 }
 
 /// The most claims and results of not-yet-known jobs a machine holds.
@@ -615,6 +623,7 @@ impl Claims {
                 results: BTreeMap::new(),
                 skipped: false,
                 given_up: false,
+                cancelled: false,
             },
         );
         self.touched.insert(id);
@@ -703,6 +712,20 @@ impl Claims {
         j.settle(now);
         self.health_dirty = true;
         self.follow_up(&job, now);
+    }
+
+    /// A caller stopped `job` (an entitled `Cancel` record): unless it has a verdict already,
+    /// it ends cancelled, is never claimed or retried again, and this node abandons its build
+    /// of it at the next tick. Returns whether the job is known.
+    pub fn cancel(&mut self, job: &Hash) -> bool {
+        let Some(j) = self.jobs.get_mut(job) else {
+            return false;
+        };
+        if !j.cancelled {
+            j.cancelled = true;
+            self.touched.insert(*job);
+        }
+        true
     }
 
     /// This node stopped running (job, attempt) and no result record of it will come (its claim
@@ -859,7 +882,7 @@ impl Claims {
             let Some(j) = self.jobs.get(&job) else {
                 continue;
             };
-            let lost = j.winner(attempt).is_some_and(|w| w != self.me);
+            let lost = j.cancelled || j.winner(attempt).is_some_and(|w| w != self.me);
             let superseded = j
                 .counted
                 .range(attempt + 1..)
@@ -1038,7 +1061,7 @@ impl Job {
     }
 
     fn is_final(&self) -> bool {
-        self.skipped || self.given_up || self.current().is_some()
+        self.skipped || self.given_up || self.cancelled || self.current().is_some()
     }
 
     fn reopen(&mut self, now: Timestamp) {
@@ -1056,6 +1079,11 @@ impl Job {
                 attempt,
                 worker,
                 result,
+            };
+        }
+        if self.cancelled {
+            return JobState::Cancelled {
+                attempt: self.attempt,
             };
         }
         if self.skipped {
@@ -1177,6 +1205,40 @@ mod tests {
             }]
         );
         assert!(m[first].tick(at(701)).is_empty());
+    }
+
+    #[test]
+    fn a_cancelled_job_is_abandoned_by_its_worker_never_retried_and_a_verdict_stands() {
+        let (mut m, job, order) = one_job(2);
+        let first = m.iter().position(|c| c.me == order[0]).unwrap();
+        assert!(!m[first].tick(T).is_empty());
+        for c in m.iter_mut() {
+            c.claim(order[0], job.id, 1, at(10));
+            assert!(c.cancel(&job.id));
+        }
+        assert_eq!(
+            m[first].tick(at(20)),
+            vec![Action::Abandon {
+                job: job.id,
+                attempt: 1
+            }]
+        );
+        // The worker's cancelled result does not reopen it, nor does a lapsed lease.
+        for c in m.iter_mut() {
+            c.result(order[0], job.id, 1, ResultCode::Cancelled, at(30));
+            assert!(c.tick(at(60_000)).is_empty(), "never claimed again");
+            assert_eq!(c.state(&job.id), Some(JobState::Cancelled { attempt: 1 }));
+        }
+        // A pending job cancelled is not claimed; a verdict that came anyway stands.
+        let (mut m, job, order) = one_job(2);
+        for c in m.iter_mut() {
+            c.cancel(&job.id);
+            assert!(c.tick(T).is_empty());
+            c.claim(order[0], job.id, 1, T);
+            c.result(order[0], job.id, 1, ResultCode::Success, T);
+            assert!(matches!(c.state(&job.id), Some(JobState::Done { .. })));
+        }
+        assert!(!m[0].cancel(&Hash::of(b"unknown")));
     }
 
     // Both workers busy, new jobs queued; both builds end at the same instant and neither has
