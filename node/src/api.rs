@@ -14,6 +14,10 @@
 //! - `GET /api/v1/builds/{id}/log?step=NAME`: a build's step log, fetched from whoever holds it.
 //! - `POST /api/v1/submit`: a commit announcement signed by a key with the announcer or
 //!   maintainer role; the signed request travels inside the record it causes.
+//! - `POST /api/v1/rebuild`: build a commit again on one builder or all of its builders, signed
+//!   by a key with the announcer or maintainer role; answers the new builds' ids.
+//! - `POST /api/v1/cancel`: stop a pending or running build, signed by a maintainer or by the key
+//!   whose request started it.
 //! - `POST /api/v1/webhook`: GitHub, Gitea or Forgejo push webhooks (HMAC checked).
 //! - `GET /api/v1/notifier`: the notifier holder, term and lease as this node sees them.
 //! - `GET /api/v1/notifications`: every mail sent (the `NotificationSent` records of notifiers),
@@ -73,6 +77,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/builds", get(builds))
         .route("/api/v1/builds/{id}/log", get(log))
         .route("/api/v1/submit", post(submit))
+        .route("/api/v1/rebuild", post(rebuild))
+        .route("/api/v1/cancel", post(cancel))
         .route("/api/v1/webhook", post(webhook))
         .route("/api/v1/notifier", get(notifier))
         .route("/api/v1/notifications", get(notifications))
@@ -427,8 +433,8 @@ struct BuildsQuery {
     builder: Option<String>,
     branch: Option<String>,
     limit: Option<usize>,
-    // Absent: ordinary builds only (a red's confirmation is in its `confirmation`); `all`, or
-    // `confirm` / `revalidate` for those builds.
+    // Absent: ordinary builds and rebuilds (a red's confirmation is in its `confirmation`);
+    // `all`, or `confirm` / `revalidate` / `rebuild` for those builds.
     purpose: Option<String>,
 }
 
@@ -436,7 +442,11 @@ fn matches(b: &BuildView, q: &BuildsQuery) -> bool {
     let purpose = matches!(
         (&b.purpose, q.purpose.as_deref()),
         (_, Some("all"))
-            | (Purpose::Build, None | Some("build"))
+            | (
+                Purpose::Build | Purpose::Rebuild { .. },
+                None | Some("build")
+            )
+            | (Purpose::Rebuild { .. }, Some("rebuild"))
             | (Purpose::Confirm { .. }, Some("confirm"))
             | (Purpose::Revalidate { .. }, Some("revalidate"))
     );
@@ -466,7 +476,7 @@ async fn builds(State(s): State<ApiState>, Query(mut q): Query<BuildsQuery>) -> 
     }
     let limit = q.limit.unwrap_or(500);
     let kind = match q.purpose.as_deref() {
-        None | Some("build") => Some(Some(Kind::Build)),
+        None | Some("build" | "rebuild") => Some(Some(Kind::Build)),
         Some("confirm") => Some(Some(Kind::Confirm)),
         Some("revalidate") => Some(Some(Kind::Revalidate)),
         Some("all") => Some(None),
@@ -475,21 +485,25 @@ async fn builds(State(s): State<ApiState>, Query(mut q): Query<BuildsQuery>) -> 
     let Some(kind) = kind else {
         return Json(Vec::<BuildView>::new()).into_response();
     };
+    // Rebuilds are listed with the builds: asking for them alone filters the listing.
+    let whole = q.purpose.as_deref() != Some("rebuild");
     let found = read(&s, move |v| {
-        match (&q.commit, &q.builder, &q.branch) {
+        let listing = match (&q.commit, &q.builder, &q.branch) {
             // The listing is the query: the stored JSON as it is.
-            (None, Some(b), Some(br)) => v.builds_json(Listing::Branch(b, br), kind, limit),
-            (None, Some(b), None) => v.builds_json(Listing::Builder(b), kind, limit),
-            (None, None, None) => v.builds_json(Listing::All, kind, limit),
-            (Some(c), _, _) => {
-                let out = v.builds(Listing::Commit(c), |b| matches(b, &q), limit)?;
-                Ok(serde_json::to_vec(&out).unwrap_or_default())
+            (None, Some(b), Some(br)) if whole => {
+                return v.builds_json(Listing::Branch(b, br), kind, limit);
             }
-            (None, None, Some(_)) => {
-                let out = v.builds(Listing::All, |b| matches(b, &q), limit)?;
-                Ok(serde_json::to_vec(&out).unwrap_or_default())
+            (None, Some(b), None) if whole => {
+                return v.builds_json(Listing::Builder(b), kind, limit);
             }
-        }
+            (None, None, None) if whole => return v.builds_json(Listing::All, kind, limit),
+            (Some(c), _, _) => Listing::Commit(c),
+            (None, Some(b), Some(br)) => Listing::Branch(b, br),
+            (None, Some(b), None) => Listing::Builder(b),
+            (None, None, _) => Listing::All,
+        };
+        let out = v.builds(listing, |b| matches(b, &q), limit)?;
+        Ok(serde_json::to_vec(&out).unwrap_or_default())
     })
     .await;
     match found {
@@ -594,30 +608,46 @@ async fn log(
         .into_response()
 }
 
-async fn submit(State(s): State<ApiState>, body: Bytes) -> Response {
-    use buildmesh_protocol::wire::{ApiAction, SignedRequest};
-    let (signed, req) = match SignedRequest::from_bytes(&body)
+// A signed request from an HTTP body: it verifies and is dated near this node's clock.
+#[allow(clippy::result_large_err)]
+fn signed_request(
+    body: &[u8],
+) -> Result<
+    (
+        buildmesh_protocol::wire::SignedRequest,
+        buildmesh_protocol::wire::ApiRequest,
+    ),
+    Response,
+> {
+    use buildmesh_protocol::wire::SignedRequest;
+    let (signed, req) = SignedRequest::from_bytes(body)
         .map_err(|e| e.to_string())
         .and_then(|r| r.verify().map(|v| (r, v)).map_err(|e| e.to_string()))
-    {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
+        .map_err(|e| {
+            error(
                 StatusCode::BAD_REQUEST,
                 format!("not a signed request: {e}"),
-            );
-        }
-    };
+            )
+        })?;
     let now = buildmesh_protocol::Timestamp::now();
     if req.time.since(now) > MAX_REQUEST_SKEW || now.since(req.time) > MAX_REQUEST_SKEW {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             format!(
                 "request dated {}, more than 5 minutes from this node's clock",
                 req.time
             ),
-        );
+        ));
     }
+    Ok((signed, req))
+}
+
+async fn submit(State(s): State<ApiState>, body: Bytes) -> Response {
+    use buildmesh_protocol::wire::ApiAction;
+    let (signed, req) = match signed_request(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     match s.replica.may_announce(req.key).await {
         Ok(Ok(())) => {}
         Ok(Err(why)) => {
@@ -628,7 +658,12 @@ async fn submit(State(s): State<ApiState>, body: Bytes) -> Response {
         }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
-    let ApiAction::Submit { repo, branch, sha } = req.action;
+    let ApiAction::Submit { repo, branch, sha } = req.action else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not a submit request (rebuild and cancel have endpoints of their own)",
+        );
+    };
     if repo.trim().is_empty() || branch.trim().is_empty() || sha.trim().is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
@@ -649,6 +684,234 @@ async fn submit(State(s): State<ApiState>, body: Bytes) -> Response {
         },
     )
     .await
+}
+
+/// The answer to `POST /api/v1/rebuild`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rebuilt {
+    /// The rebuild record.
+    pub record: RecordAt,
+    /// Repository.
+    pub repo: String,
+    /// Branch.
+    pub branch: String,
+    /// The full commit id.
+    pub sha: String,
+    /// The new builds, one per builder: what `buildmesh log` and `buildmesh cancel` take.
+    pub builds: Vec<RebuiltBuild>,
+}
+
+/// One build a rebuild made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RebuiltBuild {
+    /// Builder.
+    pub builder: String,
+    /// The build id.
+    pub build: String,
+}
+
+async fn rebuild(State(s): State<ApiState>, body: Bytes) -> Response {
+    use buildmesh_protocol::record::{Body, Rebuild};
+    use buildmesh_protocol::wire::{ApiAction, MIN_SHA_PREFIX};
+    let (signed, req) = match signed_request(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let ApiAction::Rebuild {
+        sha,
+        branch,
+        builder,
+    } = req.action.clone()
+    else {
+        return error(StatusCode::BAD_REQUEST, "not a rebuild request");
+    };
+    match s.replica.may_announce(req.key).await {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("{} may not rebuild: {why}", req.key),
+            );
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+    if sha.len() < MIN_SHA_PREFIX || sha.len() > 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("a commit is named by {MIN_SHA_PREFIX} to 64 hex digits, not {sha:?}"),
+        );
+    }
+    let config = match s.replica.config().await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return error(StatusCode::CONFLICT, "no builder configuration is in force");
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    if let Some(name) = &builder {
+        match config.find(name) {
+            Some(b) if b.name == *name => {}
+            Some(b) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("name the builder as written: {:?}", b.name),
+                );
+            }
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("no builder is named {name:?} in the configuration in force"),
+                );
+            }
+        }
+    }
+    // The commits this names: those with an ordinary build, on the branch asked for.
+    let (prefix, want_branch) = (sha.to_ascii_lowercase(), branch.clone());
+    let commits = match read(&s, move |v| {
+        let builds = v.builds(
+            Listing::Commit(&prefix),
+            |b| b.purpose.is_ordinary() && want_branch.as_ref().is_none_or(|w| *w == b.branch),
+            10_000,
+        )?;
+        Ok(builds
+            .into_iter()
+            .map(|b| (b.repo, b.branch, b.sha))
+            .collect::<std::collections::BTreeSet<_>>())
+    })
+    .await
+    {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let (repo, branch, full) = match commits.len() {
+        0 => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no build of a commit {sha}… is known here (announce it with `buildmesh submit`)"
+                ),
+            );
+        }
+        1 => commits.into_iter().next().expect("one"),
+        _ => {
+            let on: Vec<String> = commits
+                .iter()
+                .map(|(_, b, c)| format!("{b} ({})", &c[..c.len().min(12)]))
+                .collect();
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "{sha} names builds on several branches or commits: {}; name one with --branch or a longer sha",
+                    on.join(", ")
+                ),
+            );
+        }
+    };
+    let r = Rebuild {
+        repo: repo.clone(),
+        branch: branch.clone(),
+        sha: full.clone(),
+        builders: builder.into_iter().collect(),
+        request: signed,
+    };
+    let specs = buildmesh_protocol::jobs::rebuild(&config, &r, req.time);
+    if specs.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no builder in force builds {repo} {branch}"),
+        );
+    }
+    match s.replica.author(Body::Rebuild(r)).await {
+        Ok(record) => Json(Rebuilt {
+            record: RecordAt::from(&record),
+            repo,
+            branch,
+            sha: full,
+            builds: specs
+                .iter()
+                .map(|j| RebuiltBuild {
+                    builder: j.key.builder.clone(),
+                    build: crate::readmodel::build_id(&j.id, 1),
+                })
+                .collect(),
+        })
+        .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// The answer to `POST /api/v1/cancel`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cancelled {
+    /// The cancel record.
+    pub record: RecordAt,
+    /// The build as it stood when the cancel was written.
+    pub build: String,
+    /// Its state then: pending or running.
+    pub was: buildmesh_protocol::record::BuildState,
+    /// Its builder.
+    pub builder: String,
+    /// Its commit.
+    pub sha: String,
+}
+
+async fn cancel(State(s): State<ApiState>, body: Bytes) -> Response {
+    use buildmesh_protocol::record::{Body, Cancel};
+    use buildmesh_protocol::wire::ApiAction;
+    let (signed, req) = match signed_request(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let ApiAction::Cancel { build } = req.action.clone() else {
+        return error(StatusCode::BAD_REQUEST, "not a cancel request");
+    };
+    let id = build.clone();
+    let view = match read(&s, move |v| v.find(&id)).await {
+        Ok(Found::One(b)) => b,
+        Ok(Found::None) => return error(StatusCode::NOT_FOUND, format!("no build {build}")),
+        Ok(Found::Ambiguous) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("{build} names more than one build; give more of its id"),
+            );
+        }
+        Err(r) => return r,
+    };
+    if !req.action.asks_cancel(&view.job) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "name the build by at least {} characters of its id",
+                buildmesh_protocol::wire::MIN_SHA_PREFIX
+            ),
+        );
+    }
+    match s.claimer.may_cancel(view.job, req.key, req.time).await {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => {
+            let code = match why {
+                crate::claimer::CancelRefused::NotEntitled(_) => StatusCode::FORBIDDEN,
+                crate::claimer::CancelRefused::Ended(_) => StatusCode::CONFLICT,
+            };
+            return error(code, format!("cannot cancel {}: {why}", view.id));
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+    let body = Body::Cancel(Cancel {
+        job: view.job,
+        request: signed,
+    });
+    match s.replica.author(body).await {
+        Ok(record) => Json(Cancelled {
+            record: RecordAt::from(&record),
+            build: view.id,
+            was: view.result,
+            builder: view.builder,
+            sha: view.sha,
+        })
+        .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
 }
 
 // Whether an announcement already held counts: one its author was not entitled to (a rogue

@@ -75,6 +75,25 @@ pub(crate) enum Query {
     Health {
         reply: oneshot::Sender<BTreeMap<NodeId, HealthView>>,
     },
+    MayCancel {
+        job: Hash,
+        caller: NodeId,
+        at: Timestamp,
+        reply: oneshot::Sender<Result<(), CancelRefused>>,
+    },
+}
+
+/// Why a build cannot be cancelled.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CancelRefused {
+    /// The caller is neither a maintainer nor the key whose request started it.
+    #[error(
+        "{0} may not cancel it: only a maintainer or the key whose request started the build may"
+    )]
+    NotEntitled(NodeId),
+    /// It has ended (its state), or this node let go of it long ago.
+    #[error("the build already ended: {0}")]
+    Ended(&'static str),
 }
 
 /// A handle on the claimer.
@@ -119,6 +138,27 @@ impl ClaimerClient {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// Whether `caller`, asking at `at`, may stop `job` now: it is still pending or running, and
+    /// the caller is a maintainer or the key whose request started it. `Err` says why not.
+    pub async fn may_cancel(
+        &self,
+        job: Hash,
+        caller: NodeId,
+        at: Timestamp,
+    ) -> Result<Result<(), CancelRefused>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Query::MayCancel {
+                job,
+                caller,
+                at,
+                reply,
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
     /// Every worker's health (workers with no result yet are absent).
     pub async fn health(&self) -> Result<BTreeMap<NodeId, HealthView>, NodeError> {
         let (reply, rx) = oneshot::channel();
@@ -150,6 +190,21 @@ impl ClaimerClient {
 struct Running {
     cancel: CancellationToken,
 }
+
+/// A counted `Cancel` record waiting for its job.
+#[derive(Clone, Copy, Debug)]
+struct PendingCancel {
+    caller: NodeId,
+    asked: Timestamp,
+    author: NodeId,
+    record: Hash,
+}
+
+/// Rebuilds remembered for deriving again when the configuration changes.
+const KEEP_REBUILDS: usize = 1_000;
+
+/// Cancels held for jobs not known yet: cancels of made-up jobs must not grow memory.
+const MAX_PENDING_CANCELS: usize = 4_096;
 
 /// What the claimer needs.
 pub(crate) struct ClaimerParts {
@@ -188,6 +243,14 @@ pub(crate) struct Claimer {
     commits: BTreeMap<(String, String, String), Timestamp>,
     // Commits a maintainer asked for by id: built even when their branch does not reach them.
     vouched: BTreeSet<(String, String, String)>,
+    // The callers whose `submit` announced a commit: they may cancel its builds.
+    requesters: HashMap<(String, String, String), Vec<NodeId>>,
+    // Counted rebuilds (with when they were asked), derived again when the configuration
+    // changes, as commits are.
+    rebuilds: Vec<(buildmesh_protocol::record::Rebuild, Timestamp)>,
+    // Cancels of jobs not known yet (records of different authors arrive in any order), applied
+    // when the job is derived.
+    cancels: HashMap<Hash, Vec<PendingCancel>>,
     running: HashMap<(Hash, u32), Running>,
     // Keys revoked as compromised: nothing they claimed or reported counts, in any view.
     distrusted: BTreeSet<NodeId>,
@@ -229,6 +292,9 @@ impl Claimer {
             config: None,
             commits: BTreeMap::new(),
             vouched: BTreeSet::new(),
+            requesters: HashMap::new(),
+            rebuilds: Vec::new(),
+            cancels: HashMap::new(),
             running: HashMap::new(),
             distrusted: BTreeSet::new(),
             done_tx,
@@ -476,6 +542,9 @@ impl Claimer {
                     for ((repo, branch, sha), t) in commits {
                         self.derive_jobs(&repo, &branch, &sha, t);
                     }
+                    for (r, t) in self.rebuilds.clone() {
+                        self.derive_rebuild(&r, t);
+                    }
                 }
             }
             return;
@@ -513,10 +582,21 @@ impl Claimer {
                     self.vouched
                         .insert((c.repo.clone(), c.branch.clone(), c.sha.clone()));
                 }
+                let caller = c
+                    .request
+                    .as_ref()
+                    .and_then(|r| r.verify().ok())
+                    .map(|r| r.key);
                 let CommitSeen {
                     repo, branch, sha, ..
                 } = c;
                 let key = (repo.clone(), branch.clone(), sha.clone());
+                if let Some(caller) = caller {
+                    let by = self.requesters.entry(key.clone()).or_default();
+                    if !by.contains(&caller) {
+                        by.push(caller);
+                    }
+                }
                 let t = record.envelope.time;
                 let first = *self.commits.entry(key).or_insert(t);
                 if self.commits.len() > KEEP_COMMITS + KEEP_COMMITS / 4 {
@@ -524,6 +604,8 @@ impl Claimer {
                     times.sort_unstable();
                     let cut = times[times.len() - KEEP_COMMITS];
                     self.commits.retain(|_, t| *t >= cut);
+                    let commits = &self.commits;
+                    self.requesters.retain(|k, _| commits.contains_key(k));
                 }
                 self.derive_jobs(&repo, &branch, &sha, first);
             }
@@ -544,6 +626,48 @@ impl Claimer {
                 self.note_non_worker(record);
                 self.machine.result(author, r.job, r.attempt, r.result, now);
                 self.report_misbehaviour();
+            }
+            Ok(Body::Rebuild(r)) if !self.distrusted.contains(&author) => {
+                let counted =
+                    entitle::rebuild(&self.membership.borrow().trust, record.envelope.time, &r);
+                match counted {
+                    Ok(caller) => {
+                        tracing::info!(caller = %caller, sha = %r.sha, branch = %r.branch, builders = ?r.builders, "rebuild asked for");
+                        self.derive_rebuild(&r, record.envelope.time);
+                        self.rebuilds.push((r, record.envelope.time));
+                        if self.rebuilds.len() > KEEP_REBUILDS + KEEP_REBUILDS / 4 {
+                            self.rebuilds.drain(..KEEP_REBUILDS / 4);
+                        }
+                    }
+                    Err(refusal) => self
+                        .replica
+                        .misbehaved(author, refusal.reason(), record.hash),
+                }
+            }
+            Ok(Body::Cancel(c)) if !self.distrusted.contains(&author) => {
+                let counted =
+                    entitle::cancel(&self.membership.borrow().trust, record.envelope.time, &c);
+                match counted {
+                    Ok((caller, asked)) => {
+                        let pending = PendingCancel {
+                            caller,
+                            asked,
+                            author,
+                            record: record.hash,
+                        };
+                        if self.machine.knows(&c.job) {
+                            self.judge_cancel(c.job, pending);
+                        } else if !self.let_go_of(&c.job)
+                            && self.cancels.values().map(Vec::len).sum::<usize>()
+                                < MAX_PENDING_CANCELS
+                        {
+                            self.cancels.entry(c.job).or_default().push(pending);
+                        }
+                    }
+                    Err(refusal) => self
+                        .replica
+                        .misbehaved(author, refusal.reason(), record.hash),
+                }
             }
             Ok(Body::Publish(p)) if p.doc.kind == DocKind::Release => {
                 match self.membership.borrow().trust.check_release(&p.doc) {
@@ -613,6 +737,82 @@ impl Claimer {
                 // anyone claims it.
                 self.machine.job(s, jobs::opens_at(announced, now));
                 self.replay_new_jobs();
+            }
+        }
+        self.apply_cancels();
+    }
+
+    fn derive_rebuild(&mut self, r: &buildmesh_protocol::record::Rebuild, asked: Timestamp) {
+        let Some(config) = &self.config else {
+            return;
+        };
+        let now = Timestamp::now();
+        for s in jobs::rebuild(config, r, asked) {
+            if !self.machine.knows(&s.id) && (self.rebuilding || !self.let_go_of(&s.id)) {
+                let id = s.id;
+                self.replay(&id, now);
+                self.machine.job(s, jobs::opens_at(asked, now));
+                self.replay_new_jobs();
+            }
+        }
+        self.apply_cancels();
+    }
+
+    // Whether a counted cancel's caller may stop `job` (a maintainer, or whoever started it),
+    // and if so stops it; an unentitled one marks the node that wrote it.
+    fn judge_cancel(&mut self, job: Hash, c: PendingCancel) {
+        let Some(spec) = self.machine.spec(&job) else {
+            return;
+        };
+        let (builder, sha) = (spec.key.builder.clone(), spec.key.sha.clone());
+        let verdict = entitle::may_cancel(
+            &self.membership.borrow().trust,
+            &c.caller,
+            c.asked,
+            &self.starters(&job),
+        );
+        match verdict {
+            Ok(()) => {
+                tracing::info!(job = %job.short(), builder = %builder, sha = %sha, caller = %c.caller, "build cancelled");
+                self.machine.cancel(&job);
+            }
+            Err(refusal) => self
+                .replica
+                .misbehaved(c.author, refusal.reason(), c.record),
+        }
+    }
+
+    // The keys whose request started `job`: a rebuild's caller, or the callers whose `submit`
+    // announced an ordinary build's commit.
+    fn starters(&self, job: &Hash) -> Vec<NodeId> {
+        let Some(k) = self.machine.spec(job).map(|s| &s.key) else {
+            return Vec::new();
+        };
+        match k.purpose {
+            Purpose::Rebuild { by, .. } => vec![by],
+            Purpose::Build => self
+                .requesters
+                .get(&(k.repo.clone(), k.branch.clone(), k.sha.clone()))
+                .cloned()
+                .unwrap_or_default(),
+            Purpose::Confirm { .. } | Purpose::Revalidate { .. } => Vec::new(),
+        }
+    }
+
+    // Cancels held for jobs that are known now.
+    fn apply_cancels(&mut self) {
+        if self.cancels.is_empty() {
+            return;
+        }
+        let known: Vec<Hash> = self
+            .cancels
+            .keys()
+            .filter(|j| self.machine.knows(j))
+            .copied()
+            .collect();
+        for job in known {
+            for c in self.cancels.remove(&job).unwrap_or_default() {
+                self.judge_cancel(job, c);
             }
         }
     }
@@ -702,7 +902,7 @@ impl Claimer {
                     lease_ms,
                 } => self.claim(job, key, attempt, lease_ms).await,
                 Action::Abandon { job, attempt } => {
-                    tracing::info!(job = %job.short(), attempt, "abandoning a build another worker won");
+                    tracing::info!(job = %job.short(), attempt, "abandoning a build: another worker won it, a newer attempt took over, or it was cancelled");
                     if let Some(r) = self.running.remove(&(job, attempt)) {
                         r.cancel.cancel();
                     }
@@ -841,6 +1041,31 @@ impl Claimer {
             }
             Query::LiveWorkers { reply } => {
                 let _ = reply.send(self.machine.live_workers(Timestamp::now()));
+            }
+            Query::MayCancel {
+                job,
+                caller,
+                at,
+                reply,
+            } => {
+                let answer = match self.machine.state(&job) {
+                    None => Err(CancelRefused::Ended("long ago")),
+                    Some(JobState::Pending { .. } | JobState::Running { .. }) => {
+                        entitle::may_cancel(
+                            &self.membership.borrow().trust,
+                            &caller,
+                            at,
+                            &self.starters(&job),
+                        )
+                        .map_err(|_| CancelRefused::NotEntitled(caller))
+                    }
+                    Some(_) => Err(CancelRefused::Ended(
+                        self.machine
+                            .build_state(&job)
+                            .map_or("finished", |s| s.as_str()),
+                    )),
+                };
+                let _ = reply.send(answer);
             }
         }
     }
@@ -993,7 +1218,9 @@ impl Claimer {
                 .find(|(r, b)| b.attempt == attempt && r.author_id() == worker)
                 .map(|(_, b)| b.result.to_string());
             let result = reported.unwrap_or_else(|| {
-                if attempt < current_attempt
+                if matches!(state, JobState::Cancelled { .. }) && attempt == current_attempt {
+                    "cancelled".into()
+                } else if attempt < current_attempt
                     || matches!(state, JobState::Done { .. } | JobState::GivenUp { .. })
                 {
                     "lost".into()
@@ -1070,6 +1297,23 @@ impl Claimer {
                 }
             }
             JobState::Skipped => v.result = BuildState::Skipped,
+            JobState::Cancelled { attempt } => {
+                v.attempt = attempt;
+                v.result = BuildState::Cancelled;
+                v.worker = self.machine.winner(&spec.id, attempt);
+                if let Some(w) = v.worker {
+                    v.started = claim_time(attempt, w);
+                }
+                // What ran before it was stopped, as its worker reported it.
+                if let Some((_, b)) = results
+                    .iter()
+                    .find(|(r, b)| b.attempt == attempt && Some(r.author_id()) == v.worker)
+                {
+                    v.started = Some(b.started);
+                    v.finished = Some(b.finished);
+                    v.steps = b.steps.clone();
+                }
+            }
             JobState::GivenUp { attempts } => {
                 v.attempt = attempts;
                 v.result = BuildState::Exception;
@@ -1101,6 +1345,7 @@ impl Claimer {
                 result,
             }) => (attempt, Some(worker), result.into()),
             Some(JobState::GivenUp { attempts }) => (attempts, None, BuildState::Exception),
+            Some(JobState::Cancelled { attempt }) => (attempt, None, BuildState::Cancelled),
             Some(JobState::Skipped) => (1, None, BuildState::Skipped),
         };
         let same_host = matches!(

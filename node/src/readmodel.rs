@@ -47,7 +47,8 @@ pub struct BuildView {
     /// Every attempt's result, oldest first (attempt, worker, result).
     pub attempts: Vec<AttemptView>,
     /// Why the job exists: left out for an ordinary build; `confirm` (reproducing another
-    /// build's red) or `revalidate` (a quarantined worker earning its way out).
+    /// build's red), `revalidate` (a quarantined worker earning its way out) or `rebuild` (a
+    /// caller's `buildmesh rebuild`: `announced` is then when it was asked for).
     #[serde(default, skip_serializing_if = "Purpose::is_build")]
     pub purpose: Purpose,
     /// A red's confirmation on another host, once one was asked for.
@@ -167,7 +168,8 @@ pub enum Kind {
 
 fn kind_of(p: &Purpose) -> u8 {
     (match p {
-        Purpose::Build => Kind::Build,
+        // A rebuild's result is the commit's result on its builder: listed with the builds.
+        Purpose::Build | Purpose::Rebuild { .. } => Kind::Build,
         Purpose::Confirm { .. } => Kind::Confirm,
         Purpose::Revalidate { .. } => Kind::Revalidate,
     }) as u8
@@ -279,7 +281,7 @@ impl ReadModel {
                 continue;
             }
             changed += 1;
-            if view.purpose.is_build() {
+            if view.purpose.is_ordinary() {
                 rows.insert((view.builder.clone(), view.branch.clone()));
             }
             let _ = self.changes.send(Arc::new(view));
@@ -455,7 +457,7 @@ impl ReadModel {
         {
             let (job, bytes) = item?;
             let b: BuildView = decode(&job.to_string(), &bytes)?;
-            if !b.purpose.is_build() {
+            if !b.purpose.is_ordinary() {
                 continue;
             }
             if b.result.is_verdict() {

@@ -38,7 +38,15 @@ pub fn rebuild(config: &BuilderConfig, r: &Rebuild, asked: Timestamp) -> Vec<Job
     let Some(purpose) = r.purpose() else {
         return Vec::new();
     };
-    specs(config, &r.repo, &r.branch, &r.sha, asked, purpose, &r.builders)
+    specs(
+        config,
+        &r.repo,
+        &r.branch,
+        &r.sha,
+        asked,
+        purpose,
+        &r.builders,
+    )
 }
 
 fn specs(
@@ -54,9 +62,7 @@ fn specs(
         .builders
         .iter()
         .filter(|b| {
-            b.repo == repo
-                && b.wants_branch(branch)
-                && (only.is_empty() || only.contains(&b.name))
+            b.repo == repo && b.wants_branch(branch) && (only.is_empty() || only.contains(&b.name))
         })
         .map(|b| {
             let key = JobKey {

@@ -88,7 +88,8 @@ pub(crate) fn entries(rref: RecordRef, record: &Record, body: &Body) -> Vec<Entr
                 .build(),
             value: p.doc.to_bytes(),
         }],
-        Body::NotificationSent(_) => Vec::new(),
+        // The claimer learns rebuilds and cancels from the records themselves.
+        Body::NotificationSent(_) | Body::Rebuild(_) | Body::Cancel(_) => Vec::new(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Builds: status, builds, log, submit, and the step supervisor.
+//! Builds: status, builds, log, submit, rebuild, cancel, and the step supervisor.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +64,42 @@ pub struct Submit {
     /// Full commit id.
     #[arg(long)]
     sha: String,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["builder", "all"])))]
+pub struct Rebuild {
+    #[command(flatten)]
+    node: NodeAddr,
+    /// Your secret key (announcer role, or a maintainer's).
+    #[arg(long, short)]
+    key: PathBuf,
+    /// The builder, as written in the builder configuration.
+    #[arg(long)]
+    builder: Option<String>,
+    /// Every builder of the commit.
+    #[arg(long)]
+    all: bool,
+    /// The commit (at least 7 hex digits).
+    #[arg(long)]
+    sha: String,
+    /// Its branch: needed only when the commit was built on several.
+    #[arg(long)]
+    branch: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Cancel {
+    #[command(flatten)]
+    node: NodeAddr,
+    /// Your secret key (a maintainer's, or the key whose request started the build).
+    #[arg(long, short)]
+    key: PathBuf,
+    /// The build id, as `buildmesh builds` shows it.
+    build: String,
+    /// Return once the cancel is recorded, without waiting for the build to stop.
+    #[arg(long)]
+    detach: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -182,6 +218,9 @@ pub fn builds(args: Builds) -> anyhow::Result<ExitCode> {
                 "",
                 &job.to_string()[..16]
             ),
+            Purpose::Rebuild { by, .. } => {
+                println!("{:<20}   rebuild asked for by {}", "", by.short())
+            }
             Purpose::Revalidate { worker, n, .. } => println!(
                 "{:<20}   re-validation {n} of quarantined worker {}",
                 "",
@@ -273,6 +312,107 @@ pub fn submit(args: Submit) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+// Posts a signed request to `path` and returns the JSON answer, or the node's error.
+fn post_signed(node: &str, path: &str, req: &SignedRequest) -> anyhow::Result<serde_json::Value> {
+    runtime()?.block_on(async {
+        let u = url(node, path);
+        let resp = reqwest::Client::new()
+            .post(&u)
+            .body(req.to_bytes())
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {node}"))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("{}", body["error"].as_str().unwrap_or("refused"));
+        }
+        Ok(body)
+    })
+}
+
+pub fn rebuild(args: Rebuild) -> anyhow::Result<ExitCode> {
+    let key = files::read_key(&args.key)?;
+    let req = SignedRequest::sign(
+        &key,
+        ApiAction::Rebuild {
+            sha: args.sha.clone(),
+            branch: args.branch.clone(),
+            builder: if args.all { None } else { args.builder.clone() },
+        },
+        Timestamp::now(),
+    );
+    let answer = post_signed(&args.node.addr, "/api/v1/rebuild", &req)?;
+    let answer: buildmesh_node::api::Rebuilt = serde_json::from_value(answer)?;
+    println!(
+        "rebuilding {} on {} ({} build{}):",
+        &answer.sha[..answer.sha.len().min(12)],
+        answer.branch,
+        answer.builds.len(),
+        if answer.builds.len() == 1 { "" } else { "s" }
+    );
+    for b in &answer.builds {
+        println!("  {:<20} {}", b.build, b.builder);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cancel(args: Cancel) -> anyhow::Result<ExitCode> {
+    let key = files::read_key(&args.key)?;
+    let req = SignedRequest::sign(
+        &key,
+        ApiAction::Cancel {
+            build: args.build.clone(),
+        },
+        Timestamp::now(),
+    );
+    let answer = post_signed(&args.node.addr, "/api/v1/cancel", &req)?;
+    let answer: buildmesh_node::api::Cancelled = serde_json::from_value(answer)?;
+    println!(
+        "cancel recorded for build {} (it was {})",
+        answer.build, answer.was
+    );
+    if args.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Wait for the build to show it stopped: a running one once its worker has killed it.
+    let job = answer
+        .build
+        .split_once('-')
+        .map_or(answer.build.as_str(), |(j, _)| j);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut query = reqwest::Url::parse("http://node/api/v1/builds").expect("a constant URL");
+    query
+        .query_pairs_mut()
+        .append_pair("commit", &answer.sha)
+        .append_pair("builder", &answer.builder);
+    let path = format!("/api/v1/builds?{}", query.query().unwrap_or_default());
+    let rt = runtime()?;
+    loop {
+        let builds: Vec<BuildView> =
+            serde_json::from_value(rt.block_on(get_json(&args.node.addr, &path))?)?;
+        let now = builds
+            .iter()
+            .find(|b| b.id.starts_with(job))
+            .map(|b| b.result);
+        match now {
+            Some(state) if state.is_settled() => {
+                println!("build {} {state}", answer.build);
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ if std::time::Instant::now() > deadline => {
+                println!(
+                    "build {} has not stopped yet ({}); its worker may be unreachable",
+                    answer.build,
+                    now.map_or("not listed", |s| s.as_str())
+                );
+                return Ok(ExitCode::from(1));
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(250)),
+        }
+    }
 }
 
 pub fn supervise(args: Supervise) -> anyhow::Result<ExitCode> {

@@ -3,7 +3,7 @@
 //! - `keys`: keygen, id.
 //! - `docs`: genesis, sign, admit, revoke, config sign, verify, inspect.
 //! - `mesh`: run, init-node, testnet, nodes, publish.
-//! - `builds`: status, builds, log, submit, supervise.
+//! - `builds`: status, builds, log, submit, rebuild, cancel, supervise.
 //! - `demo`: the one-command demonstration.
 
 mod builds;
@@ -73,6 +73,10 @@ enum Command {
     Log(builds::Log),
     /// Announce a commit, signed with your key (announcer role or maintainer).
     Submit(builds::Submit),
+    /// Build a commit again on one builder (or all of its builders), signed with your key.
+    Rebuild(builds::Rebuild),
+    /// Stop a pending or running build, signed with your key.
+    Cancel(builds::Cancel),
     /// The notifier holder, term and lease, as a node sees them.
     Notifier(mesh::NotifierArgs),
     /// Run a small SMTP server that keeps every message (for test meshes).
@@ -106,6 +110,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Builds(a) => builds::builds(a),
         Command::Log(a) => builds::log(a),
         Command::Submit(a) => builds::submit(a),
+        Command::Rebuild(a) => builds::rebuild(a),
+        Command::Cancel(a) => builds::cancel(a),
         Command::Supervise(a) => builds::supervise(a),
         Command::Notifier(a) => mesh::notifier(a),
         Command::SmtpSink(a) => mesh::smtp_sink(a),

@@ -34,7 +34,7 @@ async fn body(
                 .builds(
                     buildmesh_store::Listing::Commit(&t.sha),
                     |b| {
-                        b.purpose.is_build()
+                        b.purpose.is_ordinary()
                             && b.builder == t.builder
                             && b.branch == t.branch
                             && b.sha == t.sha

@@ -129,7 +129,7 @@ fn recent_builds(
     let listing = buildmesh_store::Listing::Branch(builder, branch);
     for b in views.newest(listing).take(RECENT) {
         let b = b?;
-        if !b.purpose.is_build() {
+        if !b.purpose.is_ordinary() {
             continue;
         }
         verdicts += usize::from(b.result.is_verdict());
@@ -278,7 +278,7 @@ impl Notifier {
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 v = self.views.recv() => match v {
-                    Ok(b) => if b.purpose.is_build() {
+                    Ok(b) => if b.purpose.is_ordinary() {
                         self.changed.insert((b.builder.clone(), b.branch.clone()));
                         self.dirty = true;
                     },

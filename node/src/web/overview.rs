@@ -97,7 +97,7 @@ fn streak(
         .take(STREAK_DEPTH)
     {
         let b = b?;
-        if !b.purpose.is_build() || !verdict(b.result) {
+        if !b.purpose.is_ordinary() || !verdict(b.result) {
             continue;
         }
         // The streak is of the current colour: a red that followed an orange began at the red.
@@ -257,7 +257,7 @@ pub(super) async fn builder(State(s): State<ApiState>, Path(name): Path<String>)
         let mut by_branch: std::collections::BTreeMap<String, Vec<BuildView>> = Default::default();
         for view in v.newest(Listing::Builder(&name)).take(2_000) {
             let view = view?;
-            if !view.purpose.is_build() {
+            if !view.purpose.is_ordinary() {
                 continue;
             }
             let list = by_branch.entry(view.branch.clone()).or_default();
