@@ -11,5 +11,6 @@ mod mesh;
 mod misbehaviour;
 mod notifier;
 mod processes;
+mod requests;
 mod trust;
 mod web;
