@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use buildmesh_protocol::builders::Builder;
-use buildmesh_protocol::record::{BuildState, ResultCode};
+use buildmesh_protocol::record::{BuildState, Purpose, ResultCode};
 use buildmesh_protocol::{NodeId, Timestamp};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
@@ -457,7 +457,24 @@ pub(super) fn build(
             tr { th { "Announced" } td { (when(Some(b.announced))) } }
             tr { th { "Started" } td { (when(b.started)) } }
             tr { th { "Finished" } td { (when(b.finished)) } }
-            @if !b.purpose.is_build() { tr { th { "Purpose" } td { (format!("{:?}", b.purpose)) } } }
+            @match b.purpose {
+                Purpose::Build => {}
+                Purpose::Rebuild { by, .. } => {
+                    tr { th { "Rebuild" } td { "asked for by " (served.name(Some(&by))) } }
+                }
+                Purpose::Confirm { job, attempt, worker } => {
+                    @let red = format!("{}-{attempt}", &job.to_string()[..16]);
+                    tr { th { "Confirms" } td {
+                        "the red of " a href={ "/builds/" (red) } { (red) }
+                        " on " (served.name(Some(&worker)))
+                    } }
+                }
+                Purpose::Revalidate { worker, n, .. } => {
+                    tr { th { "Re-validates" } td {
+                        (served.name(Some(&worker))) ", build " (n) " of its quarantine"
+                    } }
+                }
+            }
             @if let Some(c) = &b.confirmation {
                 tr { th { "Confirmation" } td {
                     a href={ "/builds/" (c.build) } { (c.build) } " " (state(c.result))
