@@ -434,7 +434,7 @@ struct BuildsQuery {
     branch: Option<String>,
     limit: Option<usize>,
     // Absent: ordinary builds and rebuilds (a red's confirmation is in its `confirmation`);
-    // `all`, or `confirm` / `revalidate` / `rebuild` for those builds.
+    // `all`, or `confirm` / `revalidate` / `rebuild` / `probe` for those builds.
     purpose: Option<String>,
 }
 
@@ -449,6 +449,7 @@ fn matches(b: &BuildView, q: &BuildsQuery) -> bool {
             | (Purpose::Rebuild { .. }, Some("rebuild"))
             | (Purpose::Confirm { .. }, Some("confirm"))
             | (Purpose::Revalidate { .. }, Some("revalidate"))
+            | (Purpose::Probe { .. }, Some("probe"))
     );
     purpose
         && q.commit
@@ -479,6 +480,7 @@ async fn builds(State(s): State<ApiState>, Query(mut q): Query<BuildsQuery>) -> 
         None | Some("build" | "rebuild") => Some(Some(Kind::Build)),
         Some("confirm") => Some(Some(Kind::Confirm)),
         Some("revalidate") => Some(Some(Kind::Revalidate)),
+        Some("probe") => Some(Some(Kind::Probe)),
         Some("all") => Some(None),
         Some(_) => None,
     };

@@ -251,6 +251,10 @@ pub(crate) struct Claimer {
     // Cancels of jobs not known yet (records of different authors arrive in any order), applied
     // when the job is derived.
     cancels: HashMap<Hash, Vec<PendingCancel>>,
+    // Culprit searches (by their `Bisect` record's hash), and steps that arrived before their
+    // search, with their time.
+    searches: HashMap<Hash, buildmesh_protocol::record::Bisect>,
+    early_steps: HashMap<Hash, Vec<(buildmesh_protocol::record::Probes, Timestamp)>>,
     running: HashMap<(Hash, u32), Running>,
     // Keys revoked as compromised: nothing they claimed or reported counts, in any view.
     distrusted: BTreeSet<NodeId>,
@@ -295,6 +299,8 @@ impl Claimer {
             requesters: HashMap::new(),
             rebuilds: Vec::new(),
             cancels: HashMap::new(),
+            searches: HashMap::new(),
+            early_steps: HashMap::new(),
             running: HashMap::new(),
             distrusted: BTreeSet::new(),
             done_tx,
@@ -644,6 +650,45 @@ impl Claimer {
                         .misbehaved(author, refusal.reason(), record.hash),
                 }
             }
+            Ok(Body::Bisect(b)) if !self.distrusted.contains(&author) => {
+                let counted = entitle::bisect(
+                    &self.membership.borrow().trust,
+                    &author,
+                    record.envelope.time,
+                    &b,
+                );
+                match counted {
+                    Ok(()) => {
+                        let held = self.early_steps.remove(&record.hash).unwrap_or_default();
+                        self.searches.insert(record.hash, b);
+                        for (p, t) in held {
+                            self.derive_probes(&p, t);
+                        }
+                    }
+                    Err(refusal) => self
+                        .replica
+                        .misbehaved(author, refusal.reason(), record.hash),
+                }
+            }
+            Ok(Body::Probes(p)) if !self.distrusted.contains(&author) => {
+                let notifier = self
+                    .membership
+                    .borrow()
+                    .trust
+                    .may_act(&author, Role::Notifier, record.envelope.time)
+                    .is_ok();
+                if !notifier {
+                    self.replica
+                        .misbehaved(author, Refusal::NotNotifier.reason(), record.hash);
+                } else if self.searches.contains_key(&p.bisection) {
+                    self.derive_probes(&p, record.envelope.time);
+                } else if self.early_steps.len() < MAX_PENDING_CANCELS {
+                    self.early_steps
+                        .entry(p.bisection)
+                        .or_default()
+                        .push((p, record.envelope.time));
+                }
+            }
             Ok(Body::Cancel(c)) if !self.distrusted.contains(&author) => {
                 let counted =
                     entitle::cancel(&self.membership.borrow().trust, record.envelope.time, &c);
@@ -758,6 +803,23 @@ impl Claimer {
         self.apply_cancels();
     }
 
+    // The probe jobs of one step of a known search.
+    fn derive_probes(&mut self, p: &buildmesh_protocol::record::Probes, at: Timestamp) {
+        let (Some(config), Some(search)) = (&self.config, self.searches.get(&p.bisection)) else {
+            return;
+        };
+        let now = Timestamp::now();
+        for s in jobs::probes(config, search, p.bisection, &p.probes, at) {
+            if !self.machine.knows(&s.id) && (self.rebuilding || !self.let_go_of(&s.id)) {
+                let id = s.id;
+                self.replay(&id, now);
+                self.machine.job(s, jobs::opens_at(at, now));
+                self.replay_new_jobs();
+            }
+        }
+        self.apply_cancels();
+    }
+
     // Whether a counted cancel's caller may stop `job` (a maintainer, or whoever started it),
     // and if so stops it; an unentitled one marks the node that wrote it.
     fn judge_cancel(&mut self, job: Hash, c: PendingCancel) {
@@ -795,7 +857,9 @@ impl Claimer {
                 .get(&(k.repo.clone(), k.branch.clone(), k.sha.clone()))
                 .cloned()
                 .unwrap_or_default(),
-            Purpose::Confirm { .. } | Purpose::Revalidate { .. } => Vec::new(),
+            Purpose::Confirm { .. } | Purpose::Revalidate { .. } | Purpose::Probe { .. } => {
+                Vec::new()
+            }
         }
     }
 

@@ -164,6 +164,8 @@ pub enum Kind {
     Confirm = 1,
     /// A quarantined worker's re-validation.
     Revalidate = 2,
+    /// A culprit search's probe.
+    Probe = 3,
 }
 
 fn kind_of(p: &Purpose) -> u8 {
@@ -172,6 +174,7 @@ fn kind_of(p: &Purpose) -> u8 {
         Purpose::Build | Purpose::Rebuild { .. } => Kind::Build,
         Purpose::Confirm { .. } => Kind::Confirm,
         Purpose::Revalidate { .. } => Kind::Revalidate,
+        Purpose::Probe { .. } => Kind::Probe,
     }) as u8
 }
 

@@ -39,12 +39,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::keys::NodeId;
 use crate::time::Timestamp;
 
 /// How a probe came out, as the bisection sees it: a flaky build (failed, then passed on a
 /// retry) is a pass; exceptions and cancellations say nothing about the commit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// The build passed.
     Pass,
@@ -54,8 +57,22 @@ pub enum Outcome {
     NoVerdict,
 }
 
+impl Outcome {
+    /// How a build's result counts as a probe: a verdict passes or fails, anything else (an
+    /// exception, a cancellation) says nothing.
+    pub fn of(result: crate::record::ResultCode) -> Outcome {
+        use crate::record::ResultCode;
+        match result {
+            ResultCode::Success | ResultCode::Warnings | ResultCode::Flaky => Outcome::Pass,
+            ResultCode::Failure => Outcome::Fail,
+            ResultCode::Exception | ResultCode::Cancelled => Outcome::NoVerdict,
+        }
+    }
+}
+
 /// Why a probe is asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ProbeKind {
     /// A split point of a round.
     Split,
@@ -79,7 +96,7 @@ pub struct Probe {
 }
 
 /// The end of a search.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Culprit {
     /// Position of the first bad commit in the range.
     pub index: usize,
@@ -231,6 +248,37 @@ impl Bisection {
             return;
         }
         votes.push((worker, outcome));
+    }
+
+    /// Probes asked for and not reported yet: (index, worker).
+    pub fn outstanding(&self) -> impl Iterator<Item = (usize, NodeId)> + '_ {
+        self.outstanding.keys().copied()
+    }
+
+    /// Every probe ever asked for: (index, worker).
+    pub fn asked_probes(&self) -> impl Iterator<Item = (usize, NodeId)> + '_ {
+        self.tried.iter().copied()
+    }
+
+    /// The commits of the range, oldest first.
+    pub fn shas(&self) -> &[String] {
+        &self.shas
+    }
+
+    /// One step of a search as the node deciding it records it: the outcomes it learnt since
+    /// the last step, then the probes to start now. Every node that replays the same steps
+    /// from the same start reaches the same state: [`Bisection::next`] is a function of the
+    /// state, the idle workers and the time, all recorded.
+    pub fn step(
+        &mut self,
+        reports: &[(usize, NodeId, Outcome)],
+        idle: &[NodeId],
+        now: Timestamp,
+    ) -> Vec<Probe> {
+        for (i, w, o) in reports {
+            self.report(*i, *w, *o);
+        }
+        self.next(idle, now)
     }
 
     /// The probes to start now, on workers from `idle` (each gets at most one).

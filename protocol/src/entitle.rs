@@ -18,6 +18,8 @@
 //! - `Publish`: the document's own maintainer signatures (see [`crate::trust`]);
 //! - `Rebuild`: the signed request of a caller with the announcer or maintainer role that asks
 //!   for exactly these builders of this commit ([`rebuild`]);
+//! - `Bisect`: the notifier role, or the signed request of an announcer or a maintainer for
+//!   this builder between these commits; `Probes` (a search's steps): the notifier role;
 //! - `Cancel`: the signed request of an admitted caller that names this job ([`cancel`]);
 //!   whether that caller may stop that job (a maintainer, or the key whose request started it)
 //!   is a rule over the job, applied where jobs are known ([`may_cancel`]);
@@ -30,7 +32,7 @@ use std::time::Duration;
 
 use crate::docs::Role;
 use crate::keys::NodeId;
-use crate::record::{Body, Cancel, CommitSeen, Envelope, Rebuild};
+use crate::record::{Bisect, Body, Cancel, CommitSeen, Envelope, MAX_BISECT_COMMITS, Rebuild};
 use crate::time::Timestamp;
 use crate::trust::Trust;
 use crate::wire::{ApiAction, ApiRequest, SignedRequest};
@@ -70,6 +72,8 @@ pub enum Refusal {
     /// A cancel from a caller who is neither a maintainer nor the key whose request started
     /// the build.
     NotCanceller,
+    /// A claim for a culprit search's probe by another worker than the one it was asked of.
+    OthersProbe,
 }
 
 impl Refusal {
@@ -87,6 +91,7 @@ impl Refusal {
             Refusal::OthersRevalidation => "unentitled-revalidation",
             Refusal::Malformed => "malformed-body",
             Refusal::NotCanceller => "unentitled-cancel",
+            Refusal::OthersProbe => "unentitled-probe",
         }
     }
 
@@ -147,6 +152,10 @@ pub fn record(trust: &Trust, envelope: &Envelope, body: Option<&Body>, now: Time
         Body::Publish(_) => Ok(()),
         Body::Rebuild(r) => rebuild(trust, envelope.time, r).map(|_| ()),
         Body::Cancel(c) => cancel(trust, envelope.time, c).map(|_| ()),
+        Body::Bisect(b) => bisect(trust, &envelope.author, envelope.time, b),
+        Body::Probes(_) => has_role(trust, &envelope.author, Role::Notifier, envelope.time)
+            .then_some(())
+            .ok_or(Refusal::NotNotifier),
     };
     match verdict {
         Ok(()) => Entitled::Counts,
@@ -230,6 +239,28 @@ pub fn cancel(trust: &Trust, time: Timestamp, c: &Cancel) -> Result<(NodeId, Tim
         return Err(Refusal::BadRequest);
     }
     Ok((req.key, req.time))
+}
+
+/// The rule for a `Bisect` record by `author` dated `time`: a range of 2 to
+/// [`MAX_BISECT_COMMITS`] commits, started by the notifier holder (notifier role) or on the
+/// signed request of an announcer or a maintainer for exactly this builder and range.
+pub fn bisect(trust: &Trust, author: &NodeId, time: Timestamp, b: &Bisect) -> Result<(), Refusal> {
+    if b.shas.len() < 2 || b.shas.len() > MAX_BISECT_COMMITS {
+        return Err(Refusal::Malformed);
+    }
+    let Some(signed) = &b.request else {
+        return has_role(trust, author, Role::Notifier, time)
+            .then_some(())
+            .ok_or(Refusal::NotNotifier);
+    };
+    let req = carried(signed, time)?;
+    if may_request_announce(trust, &req.key, req.time)
+        && req.action.asks_bisect(&b.builder, &b.branch, &b.shas)
+    {
+        Ok(())
+    } else {
+        Err(Refusal::BadRequest)
+    }
 }
 
 /// Whether `caller`, asking at `at`, may stop a job: a maintainer may stop any; anyone else

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::builders::BuilderConfig;
 use crate::claims::JobSpec;
-use crate::record::{JobKey, Purpose, Rebuild};
+use crate::record::{Bisect, JobKey, Purpose, Rebuild};
 use crate::time::Timestamp;
 
 /// An announcement older than this when a node first learns it is old news: a node back from a
@@ -47,6 +47,46 @@ pub fn rebuild(config: &BuilderConfig, r: &Rebuild, asked: Timestamp) -> Vec<Job
         purpose,
         &r.builders,
     )
+}
+
+/// The jobs of one step of a culprit search (its `Probes` record, dated `at`): one per probe,
+/// for the commit it names, taken only by the worker it names, once (an exception says nothing
+/// of the commit: the search asks another worker).
+pub fn probes(
+    config: &BuilderConfig,
+    search: &Bisect,
+    bisection: crate::keys::Hash,
+    probes: &[(u32, crate::keys::NodeId)],
+    at: Timestamp,
+) -> Vec<JobSpec> {
+    let Some(b) = config.builder(&search.builder) else {
+        return Vec::new();
+    };
+    probes
+        .iter()
+        .filter_map(|(index, worker)| {
+            let sha = search.shas.get(*index as usize)?;
+            let key = JobKey {
+                builder: b.name.clone(),
+                repo: search.repo.clone(),
+                branch: search.branch.clone(),
+                sha: sha.clone(),
+                purpose: Purpose::Probe {
+                    bisection,
+                    worker: *worker,
+                },
+            };
+            Some(JobSpec {
+                id: key.id(),
+                key,
+                requires: b.requires.clone(),
+                priority: b.priority,
+                order: at.millis(),
+                max_attempts: 1,
+                confirm: crate::health::ConfirmMode::None,
+            })
+        })
+        .collect()
 }
 
 fn specs(

@@ -73,6 +73,10 @@ pub enum Domain {
     Rebuild,
     /// A record of kind `Cancel`.
     Cancel,
+    /// A record of kind `Bisect`.
+    Bisect,
+    /// A record of kind `Probes`.
+    Probes,
 }
 
 impl Domain {
@@ -93,6 +97,8 @@ impl Domain {
             Domain::Release => b"buildmesh/v1/doc/release",
             Domain::Rebuild => b"buildmesh/v1/record/rebuild",
             Domain::Cancel => b"buildmesh/v1/record/cancel",
+            Domain::Bisect => b"buildmesh/v1/record/bisect",
+            Domain::Probes => b"buildmesh/v1/record/probes",
         }
     }
 

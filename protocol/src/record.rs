@@ -100,6 +100,10 @@ pub enum RecordKind {
     Rebuild,
     /// See [`Cancel`].
     Cancel,
+    /// See [`Bisect`].
+    Bisect,
+    /// See [`Probes`].
+    Probes,
     /// A kind named by a newer version of the protocol.
     Unknown(KindName),
 }
@@ -146,7 +150,7 @@ impl fmt::Debug for KindName {
 }
 
 impl RecordKind {
-    const KNOWN: [RecordKind; 7] = [
+    const KNOWN: [RecordKind; 9] = [
         RecordKind::CommitSeen,
         RecordKind::Claim,
         RecordKind::BuildResult,
@@ -154,6 +158,8 @@ impl RecordKind {
         RecordKind::Publish,
         RecordKind::Rebuild,
         RecordKind::Cancel,
+        RecordKind::Bisect,
+        RecordKind::Probes,
     ];
 
     /// The kind's name, as it travels.
@@ -166,6 +172,8 @@ impl RecordKind {
             RecordKind::Publish => "publish",
             RecordKind::Rebuild => "rebuild",
             RecordKind::Cancel => "cancel",
+            RecordKind::Bisect => "bisect",
+            RecordKind::Probes => "probes",
             RecordKind::Unknown(n) => n.as_str(),
         }
     }
@@ -194,6 +202,8 @@ impl RecordKind {
             RecordKind::Publish => Domain::Publish.tag().to_vec(),
             RecordKind::Rebuild => Domain::Rebuild.tag().to_vec(),
             RecordKind::Cancel => Domain::Cancel.tag().to_vec(),
+            RecordKind::Bisect => Domain::Bisect.tag().to_vec(),
+            RecordKind::Probes => Domain::Probes.tag().to_vec(),
             RecordKind::Unknown(n) => format!("buildmesh/v1/record/{}", n.as_str()).into_bytes(),
         }
     }
@@ -372,6 +382,10 @@ pub enum Body {
     Rebuild(Rebuild),
     /// See [`Cancel`].
     Cancel(Cancel),
+    /// See [`Bisect`].
+    Bisect(Bisect),
+    /// See [`Probes`].
+    Probes(Probes),
 }
 
 impl Body {
@@ -385,6 +399,8 @@ impl Body {
             Body::Publish(_) => RecordKind::Publish,
             Body::Rebuild(_) => RecordKind::Rebuild,
             Body::Cancel(_) => RecordKind::Cancel,
+            Body::Bisect(_) => RecordKind::Bisect,
+            Body::Probes(_) => RecordKind::Probes,
         }
     }
 
@@ -397,6 +413,8 @@ impl Body {
             Body::Publish(b) => codec::encode("publish body", b),
             Body::Rebuild(b) => codec::encode("rebuild body", b),
             Body::Cancel(b) => codec::encode("cancel body", b),
+            Body::Bisect(b) => codec::encode("bisect body", b),
+            Body::Probes(b) => codec::encode("probes body", b),
         }
     }
 
@@ -414,6 +432,8 @@ impl Body {
             RecordKind::Publish => Body::Publish(codec::decode("publish body", bytes)?),
             RecordKind::Rebuild => Body::Rebuild(codec::decode("rebuild body", bytes)?),
             RecordKind::Cancel => Body::Cancel(codec::decode("cancel body", bytes)?),
+            RecordKind::Bisect => Body::Bisect(codec::decode("bisect body", bytes)?),
+            RecordKind::Probes => Body::Probes(codec::decode("probes body", bytes)?),
             RecordKind::Unknown(n) => return Err(RecordError::UnknownKind(n.as_str().into())),
         })
     }
@@ -505,6 +525,14 @@ pub enum Purpose {
         request: Hash,
         /// The caller: it may cancel the build.
         by: NodeId,
+    },
+    /// Builds one commit of a culprit search on the worker the search chose (only that worker
+    /// takes it).
+    Probe {
+        /// The search: the hash of its `Bisect` record.
+        bisection: Hash,
+        /// The worker.
+        worker: NodeId,
     },
     /// Builds a known-green commit on a quarantined worker, so that it can earn its way out.
     Revalidate {
@@ -832,6 +860,58 @@ pub struct Cancel {
     pub job: Hash,
     /// The caller's signed request ([`crate::wire::ApiAction::Cancel`]).
     pub request: crate::wire::SignedRequest,
+}
+
+/// The most commits a culprit search covers.
+pub const MAX_BISECT_COMMITS: usize = 1_000;
+
+/// A culprit search over a builder's commits between a good and a bad one: started by the
+/// notifier holder after a red that followed commits the builder did not build, or by a
+/// caller (`buildmesh bisect`). The node that decides its probes (the notifier holder) records
+/// each of its steps as a [`Probes`] record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bisect {
+    /// Builder.
+    pub builder: String,
+    /// Repository.
+    pub repo: String,
+    /// Branch.
+    pub branch: String,
+    /// The first-parent line, oldest first: the good commit, every commit after it, the bad
+    /// one last (2 to [`MAX_BISECT_COMMITS`]).
+    pub shas: Vec<String>,
+    /// The worker whose red of the bad commit the search starts from.
+    pub red_worker: NodeId,
+    /// The caller's signed request ([`crate::wire::ApiAction::Bisect`]), for a search a caller
+    /// asked for; none for one the notifier holder started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<crate::wire::SignedRequest>,
+}
+
+/// One step of a culprit search, as the node deciding it (the notifier holder) took it: the
+/// probe outcomes it learnt since the last step, the idle workers and the time it decided at,
+/// and the probes it started (see [`crate::bisect::Bisection::step`]). Replaying the steps in
+/// order gives every node the same search.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probes {
+    /// The search: its `Bisect` record's hash.
+    pub bisection: Hash,
+    /// Which step (from 0): steps apply in order.
+    pub step: u32,
+    /// The author's notifier term: of two holders' versions of one step, the later term's
+    /// counts.
+    pub term: u64,
+    /// Outcomes learnt since the last step: (commit index, worker, outcome).
+    pub reports: Vec<(u32, NodeId, crate::bisect::Outcome)>,
+    /// Idle workers the step could use.
+    pub idle: Vec<NodeId>,
+    /// When it was decided.
+    pub now: Timestamp,
+    /// The probes it started: (commit index, worker).
+    pub probes: Vec<(u32, NodeId)>,
+    /// The culprit, once this step named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub culprit: Option<crate::bisect::Culprit>,
 }
 
 /// A maintainer-signed document, published through a node's log.

@@ -292,6 +292,18 @@ pub enum ApiAction {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         builder: Option<String>,
     },
+    /// Search for the first bad commit between two (`buildmesh bisect`).
+    Bisect {
+        /// The builder.
+        builder: String,
+        /// Its branch, when the caller named one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        branch: Option<String>,
+        /// The good commit, as typed.
+        good: String,
+        /// The bad commit, as typed.
+        bad: String,
+    },
     /// Stop a build (`buildmesh cancel`).
     Cancel {
         /// The build as the caller named it: a build id (`<job prefix>[-<attempt>]`).
@@ -315,6 +327,27 @@ impl ApiAction {
                         Some(b) => builders.len() == 1 && builders[0] == *b,
                         None => builders.is_empty(),
                     }
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a bisect record for `builder` on `r_branch` over `shas` is what this asks for.
+    pub fn asks_bisect(&self, r_builder: &str, r_branch: &str, shas: &[String]) -> bool {
+        let prefix = |typed: &str, full: Option<&String>| {
+            typed.len() >= MIN_SHA_PREFIX && full.is_some_and(|f| f.starts_with(typed))
+        };
+        match self {
+            ApiAction::Bisect {
+                builder,
+                branch,
+                good,
+                bad,
+            } => {
+                builder == r_builder
+                    && branch.as_deref().is_none_or(|b| b == r_branch)
+                    && prefix(good, shas.first())
+                    && prefix(bad, shas.last())
             }
             _ => false,
         }

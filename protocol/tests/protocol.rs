@@ -137,6 +137,28 @@ fn every_body() -> Vec<Body> {
                 T0,
             ),
         }),
+        Body::Bisect(buildmesh_protocol::record::Bisect {
+            builder: k.builder.clone(),
+            repo: k.repo.clone(),
+            branch: k.branch.clone(),
+            shas: vec!["a".repeat(40), k.sha.clone()],
+            red_worker: key(5).id(),
+            request: None,
+        }),
+        Body::Probes(buildmesh_protocol::record::Probes {
+            bisection: Hash::of(b"search"),
+            step: 2,
+            term: 3,
+            reports: vec![(1, key(5).id(), buildmesh_protocol::bisect::Outcome::Fail)],
+            idle: vec![key(5).id(), key(6).id()],
+            now: T0,
+            probes: vec![(0, key(5).id())],
+            culprit: Some(buildmesh_protocol::bisect::Culprit {
+                index: 1,
+                sha: k.sha.clone(),
+                rechecked: true,
+            }),
+        }),
         Body::Cancel(buildmesh_protocol::record::Cancel {
             job: k.id(),
             request: buildmesh_protocol::wire::SignedRequest::sign(
@@ -545,6 +567,8 @@ proptest! {
             buildmesh_protocol::record::RecordKind::Publish,
             buildmesh_protocol::record::RecordKind::Rebuild,
             buildmesh_protocol::record::RecordKind::Cancel,
+            buildmesh_protocol::record::RecordKind::Bisect,
+            buildmesh_protocol::record::RecordKind::Probes,
         ] {
             let _ = Body::decode(kind, &bytes);
         }
@@ -552,7 +576,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_valid_records_never_panic(idx in any::<proptest::sample::Index>(), val in any::<u8>(), which in 0usize..7) {
+    fn mutated_valid_records_never_panic(idx in any::<proptest::sample::Index>(), val in any::<u8>(), which in 0usize..9) {
         let body = every_body().swap_remove(which);
         let r = Record::author(&key(3), 1, Hash::ZERO, T0, &body).unwrap();
         let mut b = r.bytes.clone();

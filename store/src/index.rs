@@ -89,7 +89,11 @@ pub(crate) fn entries(rref: RecordRef, record: &Record, body: &Body) -> Vec<Entr
             value: p.doc.to_bytes(),
         }],
         // The claimer learns rebuilds and cancels from the records themselves.
-        Body::NotificationSent(_) | Body::Rebuild(_) | Body::Cancel(_) => Vec::new(),
+        Body::NotificationSent(_)
+        | Body::Rebuild(_)
+        | Body::Cancel(_)
+        | Body::Bisect(_)
+        | Body::Probes(_) => Vec::new(),
     }
 }
 

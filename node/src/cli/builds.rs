@@ -218,6 +218,11 @@ pub fn builds(args: Builds) -> anyhow::Result<ExitCode> {
                 "",
                 &job.to_string()[..16]
             ),
+            Purpose::Probe { bisection, .. } => println!(
+                "{:<20}   probe of culprit search {}",
+                "",
+                &bisection.to_string()[..16]
+            ),
             Purpose::Rebuild { by, .. } => {
                 println!("{:<20}   rebuild asked for by {}", "", by.short())
             }

@@ -469,6 +469,11 @@ pub(super) fn build(
                         " on " (served.name(Some(&worker)))
                     } }
                 }
+                Purpose::Probe { bisection, .. } => {
+                    tr { th { "Probe" } td {
+                        "of culprit search " code { (&bisection.to_string()[..16]) }
+                    } }
+                }
                 Purpose::Revalidate { worker, n, .. } => {
                     tr { th { "Re-validates" } td {
                         (served.name(Some(&worker))) ", build " (n) " of its quarantine"

@@ -125,10 +125,10 @@ impl Claims {
     }
 
     // Whether `w` may take `spec` at all (counted claims): only its worker takes a
-    // re-validation job.
+    // re-validation job or a culprit search's probe.
     pub(super) fn may_claim(spec: &JobSpec, w: &NodeId) -> bool {
         match spec.key.purpose {
-            Purpose::Revalidate { worker, .. } => worker == *w,
+            Purpose::Revalidate { worker, .. } | Purpose::Probe { worker, .. } => worker == *w,
             _ => true,
         }
     }
@@ -137,6 +137,7 @@ impl Claims {
     pub(super) fn may_rank(&self, spec: &JobSpec, w: &NodeId) -> bool {
         match spec.key.purpose {
             Purpose::Revalidate { worker, .. } => worker == *w,
+            Purpose::Probe { worker, .. } => worker == *w && !self.is_quarantined(w),
             _ => !self.is_quarantined(w),
         }
     }

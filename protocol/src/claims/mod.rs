@@ -363,7 +363,11 @@ impl Claims {
                 {
                     bad.push((*w, attempt, Refusal::WrongLabels));
                 } else if !Self::may_claim(&j.spec, w) {
-                    bad.push((*w, attempt, Refusal::OthersRevalidation));
+                    let refusal = match j.spec.key.purpose {
+                        crate::record::Purpose::Probe { .. } => Refusal::OthersProbe,
+                        _ => Refusal::OthersRevalidation,
+                    };
+                    bad.push((*w, attempt, refusal));
                 }
             }
         }
