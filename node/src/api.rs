@@ -18,6 +18,10 @@
 //!   by a key with the announcer or maintainer role; answers the new builds' ids.
 //! - `POST /api/v1/cancel`: stop a pending or running build, signed by a maintainer or by the key
 //!   whose request started it.
+//! - `POST /api/v1/bisect`: search for the first bad commit between a good and a bad one on a
+//!   builder, signed by a key with the announcer or maintainer role; answers the search's id.
+//! - `GET /api/v1/bisections`, `GET /api/v1/bisections/{id}`: culprit searches and their
+//!   probes, as this node replays them.
 //! - `POST /api/v1/webhook`: GitHub, Gitea or Forgejo push webhooks (HMAC checked).
 //! - `GET /api/v1/notifier`: the notifier holder, term and lease as this node sees them.
 //! - `GET /api/v1/notifications`: every mail sent (the `NotificationSent` records of notifiers),
@@ -62,6 +66,7 @@ pub struct ApiState {
     pub(crate) janitor: Arc<crate::janitor::JanitorStats>,
     pub(crate) events: Arc<crate::web::events::EventHub>,
     pub(crate) show_owner_addresses: bool,
+    pub(crate) bisector: crate::bisector::BisectorClient,
 }
 
 /// The routes: the API and, beside it, the web console ([`crate::web::router`]).
@@ -79,6 +84,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/submit", post(submit))
         .route("/api/v1/rebuild", post(rebuild))
         .route("/api/v1/cancel", post(cancel))
+        .route("/api/v1/bisect", post(bisect))
+        .route("/api/v1/bisections", get(bisections))
+        .route("/api/v1/bisections/{id}", get(bisection))
         .route("/api/v1/webhook", post(webhook))
         .route("/api/v1/notifier", get(notifier))
         .route("/api/v1/notifications", get(notifications))
@@ -838,6 +846,93 @@ async fn rebuild(State(s): State<ApiState>, body: Bytes) -> Response {
                 .collect(),
         })
         .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// The answer to `POST /api/v1/bisect`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BisectStarted {
+    /// The search's id (`GET /api/v1/bisections/{id}`).
+    pub id: buildmesh_protocol::Hash,
+    /// Commits in its range, both ends included.
+    pub commits: usize,
+}
+
+async fn bisect(State(s): State<ApiState>, body: Bytes) -> Response {
+    use buildmesh_protocol::wire::ApiAction;
+    let (signed, req) = match signed_request(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let ApiAction::Bisect {
+        builder,
+        branch,
+        good,
+        bad,
+    } = req.action.clone()
+    else {
+        return error(StatusCode::BAD_REQUEST, "not a bisect request");
+    };
+    match s.replica.may_announce(req.key).await {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("{} may not start a search: {why}", req.key),
+            );
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+    let min = buildmesh_protocol::wire::MIN_SHA_PREFIX;
+    for sha in [&good, &bad] {
+        if sha.len() < min || sha.len() > 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("a commit is named by {min} to 64 hex digits, not {sha:?}"),
+            );
+        }
+    }
+    let ask = crate::bisector::Ask {
+        builder,
+        branch,
+        good,
+        bad,
+        request: signed,
+    };
+    match s.bisector.start(ask).await {
+        Ok((id, commits)) => Json(BisectStarted { id, commits }).into_response(),
+        Err(crate::bisector::StartError::Node(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => error(StatusCode::CONFLICT, e),
+    }
+}
+
+async fn bisections(State(s): State<ApiState>) -> Response {
+    match s.bisector.list().await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn bisection(
+    State(s): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let id = id.to_ascii_lowercase();
+    match s.bisector.list().await {
+        Ok(list) => {
+            let mut found = list
+                .into_iter()
+                .filter(|b| !id.is_empty() && b.id.to_string().starts_with(&id));
+            match (found.next(), found.next()) {
+                (Some(b), None) => Json(b).into_response(),
+                (None, _) => error(StatusCode::NOT_FOUND, format!("no search {id}")),
+                (Some(_), Some(_)) => error(
+                    StatusCode::CONFLICT,
+                    format!("{id} names more than one search"),
+                ),
+            }
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }

@@ -75,6 +75,10 @@ pub(crate) enum Query {
     Health {
         reply: oneshot::Sender<BTreeMap<NodeId, HealthView>>,
     },
+    IdleWorkers {
+        builder: String,
+        reply: oneshot::Sender<Vec<NodeId>>,
+    },
     MayCancel {
         job: Hash,
         caller: NodeId,
@@ -133,6 +137,20 @@ impl ClaimerClient {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Query::LiveWorkers { reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The live workers that could build on `builder` now: labels met, a slot free, not
+    /// quarantined.
+    pub async fn idle_workers(&self, builder: &str) -> Result<Vec<NodeId>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Query::IdleWorkers {
+                builder: builder.to_string(),
+                reply,
+            })
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
@@ -1105,6 +1123,13 @@ impl Claimer {
             }
             Query::LiveWorkers { reply } => {
                 let _ = reply.send(self.machine.live_workers(Timestamp::now()));
+            }
+            Query::IdleWorkers { builder, reply } => {
+                let idle = match self.config.as_ref().and_then(|c| c.builder(&builder)) {
+                    Some(b) => self.machine.idle_workers(&b.requires, Timestamp::now()),
+                    None => Vec::new(),
+                };
+                let _ = reply.send(idle);
             }
             Query::MayCancel {
                 job,

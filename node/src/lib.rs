@@ -27,6 +27,7 @@
 
 mod announcer;
 pub mod api;
+pub mod bisector;
 pub mod claimer;
 pub mod config;
 pub mod demo;

@@ -307,6 +307,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         None => None,
     };
     let web = web_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let bisector_membership = membership.clone();
     let (notifier, notifier_client) = Notifier::new(NotifierParts {
         me: key.id(),
         voter: a.roles.contains(&Role::Notifier),
@@ -323,6 +324,17 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         api_hint: api.to_string(),
         cancel: cancel.child_token(),
     });
+    let (bisector, bisector_client) =
+        crate::bisector::Bisector::new(crate::bisector::BisectorParts {
+            store: store.clone(),
+            replica: replica_client.clone(),
+            claimer: claimer_client.clone(),
+            notifier: notifier_client.clone(),
+            records: feed.subscribe(),
+            membership: bisector_membership,
+            cache: config.data_dir.join("bisect"),
+            cancel: cancel.child_token(),
+        });
     let (janitor, janitor_stats) =
         crate::janitor::Janitor::new(store.clone(), config.store.clone());
     let net_cancel = CancellationToken::new();
@@ -360,6 +372,11 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         let f = failure.clone();
         tasks.spawn(
             async move { f.watch("notifier", infallible(notifier.run())).await }
+                .instrument(span.clone()),
+        );
+        let f = failure.clone();
+        tasks.spawn(
+            async move { f.watch("bisector", infallible(bisector.run())).await }
                 .instrument(span.clone()),
         );
         let f = failure.clone();
@@ -431,6 +448,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             janitor: janitor_stats,
             events: events.clone(),
             show_owner_addresses: config.show_owner_addresses,
+            bisector: bisector_client,
         };
         if let Some(listener) = web_listener {
             let console = crate::web::router(state.clone());

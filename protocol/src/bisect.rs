@@ -250,6 +250,12 @@ impl Bisection {
         votes.push((worker, outcome));
     }
 
+    /// Since when the search waits for the worker that failed the culprit to build the last
+    /// good commit again (a step that starts the wait is recorded, so that replays wait as long).
+    pub fn waiting_since(&self) -> Option<Timestamp> {
+        self.recheck_since
+    }
+
     /// Probes asked for and not reported yet: (index, worker).
     pub fn outstanding(&self) -> impl Iterator<Item = (usize, NodeId)> + '_ {
         self.outstanding.keys().copied()

@@ -1,4 +1,4 @@
-//! Builds: status, builds, log, submit, rebuild, cancel, and the step supervisor.
+//! Builds: status, builds, log, submit, rebuild, cancel, bisect, and the step supervisor.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,6 +98,30 @@ pub struct Cancel {
     /// The build id, as `buildmesh builds` shows it.
     build: String,
     /// Return once the cancel is recorded, without waiting for the build to stop.
+    #[arg(long)]
+    detach: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Bisect {
+    #[command(flatten)]
+    node: NodeAddr,
+    /// Your secret key (announcer role, or a maintainer's).
+    #[arg(long, short)]
+    key: PathBuf,
+    /// The builder, as written in the builder configuration.
+    #[arg(long)]
+    builder: String,
+    /// The branch: needed only when the bad commit was built red on several.
+    #[arg(long)]
+    branch: Option<String>,
+    /// A commit the builder passed.
+    #[arg(long)]
+    good: String,
+    /// A later commit it failed (on the good one's first-parent line).
+    #[arg(long)]
+    bad: String,
+    /// Return once the search is recorded, without following it.
     #[arg(long)]
     detach: bool,
 }
@@ -417,6 +441,76 @@ pub fn cancel(args: Cancel) -> anyhow::Result<ExitCode> {
             }
             _ => std::thread::sleep(std::time::Duration::from_millis(250)),
         }
+    }
+}
+
+pub fn bisect(args: Bisect) -> anyhow::Result<ExitCode> {
+    use buildmesh_node::bisector::SearchView;
+    let key = files::read_key(&args.key)?;
+    let req = SignedRequest::sign(
+        &key,
+        ApiAction::Bisect {
+            builder: args.builder.clone(),
+            branch: args.branch.clone(),
+            good: args.good.clone(),
+            bad: args.bad.clone(),
+        },
+        Timestamp::now(),
+    );
+    let answer = post_signed(&args.node.addr, "/api/v1/bisect", &req)?;
+    let started: buildmesh_node::api::BisectStarted = serde_json::from_value(answer)?;
+    let id = started.id.to_string();
+    println!(
+        "search {} over {} commits on {}",
+        &id[..16],
+        started.commits,
+        args.builder
+    );
+    if args.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rt = runtime()?;
+    let path = format!("/api/v1/bisections/{id}");
+    let short = |s: &str| s[..s.len().min(12)].to_string();
+    let (mut started, mut ended) = (0, std::collections::BTreeSet::new());
+    loop {
+        let v: SearchView = serde_json::from_value(rt.block_on(get_json(&args.node.addr, &path))?)?;
+        // Each probe once when it starts, once when it comes out.
+        for p in v.probes.iter().skip(started) {
+            println!("  probing {} on {}", short(&p.sha), p.worker.short());
+        }
+        started = v.probes.len();
+        for (i, p) in v.probes.iter().enumerate() {
+            if let Some(o) = p.outcome
+                && ended.insert(i)
+            {
+                println!("  {} on {}: {o:?}", short(&p.sha), p.worker.short());
+            }
+        }
+        if let Some(c) = &v.culprit {
+            let outcomes = v
+                .probes
+                .iter()
+                .map(|p| {
+                    let o = p.outcome.map_or("none", |o| match o {
+                        buildmesh_protocol::bisect::Outcome::Pass => "pass",
+                        buildmesh_protocol::bisect::Outcome::Fail => "fail",
+                        buildmesh_protocol::bisect::Outcome::NoVerdict => "no verdict",
+                    });
+                    format!("{} {o}", &p.sha[..p.sha.len().min(9)])
+                })
+                .collect::<Vec<_>>();
+            println!("probes: {}", outcomes.join(", "));
+            println!("first bad commit: {}", c.sha);
+            if let Some(a) = &c.author {
+                println!("author: {a}");
+            }
+            if let Some(subject) = &c.subject {
+                println!("subject: {subject}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }
 

@@ -3,7 +3,7 @@
 //! - `keys`: keygen, id.
 //! - `docs`: genesis, sign, admit, revoke, config sign, verify, inspect.
 //! - `mesh`: run, init-node, testnet, nodes, publish.
-//! - `builds`: status, builds, log, submit, rebuild, cancel, supervise.
+//! - `builds`: status, builds, log, submit, rebuild, cancel, bisect, supervise.
 //! - `demo`: the one-command demonstration.
 
 mod builds;
@@ -77,6 +77,9 @@ enum Command {
     Rebuild(builds::Rebuild),
     /// Stop a pending or running build, signed with your key.
     Cancel(builds::Cancel),
+    /// Find the first bad commit between a good and a bad one, building commits of the range
+    /// on idle workers, several at once.
+    Bisect(builds::Bisect),
     /// The notifier holder, term and lease, as a node sees them.
     Notifier(mesh::NotifierArgs),
     /// Run a small SMTP server that keeps every message (for test meshes).
@@ -112,6 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Submit(a) => builds::submit(a),
         Command::Rebuild(a) => builds::rebuild(a),
         Command::Cancel(a) => builds::cancel(a),
+        Command::Bisect(a) => builds::bisect(a),
         Command::Supervise(a) => builds::supervise(a),
         Command::Notifier(a) => mesh::notifier(a),
         Command::SmtpSink(a) => mesh::smtp_sink(a),

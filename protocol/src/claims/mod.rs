@@ -491,6 +491,28 @@ impl Claims {
         busy
     }
 
+    /// The live workers whose labels meet `requires`, with a free slot and not quarantined, now
+    /// (this node by its own free slots): the workers a culprit search may ask for probes.
+    pub fn idle_workers(&self, requires: &BTreeMap<String, String>, now: Timestamp) -> Vec<NodeId> {
+        let busy = self.busy();
+        let window = self.settings.liveness_window;
+        self.workers
+            .iter()
+            .filter(|(id, w)| {
+                if !labels_meet(&w.labels, requires) || self.is_quarantined(id) {
+                    return false;
+                }
+                if **id == self.me {
+                    return self.free() > 0;
+                }
+                w.heard.is_some_and(|h| now.since(h) <= window)
+                    && !self.gone.contains(*id)
+                    && busy.get(*id).copied().unwrap_or(0) < w.capacity
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Forgets a worker (revoked): it is never ranked again. What it claimed and reported
     /// before stands (see [`Claims::forget`] for a key whose every record must stop counting).
     pub fn remove_worker(&mut self, id: &NodeId) {

@@ -1,5 +1,5 @@
-//! Rebuild and cancel on a mesh of real nodes: signed requests through the API and the CLI,
-//! carried inside the records they cause, checked on every node.
+//! Rebuild, cancel and culprit searches on a mesh of real nodes: signed requests through the
+//! API and the CLI, carried inside the records they cause, checked on every node.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -372,4 +372,133 @@ async fn status_row(mesh: &Mesh, i: usize, builder: &str) -> serde_json::Value {
     rows.into_iter()
         .find(|r| r["builder"] == builder)
         .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bisect_names_the_commit_that_broke_a_builder_among_thirty_it_skipped() {
+    let mesh = Mesh::start(3).await;
+    mesh.wait_ready().await;
+    mesh.wait_workers_known().await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    let config = format!(
+        "version = 1\n[[builder]]\nname = \"tests\"\nrepo = \"{}\"\nbranches = [\"main\"]\n[[builder.step]]\nname = \"test\"\nrun = \"test ! -e broken\"\n",
+        repo.url()
+    );
+    mesh.publish_builders(0, &config).await;
+    // The last green commit, 30 more in one push (never announced), the regression among them.
+    let good = repo.commit("main", &[("README", "0")], "good");
+    let mut shas = Vec::new();
+    for i in 1..=30 {
+        let mut files = vec![("README", format!("{i}"))];
+        if i == 19 {
+            files.push(("broken", "yes".to_string()));
+        }
+        let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        shas.push(repo.commit("main", &files, &format!("change {i}")));
+    }
+    let culprit = shas[18].clone();
+    let bad = shas[29].clone();
+    mesh.announce(0, &repo.url(), "main", &good).await;
+    mesh.wait_build(0, "tests", &good, LONG, |r| r == "success")
+        .await;
+    mesh.announce(0, &repo.url(), "main", &bad).await;
+    mesh.wait_build(0, "tests", &bad, LONG, |r| r == "failure")
+        .await;
+
+    // A worker's key may not start a search.
+    let api = mesh.node(1).api;
+    let ask = |key: &SecretKey| {
+        signed(
+            key,
+            ApiAction::Bisect {
+                builder: "tests".into(),
+                branch: None,
+                good: good[..12].to_string(),
+                bad: bad[..12].to_string(),
+            },
+        )
+    };
+    let (code, body) = post(api, "/api/v1/bisect", ask(&mesh.key(1))).await;
+    assert_eq!(code, 403, "{body}");
+
+    let asked = Instant::now();
+    let key_file = mesh.testnet.maintainer_key.display().to_string();
+    let (api_s, good_s, bad_s) = (
+        api.to_string(),
+        good[..10].to_string(),
+        bad[..10].to_string(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        cli(&[
+            "bisect",
+            "--node",
+            &api_s,
+            "--key",
+            &key_file,
+            "--builder",
+            "tests",
+            "--good",
+            &good_s,
+            "--bad",
+            &bad_s,
+        ])
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}red → culprit named: {:?}", asked.elapsed());
+    assert!(
+        stdout.contains(&format!("first bad commit: {culprit}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("subject: change 19"), "{stdout}");
+    // Every node replays the same search to the same culprit; no worker built a commit twice.
+    for i in 0..3 {
+        let list: Vec<serde_json::Value> =
+            reqwest::get(format!("http://{}/api/v1/bisections", mesh.node(i).api))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        assert_eq!(list.len(), 1, "node {i}");
+        let s = &list[0];
+        let deadline = Instant::now() + LONG;
+        let mut s = s.clone();
+        while s["culprit"].is_null() {
+            assert!(
+                Instant::now() < deadline,
+                "node {i} never named the culprit"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s = reqwest::get(format!(
+                "http://{}/api/v1/bisections/{}",
+                mesh.node(i).api,
+                s["id"].as_str().unwrap()
+            ))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        }
+        assert_eq!(s["culprit"]["sha"], culprit.as_str(), "node {i}");
+        assert_eq!(s["commits"], 31);
+        let mut pairs: Vec<(String, String)> = s["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["sha"].to_string(), p["worker"].to_string()))
+            .collect();
+        let n = pairs.len();
+        pairs.sort();
+        pairs.dedup();
+        assert_eq!(pairs.len(), n, "a probe ran twice on one worker");
+    }
+    mesh.shutdown().await;
 }
