@@ -148,6 +148,10 @@ to = ["buildbot-status@localhost"]
 mode = "problem"
 # Mail a worker's owner when it has been missing this long (0s: never).
 missing_after = "0s"
+# A red that follows commits its builder did not build waits this long for the culprit search
+# to name the first bad commit; past it the mail names the range, and a follow-up names the
+# culprit. Unset: as long as two builds of that builder (at least 5s); 0s: never wait.
+# culprit_wait = "2m"
 "#;
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +201,7 @@ struct NotifierForm {
     to: Option<Vec<String>>,
     mode: Option<String>,
     missing_after: Option<String>,
+    culprit_wait: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -308,7 +313,14 @@ pub struct NotifierSettings {
     pub mode: buildmesh_protocol::transitions::Mode,
     /// Mail an owner when a worker is missing this long; `None`: never.
     pub missing_after: Option<Duration>,
+    /// How long a red's mail waits for its culprit search; `None`: two builds of the builder
+    /// (at least [`MIN_CULPRIT_WAIT`]).
+    pub culprit_wait: Option<Duration>,
 }
+
+/// The shortest wait of a red's mail for its culprit search when `culprit_wait` is unset: a
+/// search takes a few rounds of claims and checkouts even when the builds themselves are quick.
+pub const MIN_CULPRIT_WAIT: Duration = Duration::from_secs(5);
 
 /// How this node builds.
 #[derive(Clone, Debug)]
@@ -641,6 +653,7 @@ impl NodeConfig {
             mode,
             missing_after: zero_ok("notifier.missing_after", &n.missing_after)?
                 .filter(|d| !d.is_zero()),
+            culprit_wait: zero_ok("notifier.culprit_wait", &n.culprit_wait)?,
         };
         for (entry, addr) in std::iter::once(("notifier.from", &notifier.from))
             .chain(notifier.to.iter().map(|t| ("notifier.to", t)))

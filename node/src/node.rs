@@ -308,6 +308,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     };
     let web = web_listener.as_ref().and_then(|l| l.local_addr().ok());
     let bisector_membership = membership.clone();
+    let board = Arc::new(crate::bisector::Board::default());
+    let (starts_tx, starts_rx) = tokio::sync::mpsc::channel(64);
     let (notifier, notifier_client) = Notifier::new(NotifierParts {
         me: key.id(),
         voter: a.roles.contains(&Role::Notifier),
@@ -322,10 +324,14 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         records: feed.subscribe(),
         signals: signals.subscribe(),
         api_hint: api.to_string(),
+        board: board.clone(),
+        starts: starts_tx,
         cancel: cancel.child_token(),
     });
     let (bisector, bisector_client) =
         crate::bisector::Bisector::new(crate::bisector::BisectorParts {
+            board,
+            starts: starts_rx,
             store: store.clone(),
             replica: replica_client.clone(),
             claimer: claimer_client.clone(),

@@ -45,6 +45,12 @@ pub enum Alert {
         /// Its log head when it went missing.
         records: u64,
     },
+    /// The follow-up to a red's mail that went out before its culprit search ended: names the
+    /// first bad commit, in the same thread.
+    Culprit {
+        /// The red transition whose mail it follows.
+        red: Transition,
+    },
     /// A worker that entered quarantine: to its owner, once per quarantine.
     Quarantined {
         /// The worker's admitted name.
@@ -66,6 +72,10 @@ impl Alert {
     pub fn as_transition(&self) -> Transition {
         match self {
             Alert::Transition(t) => t.clone(),
+            Alert::Culprit { red } => Transition {
+                sha: format!("{}:culprit", red.sha),
+                ..red.clone()
+            },
             Alert::Missing {
                 name,
                 id,
@@ -108,7 +118,7 @@ impl Alert {
     /// Who gets it: the list for a transition, the owner otherwise.
     pub fn recipients(&self, list: &[String]) -> Vec<String> {
         match self {
-            Alert::Transition(_) => list.to_vec(),
+            Alert::Transition(_) | Alert::Culprit { .. } => list.to_vec(),
             Alert::Missing { owner, .. } | Alert::Quarantined { owner, .. } => {
                 vec![owner.clone()]
             }
@@ -223,6 +233,16 @@ impl Outbox {
                 w.alert.clone()
             })
             .collect()
+    }
+
+    /// The mail for `key` waits until `until` before it is handed out again (a red waiting for
+    /// its culprit); this try does not count as one.
+    pub fn defer(&mut self, key: Hash, until: Timestamp) {
+        if let Some(w) = self.waiting.get_mut(&key) {
+            w.in_flight = false;
+            w.tries = w.tries.saturating_sub(1);
+            w.next_try = until;
+        }
     }
 
     /// The server took the mail for `key` (its record is being written).

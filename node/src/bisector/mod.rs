@@ -139,6 +139,88 @@ enum Query {
     List(oneshot::Sender<Vec<SearchView>>),
 }
 
+/// A red as the notifier names it: (builder, branch, commit).
+pub type Red = (String, String, String);
+
+/// What the notifier reads of the culprit searches, without waiting on the bisector: the search
+/// for each red (its bad end), or that none will run for it.
+#[derive(Debug, Default)]
+pub struct Board(std::sync::Mutex<BoardInner>);
+
+#[derive(Debug, Default)]
+struct BoardInner {
+    searches: HashMap<Red, SearchView>,
+    none: std::collections::HashSet<Red>,
+    waits: HashMap<Red, Duration>,
+}
+
+/// Where a red stands with its culprit search.
+#[derive(Clone, Debug)]
+pub enum Lookup {
+    /// Not known yet whether a search runs (the holder is reading the range).
+    Undecided,
+    /// No search: its builder built every commit since its last green, or the range cannot be
+    /// read.
+    NoSearch,
+    /// The search.
+    Search(Box<SearchView>),
+}
+
+impl Board {
+    /// Where the red `red` stands.
+    pub fn lookup(&self, red: &Red) -> Lookup {
+        let b = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(v) = b.searches.get(red) {
+            Lookup::Search(Box::new(v.clone()))
+        } else if b.none.contains(red) {
+            Lookup::NoSearch
+        } else {
+            Lookup::Undecided
+        }
+    }
+
+    /// How long a mail about `red` may wait for its culprit by default: two builds of its
+    /// builder, as long as its red build took (known once the search started here).
+    pub fn wait(&self, red: &Red) -> Option<Duration> {
+        let b = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        b.waits.get(red).copied()
+    }
+
+    fn put(&self, v: &SearchView) {
+        let mut b = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let red = (v.builder.clone(), v.branch.clone(), v.bad.clone());
+        b.none.remove(&red);
+        b.searches.insert(red, v.clone());
+    }
+
+    fn no_search(&self, red: Red) {
+        let mut b = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !b.searches.contains_key(&red) {
+            b.none.insert(red);
+        }
+    }
+
+    fn set_wait(&self, red: Red, wait: Duration) {
+        let mut b = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        b.waits.insert(red, wait);
+    }
+}
+
 /// A handle on the bisector.
 #[derive(Clone, Debug)]
 pub struct BisectorClient {
@@ -170,9 +252,90 @@ struct Starter {
     replica: ReplicaClient,
     claimer: ClaimerClient,
     cache: PathBuf,
+    board: Arc<Board>,
 }
 
 impl Starter {
+    // The notifier holder's search after a red: from the builder's last green commit on the
+    // branch to the red one, when the builder did not build every commit between them. Says on
+    // the board when no search will run.
+    async fn auto(&self, red: Red) {
+        match self.try_auto(&red).await {
+            Ok(true) => {}
+            Ok(false) => self.board.no_search(red),
+            Err(e) => {
+                tracing::warn!(builder = %red.0, sha = %red.2, error = %e, "no culprit search for this red");
+                self.board.no_search(red);
+            }
+        }
+    }
+
+    async fn try_auto(&self, red: &Red) -> Result<bool, StartError> {
+        let (builder, branch, sha) = red.clone();
+        let Some(config) = self.replica.config().await? else {
+            return Ok(false);
+        };
+        let Some(b) = config.builder(&builder).cloned() else {
+            return Ok(false);
+        };
+        let views = self.claimer.views().clone();
+        let (name, br) = (builder.clone(), branch.clone());
+        let history = tokio::task::spawn_blocking(move || {
+            views.builds(
+                Listing::Branch(&name, &br),
+                |v| v.purpose.is_ordinary(),
+                500,
+            )
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)?
+        .map_err(|e| StartError::Refused(e.to_string()))?;
+        // Newest first: the red, then back to the newest green before it.
+        let Some(at) = history.iter().position(|v| {
+            v.sha == sha && v.result == buildmesh_protocol::record::BuildState::Failure
+        }) else {
+            return Ok(false);
+        };
+        let red_build = &history[at];
+        let Some(good) = history[at + 1..].iter().find(|v| {
+            v.sha != sha
+                && matches!(
+                    v.result.result(),
+                    Some(
+                        buildmesh_protocol::record::ResultCode::Success
+                            | buildmesh_protocol::record::ResultCode::Warnings
+                            | buildmesh_protocol::record::ResultCode::Flaky
+                    )
+                )
+        }) else {
+            return Ok(false);
+        };
+        let Some(worker) = red_build.worker else {
+            return Ok(false);
+        };
+        if let (Some(s), Some(f)) = (red_build.started, red_build.finished) {
+            let wait = (f.since(s) * 2).max(crate::config::MIN_CULPRIT_WAIT);
+            self.board.set_wait(red.clone(), wait);
+        }
+        let mirror = range::mirror(&self.cache, &b.repo).await?;
+        let shas = range::first_parent_line(&mirror, &good.sha, &sha).await?;
+        if shas.len() <= 2 {
+            // Nothing between the last green and the red: the red commit is the culprit.
+            return Ok(false);
+        }
+        tracing::info!(builder = %builder, branch = %branch, commits = shas.len(), "starting a culprit search for a red after skipped commits");
+        let body = Bisect {
+            builder,
+            repo: b.repo.clone(),
+            branch,
+            shas,
+            red_worker: worker,
+            request: None,
+        };
+        self.replica.author(Body::Bisect(body)).await?;
+        Ok(true)
+    }
+
     async fn start(&self, ask: Ask) -> Result<(Hash, usize), StartError> {
         let refused = |s: String| StartError::Refused(s);
         let config = self
@@ -243,6 +406,8 @@ impl Starter {
 
 /// What the bisector needs.
 pub(crate) struct BisectorParts {
+    pub board: Arc<Board>,
+    pub starts: mpsc::Receiver<Red>,
     pub store: Arc<Store>,
     pub replica: ReplicaClient,
     pub claimer: ClaimerClient,
@@ -271,6 +436,12 @@ struct Search {
 
 /// The bisector task.
 pub(crate) struct Bisector {
+    board: Arc<Board>,
+    starter: Arc<Starter>,
+    starts: mpsc::Receiver<Red>,
+    // Reds whose search this node started or decided against (a start is asked again and
+    // again while the mail waits).
+    started: std::collections::HashSet<Red>,
     store: Arc<Store>,
     replica: ReplicaClient,
     claimer: ClaimerClient,
@@ -287,15 +458,21 @@ pub(crate) struct Bisector {
 impl Bisector {
     pub(crate) fn new(parts: BisectorParts) -> (Self, BisectorClient) {
         let (tx, queries) = mpsc::channel(16);
+        let starter = Arc::new(Starter {
+            replica: parts.replica.clone(),
+            claimer: parts.claimer.clone(),
+            cache: parts.cache.clone(),
+            board: parts.board.clone(),
+        });
         let client = BisectorClient {
             tx,
-            starter: Arc::new(Starter {
-                replica: parts.replica.clone(),
-                claimer: parts.claimer.clone(),
-                cache: parts.cache.clone(),
-            }),
+            starter: starter.clone(),
         };
         let b = Bisector {
+            board: parts.board,
+            starter,
+            starts: parts.starts,
+            started: Default::default(),
             store: parts.store,
             replica: parts.replica,
             claimer: parts.claimer,
@@ -327,6 +504,7 @@ impl Bisector {
                     Err(broadcast::error::RecvError::Lagged(_)) => self.load_all(),
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
+                Some(red) = self.starts.recv() => self.start_for(red),
                 Some(q) = self.queries.recv() => match q {
                     Query::List(reply) => {
                         let _ = reply.send(self.views());
@@ -335,6 +513,22 @@ impl Bisector {
                 _ = tick.tick() => self.drive().await,
             }
         }
+    }
+
+    // The notifier holder asks for a red's search (again and again while its mail waits): once.
+    fn start_for(&mut self, red: Red) {
+        let known = self.searches.values().any(|s| {
+            s.bisect.builder == red.0
+                && s.bisect.branch == red.1
+                && s.bisect.shas.last() == Some(&red.2)
+        });
+        if known || !self.started.insert(red.clone()) {
+            return;
+        }
+        let starter = self.starter.clone();
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            starter.auto(red).await;
+        }));
     }
 
     // The searches and steps the store holds (at start, or after falling behind the feed).
@@ -391,6 +585,7 @@ impl Bisector {
                         .push((p.term, hash, p));
                 }
                 search.replay();
+                search.publish(&self.board);
                 tracing::info!(search = %search.id.short(), builder = %search.bisect.builder, commits = search.bisect.shas.len(), "culprit search started");
                 self.searches.insert(record.hash, search);
                 self.trim();
@@ -414,6 +609,7 @@ impl Bisector {
                         versions.push((p.term, record.hash, p));
                         let before = s.state.culprit().is_some();
                         s.replay();
+                        s.publish(&self.board);
                         if !before && let Some(c) = s.state.culprit() {
                             tracing::info!(search = %s.id.short(), culprit = %c.sha, "culprit named");
                         }
@@ -565,6 +761,7 @@ impl Bisector {
         };
         if let Some(s) = self.searches.get_mut(&id) {
             s.described = Some(found.unwrap_or_default());
+            s.publish(&self.board);
         }
     }
 
@@ -649,6 +846,16 @@ impl Search {
         self.state = state;
         self.applied = applied;
         self.probes = probes;
+    }
+
+    // Puts the search on the board; a culprit only once its author and subject were looked
+    // up, so that no mail names it without them.
+    fn publish(&self, board: &Board) {
+        let mut v = self.view();
+        if self.described.is_none() {
+            v.culprit = None;
+        }
+        board.put(&v);
     }
 
     fn view(&self) -> SearchView {

@@ -13,6 +13,7 @@ use buildmesh_protocol::record::{BuildState, ResultCode};
 use buildmesh_protocol::transitions::{Kind, Transition};
 
 use super::Alert;
+use crate::bisector::SearchView;
 use crate::claimer::ClaimerClient;
 use crate::config::NotifierSettings;
 use crate::replica::ReplicaClient;
@@ -20,8 +21,63 @@ use buildmesh_protocol::health::HealthView;
 
 const TAIL_LINES: usize = 40;
 
+// What a culprit search found, as a mail tells it: the first bad commit (or the range still
+// searched) and the probes that found it.
+fn search_text(
+    v: &SearchView,
+    name_of: &dyn Fn(Option<buildmesh_protocol::NodeId>) -> String,
+) -> String {
+    let short = |s: &str| s[..s.len().min(12)].to_string();
+    let mut text = String::new();
+    match &v.culprit {
+        Some(c) => {
+            text.push_str(&format!("\nFirst bad commit: {}\n", c.sha));
+            if let Some(a) = &c.author {
+                text.push_str(&format!("Author:  {a}\n"));
+            }
+            if let Some(s) = &c.subject {
+                text.push_str(&format!("Subject: {s}\n"));
+            }
+            let workers: std::collections::BTreeSet<_> = v.probes.iter().map(|p| p.worker).collect();
+            text.push_str(&format!(
+                "\nFound among the {} commits from the last green {} to {} by {} probes on {} workers in {} rounds{}:\n\n",
+                v.commits,
+                short(&v.good),
+                short(&v.bad),
+                v.probes.len(),
+                workers.len(),
+                v.rounds,
+                if c.rechecked { ", the last good commit built again on the worker that failed it" } else { "" }
+            ));
+            for p in &v.probes {
+                let o = match p.outcome {
+                    Some(buildmesh_protocol::bisect::Outcome::Pass) => "pass",
+                    Some(buildmesh_protocol::bisect::Outcome::Fail) => "fail",
+                    Some(buildmesh_protocol::bisect::Outcome::NoVerdict) => "no verdict",
+                    None => "not reported",
+                };
+                text.push_str(&format!(
+                    "    {} {o:<12} on {} (build {})\n",
+                    short(&p.sha),
+                    name_of(Some(p.worker)),
+                    p.build
+                ));
+            }
+        }
+        None => text.push_str(&format!(
+            "\nThe builder did not build every commit since its last green: {} commits from {} to {}.\n\
+             A search for the first bad one is under way; a follow-up in this thread will name it.\n",
+            v.commits,
+            short(&v.good),
+            short(&v.bad)
+        )),
+    }
+    text
+}
+
 async fn body(
     t: &Transition,
+    note: Option<&SearchView>,
     claimer: &ClaimerClient,
     replica: &ReplicaClient,
     api_hint: &str,
@@ -75,8 +131,12 @@ async fn body(
         }
         _ => String::new(),
     };
+    let culprit = note
+        .and_then(|v| v.culprit.as_ref())
+        .map(|c| format!("; first bad commit {}", &c.sha[..c.sha.len().min(12)]))
+        .unwrap_or_default();
     let subject = format!(
-        "buildmesh: {} on {} {what} at {short} (worker {worker}{also})",
+        "buildmesh: {} on {} {what} at {short} (worker {worker}{also}){culprit}",
         t.builder, t.branch
     );
     let mut text = format!(
@@ -149,6 +209,43 @@ async fn body(
             b.id
         ));
     }
+    if let Some(v) = note {
+        text.push_str(&search_text(v, &name_of));
+    }
+    (subject, text)
+}
+
+// The follow-up naming the culprit of a red whose mail named the range.
+async fn culprit_body(
+    red: &Transition,
+    v: &SearchView,
+    replica: &ReplicaClient,
+) -> (String, String) {
+    let nodes = replica.nodes().await.unwrap_or_default();
+    let name_of = |w: Option<buildmesh_protocol::NodeId>| match w {
+        Some(w) => nodes
+            .iter()
+            .find(|n| n.id == w)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| w.short()),
+        None => "?".into(),
+    };
+    let first = v
+        .culprit
+        .as_ref()
+        .map(|c| c.sha[..c.sha.len().min(12)].to_string())
+        .unwrap_or_default();
+    let subject = format!(
+        "Re: buildmesh: {} on {}: first bad commit {first}",
+        red.builder, red.branch
+    );
+    let text = format!(
+        "Builder:  {}\nBranch:   {}\nRed at:   {}\n{}",
+        red.builder,
+        red.branch,
+        red.sha,
+        search_text(v, &name_of)
+    );
     (subject, text)
 }
 
@@ -209,12 +306,17 @@ pub(crate) async fn send(
     host: &str,
     port: u16,
     alert: &Alert,
+    note: Option<&SearchView>,
     claimer: &ClaimerClient,
     replica: &ReplicaClient,
     api_hint: &str,
 ) -> Result<(), String> {
     let (subject, text) = match alert {
-        Alert::Transition(t) => body(t, claimer, replica, api_hint).await,
+        Alert::Transition(t) => body(t, note, claimer, replica, api_hint).await,
+        Alert::Culprit { red } => match note {
+            Some(v) => culprit_body(red, v, replica).await,
+            None => return Err("a follow-up without its search".into()),
+        },
         Alert::Missing { name, id, .. } => (
             format!("buildmesh: worker {name} is missing"),
             format!(
@@ -232,6 +334,11 @@ pub(crate) async fn send(
         .from(settings.from.parse().map_err(|e| format!("from: {e}"))?)
         .subject(subject)
         .message_id(Some(alert.message_id()));
+    if let Alert::Culprit { red } = alert {
+        builder = builder
+            .in_reply_to(red.message_id())
+            .references(red.message_id());
+    }
     let recipients = alert.recipients(&settings.to);
     for to in &recipients {
         builder = builder.to(to.parse().map_err(|e| format!("to {to}: {e}"))?);

@@ -111,6 +111,8 @@ pub(crate) struct NotifierParts {
     pub records: broadcast::Receiver<Arc<Record>>,
     pub signals: broadcast::Receiver<Signal>,
     pub api_hint: String,
+    pub board: Arc<crate::bisector::Board>,
+    pub starts: mpsc::Sender<crate::bisector::Red>,
     pub cancel: CancellationToken,
 }
 
@@ -178,8 +180,28 @@ pub(crate) struct Notifier {
     rescan: bool,
     config_version: Option<u64>,
     api_hint: String,
+    // Culprit searches, and when each red's mail began to wait for its culprit (by alert).
+    board: Arc<crate::bisector::Board>,
+    starts: mpsc::Sender<crate::bisector::Red>,
+    culprit_since: std::collections::HashMap<Hash, Timestamp>,
     cancel: CancellationToken,
 }
+
+// What a red's mail does about its culprit search.
+enum Hold {
+    // Waits until then.
+    Wait(Timestamp),
+    // Goes out now, with the search as it stands (none, under way, or done).
+    Send(Option<Box<crate::bisector::SearchView>>),
+    // Never goes out (a follow-up whose search never named a culprit).
+    Drop,
+}
+
+/// How long a red's mail waits at most to learn whether a culprit search runs for it.
+const DECIDE_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a follow-up waits for its search to name the culprit before it is given up.
+const FOLLOW_UP_WAIT: Duration = Duration::from_secs(6 * 3600);
 
 impl Notifier {
     pub(crate) fn new(parts: NotifierParts) -> (Self, NotifierClient) {
@@ -220,6 +242,9 @@ impl Notifier {
             rescan: true,
             config_version: None,
             api_hint: parts.api_hint,
+            board: parts.board,
+            starts: parts.starts,
+            culprit_since: Default::default(),
             cancel: parts.cancel,
         };
         (n, NotifierClient { tx })
@@ -506,6 +531,16 @@ impl Notifier {
             }
             for t in found {
                 tracing::info!(builder = %t.builder, branch = %t.branch, sha = %t.sha, kind = %t.kind, "transition to mail");
+                // The holder looks for the culprit at once, while the mail settles.
+                if t.kind == transitions::Kind::Broken
+                    && t.result == ResultCode::Failure
+                    && self.election.holding(Timestamp::now()).is_some()
+                    && !self.outbox.knows(&t.key())
+                {
+                    let _ =
+                        self.starts
+                            .try_send((t.builder.clone(), t.branch.clone(), t.sha.clone()));
+                }
                 self.outbox.queue(Alert::Transition(t), Timestamp::now());
             }
         }
@@ -637,6 +672,18 @@ impl Notifier {
             .outbox
             .due(now, Some((term, self.election.held_for(now))))
         {
+            let note = match self.culprit_hold(&alert, now) {
+                Hold::Wait(until) => {
+                    self.outbox.defer(alert.key(), until);
+                    continue;
+                }
+                Hold::Drop => {
+                    tracing::warn!(key = %alert.key().short(), "the culprit search never named a culprit: no follow-up");
+                    self.outbox.recorded(alert.key());
+                    continue;
+                }
+                Hold::Send(note) => note,
+            };
             let settings = self.settings.clone();
             let (host, port) = (host.clone(), port);
             let replica = self.replica.clone();
@@ -651,7 +698,7 @@ impl Notifier {
                 // its server did not take yet is the next holder's to send.
                 let outcome = tokio::select! {
                     _ = stop.cancelled() => return,
-                    o = mail::send(&settings, &host, port, &alert, &claimer, &replica, &hint) => o,
+                    o = mail::send(&settings, &host, port, &alert, note.as_deref(), &claimer, &replica, &hint) => o,
                 };
                 let t = alert.as_transition();
                 if outcome.is_ok() {
@@ -673,6 +720,69 @@ impl Notifier {
                 }
                 .in_current_span(),
             );
+        }
+    }
+
+    // Whether a due mail goes out now: a red waits a while for its culprit search (asking the
+    // bisector to start it), then goes out naming the culprit, or the range with a follow-up
+    // queued; a follow-up waits for its culprit.
+    fn culprit_hold(&mut self, alert: &Alert, now: Timestamp) -> Hold {
+        use crate::bisector::Lookup;
+        let key = alert.key();
+        match alert {
+            Alert::Transition(t)
+                if t.kind == transitions::Kind::Broken && t.result == ResultCode::Failure =>
+            {
+                let red = (t.builder.clone(), t.branch.clone(), t.sha.clone());
+                let lookup = self.board.lookup(&red);
+                if let Lookup::Search(v) = &lookup
+                    && v.culprit.is_some()
+                {
+                    return Hold::Send(Some(v.clone()));
+                }
+                if matches!(lookup, Lookup::NoSearch) {
+                    return Hold::Send(None);
+                }
+                let wait = self
+                    .settings
+                    .culprit_wait
+                    .or_else(|| self.board.wait(&red))
+                    .unwrap_or(crate::config::MIN_CULPRIT_WAIT);
+                let since = *self.culprit_since.entry(key).or_insert(now);
+                let waited = now.since(since);
+                // Whether a search runs is known once the holder read the range: the mail
+                // waits for that (a mirror's first clone may take a while) at least.
+                let undecided = matches!(lookup, Lookup::Undecided);
+                if waited < wait || (undecided && waited < wait.max(DECIDE_WAIT)) {
+                    if undecided {
+                        let _ = self.starts.try_send(red);
+                    }
+                    return Hold::Wait(now.plus(Duration::from_millis(250)));
+                }
+                match lookup {
+                    Lookup::Search(v) => {
+                        // The range now, the culprit in the same thread once it is found.
+                        self.outbox.queue(Alert::Culprit { red: t.clone() }, now);
+                        Hold::Send(Some(v))
+                    }
+                    _ => Hold::Send(None),
+                }
+            }
+            Alert::Culprit { red } => {
+                let found = (red.builder.clone(), red.branch.clone(), red.sha.clone());
+                match self.board.lookup(&found) {
+                    Lookup::Search(v) if v.culprit.is_some() => Hold::Send(Some(v)),
+                    _ => {
+                        let since = *self.culprit_since.entry(key).or_insert(now);
+                        if now.since(since) > FOLLOW_UP_WAIT {
+                            Hold::Drop
+                        } else {
+                            Hold::Wait(now.plus(Duration::from_secs(1)))
+                        }
+                    }
+                }
+            }
+            _ => Hold::Send(None),
         }
     }
 

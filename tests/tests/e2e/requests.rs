@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use buildmesh_node::BuildView;
+use buildmesh_node::smtp_sink;
 use buildmesh_protocol::SecretKey;
 use buildmesh_protocol::record::Purpose;
 use buildmesh_protocol::wire::{ApiAction, SignedRequest};
@@ -500,5 +501,118 @@ async fn bisect_names_the_commit_that_broke_a_builder_among_thirty_it_skipped() 
         pairs.dedup();
         assert_eq!(pairs.len(), n, "a probe ran twice on one worker");
     }
+    mesh.shutdown().await;
+}
+
+// A stable builder that fails once `broken` exists, on a mesh that mails `list@localhost`
+// through a real SMTP server and waits `culprit_wait` for a red's culprit; the last green
+// commit, 30 commits in one push (the 19th breaks it), the red announced: the list's mails.
+async fn red_after_a_push(wait: Duration) -> (Mesh, smtp_sink::Mailbox, String, String) {
+    let (addr, mailbox) = smtp_sink::bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let mesh = Mesh::start_with(3, |_, c| {
+        c.notifier.smtp = Some(("127.0.0.1".into(), addr.port()));
+        c.notifier.to = vec!["list@localhost".into()];
+        c.notifier.culprit_wait = Some(wait);
+    })
+    .await;
+    mesh.wait_ready().await;
+    let repo = GitRepo::new(mesh.dir.path().join("repo"));
+    let config = format!(
+        "version = 1\n[[builder]]\nname = \"tests\"\nrepo = \"{}\"\nbranches = [\"main\"]\ntags = [\"stable\"]\n[[builder.step]]\nname = \"test\"\nrun = \"test ! -e broken\"\n",
+        repo.url()
+    );
+    mesh.publish_builders(0, &config).await;
+    let good = repo.commit("main", &[("README", "0")], "good");
+    let mut shas = Vec::new();
+    for i in 1..=30 {
+        let mut files = vec![("README", format!("{i}"))];
+        if i == 19 {
+            files.push(("broken", "yes".to_string()));
+        }
+        let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        shas.push(repo.commit("main", &files, &format!("change {i}")));
+    }
+    mesh.announce(0, &repo.url(), "main", &good).await;
+    mesh.wait_build(0, "tests", &good, LONG, |r| r == "success")
+        .await;
+    mesh.announce(0, &repo.url(), "main", &shas[29]).await;
+    (mesh, mailbox, shas[18].clone(), shas[29].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_red_after_skipped_commits_is_mailed_once_naming_the_first_bad_commit() {
+    let (mesh, mailbox, culprit, bad) = red_after_a_push(Duration::from_secs(60)).await;
+    let red = Instant::now();
+    wait_for("the red's mail", LONG, || async { !mailbox.is_empty() }).await;
+    println!(
+        "red announced → mail naming the culprit: {:?}",
+        red.elapsed()
+    );
+    let mails = mailbox.all();
+    assert_eq!(
+        mails.len(),
+        1,
+        "{:?}",
+        mails.iter().map(|m| &m.subject).collect::<Vec<_>>()
+    );
+    let m = &mails[0];
+    assert!(m.subject.contains(&bad[..12]), "{}", m.subject);
+    assert!(
+        m.subject
+            .ends_with(&format!("first bad commit {}", &culprit[..12])),
+        "{}",
+        m.subject
+    );
+    assert!(
+        m.body.contains(&format!("First bad commit: {culprit}")),
+        "{}",
+        m.body
+    );
+    assert!(m.body.contains("Subject: change 19"), "{}", m.body);
+    assert!(m.body.contains("Author:  buildmesh-test"), "{}", m.body);
+    assert!(m.body.contains("Found among the 31 commits"), "{}", m.body);
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_red_whose_culprit_comes_late_gets_the_range_then_a_follow_up_in_its_thread() {
+    let (mesh, mailbox, culprit, bad) = red_after_a_push(Duration::ZERO).await;
+    wait_for("the red's mail and its follow-up", LONG, || async {
+        mailbox.len() >= 2
+    })
+    .await;
+    let mails = mailbox.all();
+    let first = mails
+        .iter()
+        .find(|m| !m.subject.starts_with("Re:"))
+        .unwrap();
+    assert!(first.subject.contains(&bad[..12]), "{}", first.subject);
+    assert!(first.body.contains("31 commits from"), "{}", first.body);
+    assert!(
+        first.body.contains("follow-up in this thread"),
+        "{}",
+        first.body
+    );
+    let follow = mails.iter().find(|m| m.subject.starts_with("Re:")).unwrap();
+    assert!(
+        follow
+            .subject
+            .ends_with(&format!("first bad commit {}", &culprit[..12])),
+        "{}",
+        follow.subject
+    );
+    assert!(
+        follow
+            .raw
+            .contains(&format!("In-Reply-To: {}", first.message_id)),
+        "{}",
+        follow.raw
+    );
+    assert!(
+        follow.body.contains("Subject: change 19"),
+        "{}",
+        follow.body
+    );
+    assert_eq!(mails.len(), 2);
     mesh.shutdown().await;
 }
