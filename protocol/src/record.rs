@@ -882,10 +882,24 @@ pub struct Bisect {
     pub shas: Vec<String>,
     /// The worker whose red of the bad commit the search starts from.
     pub red_worker: NodeId,
+    /// The most probes of one split round (none: one per idle worker; 1 is the classic binary
+    /// search, one probe at a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_split: Option<u32>,
     /// The caller's signed request ([`crate::wire::ApiAction::Bisect`]), for a search a caller
     /// asked for; none for one the notifier holder started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<crate::wire::SignedRequest>,
+}
+
+impl Bisect {
+    /// The rules' settings every node replays this search with.
+    pub fn settings(&self) -> crate::bisect::BisectSettings {
+        crate::bisect::BisectSettings {
+            max_split: self.max_split.map_or(usize::MAX, |m| m.max(1) as usize),
+            ..Default::default()
+        }
+    }
 }
 
 /// One step of a culprit search, as the node deciding it (the notifier holder) took it: the

@@ -143,6 +143,7 @@ fn every_body() -> Vec<Body> {
             branch: k.branch.clone(),
             shas: vec!["a".repeat(40), k.sha.clone()],
             red_worker: key(5).id(),
+            max_split: Some(1),
             request: None,
         }),
         Body::Probes(buildmesh_protocol::record::Probes {

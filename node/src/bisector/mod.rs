@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use buildmesh_protocol::bisect::{BisectSettings, Bisection, Outcome};
+use buildmesh_protocol::bisect::{Bisection, Outcome};
 use buildmesh_protocol::docs::Role;
 use buildmesh_protocol::entitle;
 use buildmesh_protocol::record::{Bisect, Body, JobKey, Probes, Purpose, Record};
@@ -330,6 +330,7 @@ impl Starter {
             branch,
             shas,
             red_worker: worker,
+            max_split: None,
             request: None,
         };
         self.replica.author(Body::Bisect(body)).await?;
@@ -397,6 +398,7 @@ impl Starter {
             red_worker: red
                 .worker
                 .ok_or_else(|| refused("the red build names no worker".into()))?,
+            max_split: None,
             request: Some(ask.request),
         };
         let record = self.replica.author(Body::Bisect(body)).await?;
@@ -560,9 +562,7 @@ impl Bisector {
                     .as_ref()
                     .and_then(|r| r.verify().ok())
                     .map(|r| r.key);
-                let Ok(state) =
-                    Bisection::new(b.shas.clone(), b.red_worker, BisectSettings::default())
-                else {
+                let Ok(state) = Bisection::new(b.shas.clone(), b.red_worker, b.settings()) else {
                     return;
                 };
                 let mut search = Search {
@@ -794,7 +794,7 @@ impl Search {
         let Ok(mut state) = Bisection::new(
             self.bisect.shas.clone(),
             self.bisect.red_worker,
-            BisectSettings::default(),
+            self.bisect.settings(),
         ) else {
             return;
         };
