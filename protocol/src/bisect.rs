@@ -708,4 +708,51 @@ mod tests {
         assert_eq!(round_bound(200, 10), 3);
         assert_eq!(round_bound(200, 1), 8);
     }
+
+    #[test]
+    fn replaying_the_recorded_steps_reaches_the_same_search() {
+        // A search driven as the holder drives it: reports learnt, idle workers varying, the
+        // time moving; every step's inputs written down, then replayed on a fresh search.
+        let n = 60;
+        let culprit = 41;
+        let all: Vec<NodeId> = (1..=5).map(w).collect();
+        let mut live = Bisection::new(shas(n), w(1), BisectSettings::default()).unwrap();
+        let mut steps = Vec::new();
+        let mut pending: Vec<Probe> = Vec::new();
+        for round in 0..200u64 {
+            let reports: Vec<(usize, NodeId, Outcome)> = pending
+                .drain(..)
+                .map(|p| {
+                    let o = if round % 7 == 3 {
+                        Outcome::NoVerdict
+                    } else if p.index >= culprit {
+                        Outcome::Fail
+                    } else {
+                        Outcome::Pass
+                    };
+                    (p.index, p.worker, o)
+                })
+                .collect();
+            let idle: Vec<NodeId> = all
+                .iter()
+                .copied()
+                .filter(|x| (round as usize + x.as_bytes()[0] as usize) % 3 != 0)
+                .collect();
+            let now = Timestamp(round * 1_000);
+            let probes = live.step(&reports, &idle, now);
+            steps.push((reports, idle, now, probes.clone()));
+            pending = probes;
+            if live.culprit().is_some() {
+                break;
+            }
+        }
+        let named = live.culprit().cloned().expect("a culprit");
+        assert_eq!(named.index, culprit);
+        let mut again = Bisection::new(shas(n), w(1), BisectSettings::default()).unwrap();
+        for (reports, idle, now, probes) in &steps {
+            assert_eq!(&again.step(reports, idle, *now), probes);
+        }
+        assert_eq!(again.culprit(), Some(&named));
+        assert_eq!(again.rounds(), live.rounds());
+    }
 }

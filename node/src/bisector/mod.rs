@@ -455,6 +455,10 @@ pub(crate) struct Bisector {
     cancel: CancellationToken,
     searches: HashMap<Hash, Search>,
     early: HashMap<Hash, Vec<(Hash, Probes)>>,
+    // Builds as they change: a probe that ended is the next step's input, at once.
+    views: broadcast::Receiver<Arc<crate::claimer::BuildView>>,
+    // A search started: its first step need not wait for the tick.
+    kick: bool,
 }
 
 impl Bisector {
@@ -470,8 +474,9 @@ impl Bisector {
             tx,
             starter: starter.clone(),
         };
+        let views = parts.claimer.views().subscribe();
         let b = Bisector {
-            board: parts.board,
+            board: parts.board.clone(),
             starter,
             starts: parts.starts,
             started: Default::default(),
@@ -486,6 +491,8 @@ impl Bisector {
             cancel: parts.cancel,
             searches: HashMap::new(),
             early: HashMap::new(),
+            views,
+            kick: false,
         };
         (b, client)
     }
@@ -502,11 +509,22 @@ impl Bisector {
                     Ok(record) => {
                         self.learn(&record);
                         self.describe_named().await;
+                        if std::mem::take(&mut self.kick) {
+                            self.drive().await;
+                        }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => self.load_all(),
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 Some(red) = self.starts.recv() => self.start_for(red),
+                v = self.views.recv() => match v {
+                    Ok(b) if matches!(b.purpose, Purpose::Probe { .. }) && b.result.is_settled() => {
+                        self.drive().await;
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.drive().await,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
                 Some(q) = self.queries.recv() => match q {
                     Query::List(reply) => {
                         let _ = reply.send(self.views());
@@ -586,6 +604,7 @@ impl Bisector {
                 }
                 search.replay();
                 search.publish(&self.board);
+                self.kick = true;
                 tracing::info!(search = %search.id.short(), builder = %search.bisect.builder, commits = search.bisect.shas.len(), "culprit search started");
                 self.searches.insert(record.hash, search);
                 self.trim();
