@@ -1,7 +1,9 @@
 //! Prints how long a culprit search takes on this machine: from a red to the first bad commit
 //! named, over ranges of 30 and 200 commits, with 3 and 10 in-process workers, splitting each
 //! round over every idle worker and, on the same mesh, one probe at a time (the classic binary
-//! search).
+//! search). Each build sleeps a second before it tests, as a real build spends its time
+//! waiting on more than this machine's two cores: the rounds, not the bookkeeping, decide. A
+//! first, untimed search warms every worker's clone of the repository.
 //!
 //! `cargo run --release -p buildmesh-tests --example bisect_bench`
 
@@ -19,7 +21,7 @@ async fn setup(k: usize, n: usize, culprit: usize) -> (Mesh, Vec<String>) {
     mesh.wait_ready().await;
     let repo = GitRepo::new(mesh.dir.path().join("repo"));
     let config = format!(
-        "version = 1\n[[builder]]\nname = \"tests\"\nrepo = \"{}\"\nbranches = [\"main\"]\nconfirm = \"none\"\n[[builder.step]]\nname = \"test\"\nrun = \"test ! -e broken\"\n",
+        "version = 1\n[[builder]]\nname = \"tests\"\nrepo = \"{}\"\nbranches = [\"main\"]\nconfirm = \"none\"\n[[builder.step]]\nname = \"test\"\nrun = \"sleep 1; test ! -e broken\"\n",
         repo.url()
     );
     mesh.publish_builders(0, &config).await;
@@ -97,6 +99,8 @@ async fn main() {
     for (n, k) in [(30, 3), (30, 10), (200, 3), (200, 10)] {
         let culprit = n * 2 / 3 + 1;
         let (mesh, shas) = setup(k, n, culprit).await;
+        // Every worker's clone of the repository warm first: a cold clone is not the search's.
+        search(&mesh, &shas, None).await;
         let (fast, fp, fsha) = search(&mesh, &shas, None).await;
         let (slow, sp, ssha) = search(&mesh, &shas, Some(1)).await;
         assert_eq!(fsha, shas[culprit], "n-section named the wrong commit");
