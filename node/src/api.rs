@@ -619,7 +619,6 @@ async fn log(
 }
 
 // A signed request from an HTTP body: it verifies and is dated near this node's clock.
-#[allow(clippy::result_large_err)]
 fn signed_request(
     body: &[u8],
 ) -> Result<
@@ -627,27 +626,27 @@ fn signed_request(
         buildmesh_protocol::wire::SignedRequest,
         buildmesh_protocol::wire::ApiRequest,
     ),
-    Response,
+    Box<Response>,
 > {
     use buildmesh_protocol::wire::SignedRequest;
     let (signed, req) = SignedRequest::from_bytes(body)
         .map_err(|e| e.to_string())
         .and_then(|r| r.verify().map(|v| (r, v)).map_err(|e| e.to_string()))
         .map_err(|e| {
-            error(
+            Box::new(error(
                 StatusCode::BAD_REQUEST,
                 format!("not a signed request: {e}"),
-            )
+            ))
         })?;
     let now = buildmesh_protocol::Timestamp::now();
     if req.time.since(now) > MAX_REQUEST_SKEW || now.since(req.time) > MAX_REQUEST_SKEW {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             format!(
                 "request dated {}, more than 5 minutes from this node's clock",
                 req.time
             ),
-        ));
+        )));
     }
     Ok((signed, req))
 }
@@ -656,7 +655,7 @@ async fn submit(State(s): State<ApiState>, body: Bytes) -> Response {
     use buildmesh_protocol::wire::ApiAction;
     let (signed, req) = match signed_request(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match s.replica.may_announce(req.key).await {
         Ok(Ok(())) => {}
@@ -725,7 +724,7 @@ async fn rebuild(State(s): State<ApiState>, body: Bytes) -> Response {
     use buildmesh_protocol::wire::{ApiAction, MIN_SHA_PREFIX};
     let (signed, req) = match signed_request(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let ApiAction::Rebuild {
         sha,
@@ -863,7 +862,7 @@ async fn bisect(State(s): State<ApiState>, body: Bytes) -> Response {
     use buildmesh_protocol::wire::ApiAction;
     let (signed, req) = match signed_request(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let ApiAction::Bisect {
         builder,
@@ -957,7 +956,7 @@ async fn cancel(State(s): State<ApiState>, body: Bytes) -> Response {
     use buildmesh_protocol::wire::ApiAction;
     let (signed, req) = match signed_request(&body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let ApiAction::Cancel { build } = req.action.clone() else {
         return error(StatusCode::BAD_REQUEST, "not a cancel request");

@@ -736,7 +736,7 @@ mod tests {
             let idle: Vec<NodeId> = all
                 .iter()
                 .copied()
-                .filter(|x| (round as usize + x.as_bytes()[0] as usize) % 3 != 0)
+                .filter(|x| !(round as usize + x.as_bytes()[0] as usize).is_multiple_of(3))
                 .collect();
             let now = Timestamp(round * 1_000);
             let probes = live.step(&reports, &idle, now);

@@ -303,8 +303,6 @@ async fn quarantine_body(
 /// Builds and sends the mail for `alert`. An error means the server did not take it.
 pub(crate) async fn send(
     settings: &NotifierSettings,
-    host: &str,
-    port: u16,
     alert: &Alert,
     note: Option<&SearchView>,
     claimer: &ClaimerClient,
@@ -352,6 +350,10 @@ pub(crate) async fn send(
         .header(ContentType::TEXT_PLAIN)
         .body(body);
     let message = builder.singlepart(part).map_err(|e| e.to_string())?;
+    let Some((host, port)) = settings.smtp.clone() else {
+        return Err("no SMTP server configured".into());
+    };
+    let host = host.as_str();
     let mut transport = if settings.starttls {
         AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host).map_err(|e| e.to_string())?
     } else {

@@ -658,7 +658,7 @@ impl Notifier {
         if self.outbox.needs_sync(term) {
             self.settle(term);
         }
-        let Some((host, port)) = self.settings.smtp.clone() else {
+        if self.settings.smtp.is_none() {
             let dropped = self.outbox.drop_waiting();
             if dropped > 0 {
                 tracing::warn!(
@@ -667,7 +667,7 @@ impl Notifier {
                 );
             }
             return;
-        };
+        }
         for alert in self
             .outbox
             .due(now, Some((term, self.election.held_for(now))))
@@ -685,7 +685,6 @@ impl Notifier {
                 Hold::Send(note) => note,
             };
             let settings = self.settings.clone();
-            let (host, port) = (host.clone(), port);
             let replica = self.replica.clone();
             let claimer = self.claimer.clone();
             let tx = self.sent_tx.clone();
@@ -698,7 +697,7 @@ impl Notifier {
                 // its server did not take yet is the next holder's to send.
                 let outcome = tokio::select! {
                     _ = stop.cancelled() => return,
-                    o = mail::send(&settings, &host, port, &alert, note.as_deref(), &claimer, &replica, &hint) => o,
+                    o = mail::send(&settings, &alert, note.as_deref(), &claimer, &replica, &hint) => o,
                 };
                 let t = alert.as_transition();
                 if outcome.is_ok() {
