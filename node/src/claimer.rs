@@ -786,8 +786,13 @@ impl Claimer {
         let Some(config) = &self.config else {
             return;
         };
-        let now = Timestamp::now();
         let specs = jobs::derive(config, repo, branch, sha, announced);
+        self.add_jobs(specs, announced);
+    }
+
+    // Jobs derived from a record dated `at`, those the machine does not hold yet.
+    fn add_jobs(&mut self, specs: Vec<JobSpec>, at: Timestamp) {
+        let now = Timestamp::now();
         for s in specs {
             // Not at a rebuild: the machine then learns every job again, letting go of the
             // finished ones as it goes.
@@ -798,7 +803,7 @@ impl Claimer {
                 self.replay(&id, now);
                 // Old news (a node back from a partition, or a restart) waits a moment before
                 // anyone claims it.
-                self.machine.job(s, jobs::opens_at(announced, now));
+                self.machine.job(s, jobs::opens_at(at, now));
                 self.replay_new_jobs();
             }
         }
@@ -809,16 +814,8 @@ impl Claimer {
         let Some(config) = &self.config else {
             return;
         };
-        let now = Timestamp::now();
-        for s in jobs::rebuild(config, r, asked) {
-            if !self.machine.knows(&s.id) && (self.rebuilding || !self.let_go_of(&s.id)) {
-                let id = s.id;
-                self.replay(&id, now);
-                self.machine.job(s, jobs::opens_at(asked, now));
-                self.replay_new_jobs();
-            }
-        }
-        self.apply_cancels();
+        let specs = jobs::rebuild(config, r, asked);
+        self.add_jobs(specs, asked);
     }
 
     // The probe jobs of one step of a known search.
@@ -826,16 +823,8 @@ impl Claimer {
         let (Some(config), Some(search)) = (&self.config, self.searches.get(&p.bisection)) else {
             return;
         };
-        let now = Timestamp::now();
-        for s in jobs::probes(config, search, p.bisection, &p.probes, at) {
-            if !self.machine.knows(&s.id) && (self.rebuilding || !self.let_go_of(&s.id)) {
-                let id = s.id;
-                self.replay(&id, now);
-                self.machine.job(s, jobs::opens_at(at, now));
-                self.replay_new_jobs();
-            }
-        }
-        self.apply_cancels();
+        let specs = jobs::probes(config, search, p.bisection, &p.probes, at);
+        self.add_jobs(specs, at);
     }
 
     // Whether a counted cancel's caller may stop `job` (a maintainer, or whoever started it),

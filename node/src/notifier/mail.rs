@@ -21,6 +21,18 @@ use buildmesh_protocol::health::HealthView;
 
 const TAIL_LINES: usize = 40;
 
+// A node's admitted name (its short id when it has none here; `?` for none at all).
+fn name_in(nodes: &[crate::replica::NodeView], w: Option<buildmesh_protocol::NodeId>) -> String {
+    match w {
+        Some(w) => nodes
+            .iter()
+            .find(|n| n.id == w)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| w.short()),
+        None => "?".into(),
+    }
+}
+
 // What a culprit search found, as a mail tells it: the first bad commit (or the range still
 // searched) and the probes that found it.
 fn search_text(
@@ -105,14 +117,7 @@ async fn body(
         .flatten()
     };
     let nodes = replica.nodes().await.unwrap_or_default();
-    let name_of = |w: Option<buildmesh_protocol::NodeId>| match w {
-        Some(w) => nodes
-            .iter()
-            .find(|n| n.id == w)
-            .map(|n| n.name.clone())
-            .unwrap_or_else(|| w.short()),
-        None => "?".into(),
-    };
+    let name_of = |w| name_in(&nodes, w);
     let worker = name_of(build.as_ref().and_then(|b| b.worker));
     let what = match t.kind {
         Kind::Broken => "is red",
@@ -222,14 +227,7 @@ async fn culprit_body(
     replica: &ReplicaClient,
 ) -> (String, String) {
     let nodes = replica.nodes().await.unwrap_or_default();
-    let name_of = |w: Option<buildmesh_protocol::NodeId>| match w {
-        Some(w) => nodes
-            .iter()
-            .find(|n| n.id == w)
-            .map(|n| n.name.clone())
-            .unwrap_or_else(|| w.short()),
-        None => "?".into(),
-    };
+    let name_of = |w| name_in(&nodes, w);
     let first = v
         .culprit
         .as_ref()

@@ -387,18 +387,7 @@ async fn bisect_names_the_commit_that_broke_a_builder_among_thirty_it_skipped() 
     );
     mesh.publish_builders(0, &config).await;
     // The last green commit, 30 more in one push (never announced), the regression among them.
-    let good = repo.commit("main", &[("README", "0")], "good");
-    let mut shas = Vec::new();
-    for i in 1..=30 {
-        let mut files = vec![("README", format!("{i}"))];
-        if i == 19 {
-            files.push(("broken", "yes".to_string()));
-        }
-        let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
-        shas.push(repo.commit("main", &files, &format!("change {i}")));
-    }
-    let culprit = shas[18].clone();
-    let bad = shas[29].clone();
+    let (good, culprit, bad) = pushed_regression(&repo);
     mesh.announce(0, &repo.url(), "main", &good).await;
     mesh.wait_build(0, "tests", &good, LONG, |r| r == "success")
         .await;
@@ -522,21 +511,28 @@ async fn red_after_a_push(wait: Duration) -> (Mesh, smtp_sink::Mailbox, String, 
         repo.url()
     );
     mesh.publish_builders(0, &config).await;
-    let good = repo.commit("main", &[("README", "0")], "good");
-    let mut shas = Vec::new();
-    for i in 1..=30 {
-        let mut files = vec![("README", format!("{i}"))];
-        if i == 19 {
-            files.push(("broken", "yes".to_string()));
-        }
-        let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
-        shas.push(repo.commit("main", &files, &format!("change {i}")));
-    }
+    let (good, culprit, bad) = pushed_regression(&repo);
     mesh.announce(0, &repo.url(), "main", &good).await;
     mesh.wait_build(0, "tests", &good, LONG, |r| r == "success")
         .await;
-    mesh.announce(0, &repo.url(), "main", &shas[29]).await;
-    (mesh, mailbox, shas[18].clone(), shas[29].clone())
+    mesh.announce(0, &repo.url(), "main", &bad).await;
+    (mesh, mailbox, culprit, bad)
+}
+
+// A commit on `main`, then 30 more as one push would bring them, the 19th adding `broken`:
+// (the good commit, the culprit, the last one).
+fn pushed_regression(repo: &GitRepo) -> (String, String, String) {
+    let good = repo.commit("main", &[("README", "0")], "good");
+    let mut shas = Vec::new();
+    for i in 1..=30 {
+        let text = format!("{i}");
+        let mut files = vec![("README", text.as_str())];
+        if i == 19 {
+            files.push(("broken", "yes"));
+        }
+        shas.push(repo.commit("main", &files, &format!("change {i}")));
+    }
+    (good, shas[18].clone(), shas[29].clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
