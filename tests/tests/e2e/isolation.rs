@@ -252,6 +252,21 @@ fn processes_of(uid: u32) -> Vec<u32> {
     out
 }
 
+/// Starts a command whose program was just copied. Another test's thread may fork while the
+/// copy's file is still open for writing; until that child execs it holds the file open, and
+/// running the copy fails with "Text file busy" meanwhile: tried again for a moment.
+fn spawn_copied(cmd: &mut std::process::Command) -> std::process::Child {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(26) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r.expect("buildmesh runs"),
+        }
+    }
+}
+
 /// One node, run as `as_user` (None: root), with a step user and limits; every attack is built
 /// and checked, then a commit announced on a branch that does not reach it.
 async fn attack_a_worker(as_user: Option<u32>, step_uid: u32, sandbox: &str) {
@@ -312,7 +327,7 @@ async fn attack_a_worker(as_user: Option<u32>, step_uid: u32, sandbox: &str) {
         .env("BUILDMESH_WEBHOOK_SECRET", HOOK_SECRET)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let mut proc = Proc(cmd.spawn().expect("buildmesh runs"));
+    let mut proc = Proc(spawn_copied(&mut cmd));
     let api = node.api.clone();
     wait_for("the node to answer", Duration::from_secs(60), || async {
         json(format!("http://{api}/api/v1/nodes")).await.is_some()
