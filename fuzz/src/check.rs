@@ -108,6 +108,51 @@ fn body_values(body: &Body) {
             let _ = c.key.id();
         }
         Body::NotificationSent(_) => {}
+        Body::Rebuild(r) => {
+            signed_request(&r.request);
+            let _ = r.purpose();
+            let _ = entitle::rebuild(&fixtures().trust, T0, r);
+        }
+        Body::Cancel(c) => {
+            signed_request(&c.request);
+            let _ = entitle::cancel(&fixtures().trust, T0, c);
+        }
+        Body::Bisect(b) => {
+            if let Some(r) = &b.request {
+                signed_request(r);
+            }
+            let _ = entitle::bisect(&fixtures().trust, &b.red_worker, T0, b);
+            // A search over whatever range it names takes its first step without panicking.
+            if b.shas.len() <= buildmesh_protocol::record::MAX_BISECT_COMMITS
+                && let Ok(mut search) = buildmesh_protocol::bisect::Bisection::new(
+                    b.shas.clone(),
+                    b.red_worker,
+                    b.settings(),
+                )
+            {
+                let _ = search.step(&[], &[b.red_worker], T0);
+                let _ = search.open();
+            }
+        }
+        Body::Probes(p) => {
+            // Replayed on a search of ten commits: outcomes of any index, any worker, any time.
+            let shas: Vec<String> = (0..10).map(|i| format!("{i:040x}")).collect();
+            let red = p.idle.first().copied().unwrap_or(fixtures().maintainer.id());
+            if let Ok(mut search) = buildmesh_protocol::bisect::Bisection::new(
+                shas,
+                red,
+                Default::default(),
+            ) {
+                let reports: Vec<_> = p
+                    .reports
+                    .iter()
+                    .map(|(i, w, o)| (*i as usize, *w, *o))
+                    .collect();
+                let _ = search.step(&reports, &p.idle, p.now);
+                let _ = search.open();
+                let _ = search.culprit();
+            }
+        }
     }
 }
 
