@@ -137,12 +137,14 @@ fn body_values(body: &Body) {
         Body::Probes(p) => {
             // Replayed on a search of ten commits: outcomes of any index, any worker, any time.
             let shas: Vec<String> = (0..10).map(|i| format!("{i:040x}")).collect();
-            let red = p.idle.first().copied().unwrap_or(fixtures().maintainer.id());
-            if let Ok(mut search) = buildmesh_protocol::bisect::Bisection::new(
-                shas,
-                red,
-                Default::default(),
-            ) {
+            let red = p
+                .idle
+                .first()
+                .copied()
+                .unwrap_or(fixtures().maintainer.id());
+            if let Ok(mut search) =
+                buildmesh_protocol::bisect::Bisection::new(shas, red, Default::default())
+            {
                 let reports: Vec<_> = p
                     .reports
                     .iter()
