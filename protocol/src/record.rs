@@ -2,8 +2,9 @@
 //!
 //! On the wire and on disk a record is a [`SignedRecord`]: the canonical CBOR of its
 //! [`Envelope`] as opaque bytes, and the author's signature over exactly those bytes under the
-//! domain tag of the record's kind. [`Record::verify`] checks the signature before the body is
-//! decoded; nothing is ever re-encoded to check a signature.
+//! domain tag of the record's kind. [`Record::verify`] refuses outer bytes that are not the one
+//! canonical encoding (a relay must not make a second form of a record) and checks the
+//! signature before the body is decoded; nothing is re-encoded to check a signature.
 //!
 //! Every record kind's body is here, with the caps on what they carry, so that the wire format
 //! of a record can be read in one place; hence its length.

@@ -1,5 +1,7 @@
 //! Rebuild, cancel and culprit searches on a mesh of real nodes: signed requests through the
-//! API and the CLI, carried inside the records they cause, checked on every node.
+//! API and the CLI, carried inside the records they cause, checked on every node. One file for
+//! the requests a caller signs about builds, sharing their fixtures (the builders, the pushed
+//! regression, signed posts, the mail sink); hence its length.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
