@@ -9,6 +9,10 @@
 //! a new holder goes on where the last one stopped, and every node can show its progress. Each
 //! probe is an ordinary job, taken only by the worker the step chose (the claimer derives it
 //! from the step), and its result is that job's.
+//!
+//! One module for one state, the searches this node replays: learning their records, driving
+//! them while holding the lease, starting them (a caller's, or after a red) and the board the
+//! notifier reads all turn on it; the git reading is `range`. Hence its length.
 
 pub mod range;
 

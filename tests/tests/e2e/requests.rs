@@ -346,21 +346,21 @@ async fn cancel_stops_a_running_build_for_good_and_a_pending_one_before_it_start
 }
 
 async fn build_of(mesh: &Mesh, builder: &str, sha: &str) -> BuildView {
-    let deadline = Instant::now() + LONG;
-    loop {
-        let found = mesh
+    let found = std::sync::Mutex::new(None);
+    wait_for("the build listed", LONG, || async {
+        let b = mesh
             .node(0)
             .builds()
             .await
             .unwrap_or_default()
             .into_iter()
             .find(|b| b.builder == builder && b.sha == sha && b.purpose.is_build());
-        if let Some(b) = found {
-            return b;
-        }
-        assert!(Instant::now() < deadline, "no build of {builder} at {sha}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let listed = b.is_some();
+        *found.lock().unwrap() = b;
+        listed
+    })
+    .await;
+    found.into_inner().unwrap().expect("found above")
 }
 
 // Node `i`'s status row of `builder`, as `GET /api/v1/status` answers it.
@@ -459,26 +459,23 @@ async fn bisect_names_the_commit_that_broke_a_builder_among_thirty_it_skipped() 
                 .await
                 .unwrap();
         assert_eq!(list.len(), 1, "node {i}");
-        let s = &list[0];
-        let deadline = Instant::now() + LONG;
-        let mut s = s.clone();
-        while s["culprit"].is_null() {
-            assert!(
-                Instant::now() < deadline,
-                "node {i} never named the culprit"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            s = reqwest::get(format!(
-                "http://{}/api/v1/bisections/{}",
-                mesh.node(i).api,
-                s["id"].as_str().unwrap()
-            ))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        }
+        let url = format!(
+            "http://{}/api/v1/bisections/{}",
+            mesh.node(i).api,
+            list[0]["id"].as_str().unwrap()
+        );
+        let named = std::sync::Mutex::new(serde_json::Value::Null);
+        wait_for("every node naming the culprit", LONG, || async {
+            let Ok(resp) = reqwest::get(&url).await else {
+                return false;
+            };
+            let v: serde_json::Value = resp.json().await.unwrap_or_default();
+            let done = !v["culprit"].is_null();
+            *named.lock().unwrap() = v;
+            done
+        })
+        .await;
+        let s = named.into_inner().unwrap();
         assert_eq!(s["culprit"]["sha"], culprit.as_str(), "node {i}");
         assert_eq!(s["commits"], 31);
         let mut pairs: Vec<(String, String)> = s["probes"]
