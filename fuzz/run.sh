@@ -4,6 +4,7 @@
 # property, printing the input. Prints the runs per target and the time taken.
 #
 #   fuzz/run.sh [SECONDS]
+#   fuzz/run.sh --build-only     (builds the targets and stops; a later run finds them built)
 #
 # The targets are built with the flags `cargo fuzz build --sanitizer none` passes (libFuzzer's
 # coverage instrumentation, `--cfg fuzzing`, debug assertions, release), by cargo itself: the
@@ -18,6 +19,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+build_only=false
+if [ "${1:-}" = --build-only ]; then
+  build_only=true
+  shift
+fi
 secs=${1:-30}
 jobs=${FUZZ_JOBS:-$(nproc)}
 export CARGO_TERM_COLOR=never
@@ -40,6 +46,9 @@ RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-
   --target "$triple" --target-dir fuzz/target
 built=$(($(date +%s) - t))
 echo "fuzz: targets built in ${built} s"
+if $build_only; then
+  exit 0
+fi
 
 bin=fuzz/target/$triple/release
 # The targets are the [[bin]]s of fuzz/Cargo.toml.
