@@ -286,6 +286,16 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         stats.ready.load(Relaxed),
     );
     gauge(
+        "buildmesh_claimer_start_records",
+        "Records the claimer learnt at start: all of them without its checkpoint, only the newer ones with it.",
+        stats.start_records.load(Relaxed),
+    );
+    gauge(
+        "buildmesh_claimer_start_milliseconds",
+        "How long the claimer's start took.",
+        stats.start_ms.load(Relaxed),
+    );
+    gauge(
         "buildmesh_logs_expired_total",
         "Step logs the janitor deleted (retention or disk budget).",
         s.janitor.logs_expired.load(Relaxed),
@@ -1171,7 +1181,8 @@ async fn notifications(State(s): State<ApiState>) -> Response {
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let mut out = Vec::new();
-    for r in s.store.all_records() {
+    let kind = buildmesh_protocol::record::RecordKind::NotificationSent;
+    for r in s.store.records_of_kind(&kind) {
         let r = match r {
             Ok(r) => r,
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),

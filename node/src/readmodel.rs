@@ -195,7 +195,6 @@ const STATUS_DEPTH: usize = 1_000;
 
 /// The layout of the stored views: a node that finds another one rebuilds them.
 const VIEWS_VERSION: &[u8] = b"3";
-const VIEWS_VERSION_KEY: &str = "views_version";
 /// Set while a claimer keeps the views; cleared when it stopped in order. Found set at start,
 /// the views may lag the records (a killed process): every one is rebuilt.
 const VIEWS_OPEN_KEY: &str = "views_open";
@@ -212,9 +211,12 @@ pub struct ReadModel {
 pub(crate) enum Stored {
     /// Written by this layout and left in order: only views whose job changed are written.
     InOrder,
-    /// Left by a process that did not stop in order, or by another layout: every view is
+    /// Left by a process that did not stop in order: every view the claimer looks at is
     /// written again.
     Stale,
+    /// Written by another layout, and cleared: every view is written again, from the whole
+    /// history.
+    Cleared,
 }
 
 impl ReadModel {
@@ -235,12 +237,12 @@ impl ReadModel {
     /// Taken by the claimer before it writes: says whether the stored views are in order, and
     /// marks them open until [`ReadModel::close`].
     pub(crate) fn open(&self) -> Result<Stored, StoreError> {
-        let version = self.store.meta_get(VIEWS_VERSION_KEY)?;
+        let version = self.store.views_layout()?;
         let open = self.store.meta_get(VIEWS_OPEN_KEY)?;
         let stored = if version.as_deref() != Some(VIEWS_VERSION) {
             self.store.views_clear()?;
-            self.store.meta_put(VIEWS_VERSION_KEY, VIEWS_VERSION)?;
-            Stored::Stale
+            self.store.set_views_layout(VIEWS_VERSION)?;
+            Stored::Cleared
         } else if open.is_some() {
             Stored::Stale
         } else {

@@ -46,7 +46,9 @@ pub const MAX_FUTURE: Duration = Duration::from_secs(5 * 60);
 pub const MAX_REQUEST_SKEW: Duration = Duration::from_secs(5 * 60);
 
 /// Why a record counts for nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Refusal {
     /// A kind this node does not know (a newer node's): kept, forwarded, not counted.
     UnknownKind,

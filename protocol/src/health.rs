@@ -150,7 +150,7 @@ pub enum Cause {
 }
 
 /// A worker's health as every node derives it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     /// Quarantined now, and why.
     pub quarantine: Option<Quarantine>,
@@ -165,7 +165,7 @@ pub struct Health {
 }
 
 /// One quarantine.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quarantine {
     /// Which of the worker's quarantines (from 1).
     pub episode: u32,
@@ -194,7 +194,7 @@ impl Quarantine {
 /// A worker's health part-way through its events: what [`assess`] carries from one event to
 /// the next. A machine that lets go of old jobs keeps their events folded in here and goes on
 /// from it ([`resume`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fold {
     health: Health,
     // (unreproduced?, job) of the latest results.

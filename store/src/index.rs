@@ -1,8 +1,10 @@
 //! Indexes over the logs: commits by repo/branch/time, results by job and by builder/branch,
-//! claims by job, trust documents. Entries are written in the same transaction as the record.
+//! claims by job, trust documents, and the records of the rarer kinds by kind (mails sent,
+//! rebuilds, cancels, culprit searches: what a start reads without going through every
+//! record). Entries are written in the same transaction as the record.
 
 use buildmesh_protocol::docs::{DocKind, SignedDoc};
-use buildmesh_protocol::record::{Body, Record};
+use buildmesh_protocol::record::{Body, Record, RecordKind};
 use buildmesh_protocol::{Hash, NodeId};
 
 use crate::keys::{self, Key};
@@ -16,6 +18,25 @@ pub(crate) enum IndexTree {
     ResultsByBuilder,
     ClaimsByJob,
     Docs,
+    Kinds,
+}
+
+/// Whether records of `kind` are listed in the `kinds` index: the kinds a history holds few
+/// of. Commits, claims, results and documents have indexes of their own.
+pub(crate) fn listed_by_kind(kind: &RecordKind) -> bool {
+    matches!(
+        kind,
+        RecordKind::NotificationSent
+            | RecordKind::Rebuild
+            | RecordKind::Cancel
+            | RecordKind::Bisect
+            | RecordKind::Probes
+    )
+}
+
+/// The `kinds` index's key of a record.
+pub(crate) fn kind_key(kind: &RecordKind, rref: &RecordRef) -> Vec<u8> {
+    Key::new().str(kind.name()).bytes(&rref.to_bytes()).build()
 }
 
 #[derive(Debug)]
@@ -88,12 +109,15 @@ pub(crate) fn entries(rref: RecordRef, record: &Record, body: &Body) -> Vec<Entr
                 .build(),
             value: p.doc.to_bytes(),
         }],
-        // The claimer learns rebuilds and cancels from the records themselves.
         Body::NotificationSent(_)
         | Body::Rebuild(_)
         | Body::Cancel(_)
         | Body::Bisect(_)
-        | Body::Probes(_) => Vec::new(),
+        | Body::Probes(_) => vec![Entry {
+            tree: IndexTree::Kinds,
+            key: kind_key(&record.envelope.kind, &rref),
+            value: Vec::new(),
+        }],
     }
 }
 
@@ -105,6 +129,60 @@ fn tail_ref(tree: &'static str, key: &[u8]) -> Result<RecordRef, StoreError> {
 }
 
 impl Store {
+    /// Every record of `kind` held, in (author, seq) order. Only the kinds the index lists
+    /// (mails sent, rebuilds, cancels, culprit searches and their steps) are found here.
+    pub fn records_of_kind<'a>(
+        &'a self,
+        kind: &RecordKind,
+    ) -> impl Iterator<Item = Result<Record, StoreError>> + 'a {
+        let prefix = Key::new().str(kind.name()).build();
+        self.kinds.scan_prefix(prefix).filter_map(move |item| {
+            let rref = match item {
+                Ok((k, _)) => tail_ref("kinds", &k),
+                Err(e) => return Some(Err(e.into())),
+            };
+            match rref.and_then(|r| self.record(&r.author, r.seq)) {
+                Ok(Some(r)) => Some(Ok(r)),
+                // Index entries are written before their record (see `ingest`): one without its
+                // record is a crash's leftover, written again with the record.
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+
+    /// Lists the records of a store written before the `kinds` index in it, once.
+    pub(crate) fn index_kinds(&self) -> Result<(), StoreError> {
+        const DONE: &[u8] = b"kinds_indexed";
+        if self.meta.contains_key(DONE)? {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let mut listed = 0usize;
+        for item in self.records.iter() {
+            let (k, v) = item?;
+            let record = Record::from_trusted(&v).map_err(|e| corrupt("records", &k, e))?;
+            if listed_by_kind(&record.envelope.kind) {
+                let rref = RecordRef {
+                    author: record.author_id(),
+                    seq: record.seq(),
+                };
+                batch.insert(kind_key(&record.envelope.kind, &rref), Vec::new());
+                listed += 1;
+            }
+        }
+        self.kinds.apply_batch(batch)?;
+        self.meta.insert(DONE, b"1".as_slice())?;
+        self.flush()?;
+        if listed > 0 {
+            tracing::info!(
+                records = listed,
+                "records of the rarer kinds indexed by kind"
+            );
+        }
+        Ok(())
+    }
+
     /// Every published trust document, in the order a trust fold should apply them.
     pub fn docs(&self) -> Result<Vec<SignedDoc>, StoreError> {
         let mut out = Vec::new();

@@ -138,6 +138,8 @@ pub struct Store {
     claims_by_job: sled::Tree,
     /// (kind, doc id) -> signed document bytes, in the order they were published.
     docs: sled::Tree,
+    // Records of the rarer kinds by kind: (kind name, author, seq).
+    kinds: sled::Tree,
     /// Small named values (genesis, node settings).
     meta: sled::Tree,
     /// The read model (see [`views`]): job -> the node's encoded view of the build.
@@ -178,6 +180,7 @@ impl Store {
             results_by_builder: db.open_tree("results_by_builder")?,
             claims_by_job: db.open_tree("claims_by_job")?,
             docs: db.open_tree("docs")?,
+            kinds: db.open_tree("kinds")?,
             meta: db.open_tree("meta")?,
             views: db.open_tree("views")?,
             views_by_order: db.open_tree("views_by_order")?,
@@ -189,6 +192,7 @@ impl Store {
             write_lock: Mutex::new(()),
         };
         store.repair_heads()?;
+        store.index_kinds()?;
         Ok(store)
     }
 

@@ -370,6 +370,7 @@ impl Store {
             IndexTree::ResultsByBuilder => &self.results_by_builder,
             IndexTree::ClaimsByJob => &self.claims_by_job,
             IndexTree::Docs => &self.docs,
+            IndexTree::Kinds => &self.kinds,
         }
     }
 

@@ -15,6 +15,9 @@ use buildmesh_protocol::Hash;
 use crate::keys::Key;
 use crate::{Store, StoreError, corrupt};
 
+/// Where the views' layout is named (`meta`).
+const VIEWS_LAYOUT: &str = "views_version";
+
 /// Where a build is listed: fixed for the life of its job.
 #[derive(Clone, Copy, Debug)]
 pub struct Listed<'a> {
@@ -214,9 +217,22 @@ impl Store {
         self.views.len()
     }
 
+    /// The layout the views were written in (the node's name for it), if any: none after
+    /// [`Store::views_clear`].
+    pub fn views_layout(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.meta_get(VIEWS_LAYOUT)
+    }
+
+    /// Says the views are written in `layout` from now on.
+    pub fn set_views_layout(&self, layout: &[u8]) -> Result<(), StoreError> {
+        self.meta_put(VIEWS_LAYOUT, layout)
+    }
+
     /// Forgets every view, listing and status row (to rebuild them from the records), and
-    /// flushes.
+    /// their layout, and flushes. A node that finds no layout writes every view again from
+    /// every record.
     pub fn views_clear(&self) -> Result<(), StoreError> {
+        self.meta_remove(VIEWS_LAYOUT)?;
         for t in [
             &self.views,
             &self.views_by_order,

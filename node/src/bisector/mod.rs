@@ -557,13 +557,10 @@ impl Bisector {
 
     // The searches and steps the store holds (at start, or after falling behind the feed).
     fn load_all(&mut self) {
+        use buildmesh_protocol::record::RecordKind;
         let store = self.store.clone();
-        for r in store.all_records().flatten() {
-            if matches!(
-                r.envelope.kind,
-                buildmesh_protocol::record::RecordKind::Bisect
-                    | buildmesh_protocol::record::RecordKind::Probes
-            ) {
+        for kind in [RecordKind::Bisect, RecordKind::Probes] {
+            for r in store.records_of_kind(&kind).flatten() {
                 self.learn(&r);
             }
         }

@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use buildmesh_protocol::docs::Role;
 use buildmesh_protocol::election::{Ballot, Election, ElectionSettings, Standing};
-use buildmesh_protocol::record::{Body, BuildState, NotificationSent, Record, ResultCode};
+use buildmesh_protocol::record::{
+    Body, BuildState, NotificationSent, Record, RecordKind, ResultCode,
+};
 use buildmesh_protocol::transitions::{self, Transition};
 use buildmesh_protocol::wire::{HolderSignal, Request, Response, Signal};
 use buildmesh_protocol::{Hash, NodeId, Timestamp};
@@ -252,7 +254,10 @@ impl Notifier {
 
     pub(crate) async fn run(mut self) {
         let store = self.store.clone();
-        for r in store.all_records().flatten() {
+        for r in store
+            .records_of_kind(&RecordKind::NotificationSent)
+            .flatten()
+        {
             self.learn(&r);
         }
         self.refresh_voters();
@@ -295,7 +300,7 @@ impl Notifier {
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         let store = self.store.clone();
-                        for r in store.all_records().flatten() {
+                        for r in store.records_of_kind(&RecordKind::NotificationSent).flatten() {
                             self.learn(&r);
                         }
                         self.dirty = true;
@@ -636,7 +641,10 @@ impl Notifier {
                 }
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {
                     let store = self.store.clone();
-                    for r in store.all_records().flatten() {
+                    for r in store
+                        .records_of_kind(&RecordKind::NotificationSent)
+                        .flatten()
+                    {
                         self.learn(&r);
                     }
                     self.dirty = true;

@@ -48,6 +48,7 @@
 //! write the same per-job table, and splitting them would spread one invariant over files;
 //! hence its length.
 
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -57,13 +58,15 @@ use crate::keys::{Hash, NodeId};
 use crate::record::{JobKey, ResultCode};
 use crate::time::Timestamp;
 
+mod checkpoint;
 mod confirm;
 mod window;
 
+pub use checkpoint::CheckpointError;
 pub use confirm::Confirmation;
 
 /// Timing of the claim protocol.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimSettings {
     /// Silence after which a claim lapses. Default 3 s.
     pub lease: Duration,
@@ -88,7 +91,7 @@ impl Default for ClaimSettings {
 }
 
 /// What a job is and who may run it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
     /// The job id ([`JobKey::id`]).
     pub id: Hash,
@@ -184,7 +187,7 @@ impl JobState {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Worker {
     labels: BTreeMap<String, String>,
     heard: Option<Timestamp>,
@@ -192,7 +195,7 @@ struct Worker {
     capacity: u32,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Job {
     spec: JobSpec,
     attempt: u32,
@@ -238,7 +241,7 @@ fn labels_meet(labels: &BTreeMap<String, String>, requires: &BTreeMap<String, St
 }
 
 /// One node's view of every job and every worker, and its decisions.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Claims {
     me: NodeId,
     settings: ClaimSettings,
@@ -285,7 +288,7 @@ pub struct Claims {
     newest_verdict: BTreeMap<(String, String), u64>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 enum Early {
     Claim(NodeId, u32, Timestamp),
     Result(NodeId, u32, ResultCode, Timestamp),

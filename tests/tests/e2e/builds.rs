@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use buildmesh_protocol::claims::score;
 use buildmesh_protocol::record::JobKey;
+use buildmesh_tests::bench::metric;
 use buildmesh_tests::{GitRepo, Mesh, is_verdict, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
@@ -165,7 +166,9 @@ async fn three_workers_give_each_commit_the_right_result_and_every_node_agrees()
     assert!(log.contains("FAIL: test_frobnicate"), "{log}");
 
     // The views kept build by build are the views the records give from scratch: after a
-    // restart (views left in order), and after a restart with every view forgotten.
+    // restart (views left in order: the claimer goes on from its checkpoint, learning none of
+    // the records again), and after a restart with every view forgotten (every record is
+    // learnt again).
     let mut mesh = mesh;
     let settled = |b: &buildmesh_node::BuildView| b.builder == "plan9" || b.result.is_settled();
     wait_for("every build settled on node 1", LONG, || async {
@@ -207,6 +210,18 @@ async fn three_workers_give_each_commit_the_right_result_and_every_node_agrees()
             status_before,
             "forgotten: {forget}"
         );
+        let api = mesh.node(0).api.to_string();
+        let api = api.as_str();
+        let held = metric(api, "buildmesh_records").await.unwrap();
+        let learnt = metric(api, "buildmesh_claimer_start_records")
+            .await
+            .unwrap();
+        if forget {
+            assert!(learnt >= held, "learnt {learnt} of {held} records");
+        } else {
+            // The others author nothing while it is down (every build settled, nothing mailed).
+            assert!(held > 20 && learnt < 5, "learnt {learnt} of {held} records");
+        }
     }
     mesh.shutdown().await;
 }

@@ -30,6 +30,7 @@ use buildmesh_protocol::jobs;
 use buildmesh_protocol::record::{
     Body, BuildResult, BuildState, Claim, CommitSeen, JobKey, Purpose, Record,
 };
+use buildmesh_protocol::vv::VersionVector;
 use buildmesh_protocol::wire::{Progress, Signal};
 use buildmesh_protocol::{Hash, NodeId, Timestamp};
 use buildmesh_store::Store;
@@ -43,6 +44,8 @@ use crate::liveness::Membership;
 use crate::readmodel::{ReadModel, Stored};
 use crate::replica::ReplicaClient;
 use crate::selfcheck::SelfCheck;
+
+mod checkpoint;
 
 /// How often a worker checks itself (free disk, its check command).
 const SELF_CHECK_EVERY: Duration = Duration::from_secs(10);
@@ -119,6 +122,11 @@ pub struct ClaimerStats {
     pub jobs_held: AtomicU64,
     /// 1 once the claimer has read the history at start and its views are in order.
     pub ready: AtomicU64,
+    /// Records the claimer learnt at its start: every one held without a checkpoint, only
+    /// those after it with one.
+    pub start_records: AtomicU64,
+    /// How long its start took, in milliseconds.
+    pub start_ms: AtomicU64,
 }
 
 impl ClaimerClient {
@@ -210,7 +218,7 @@ struct Running {
 }
 
 /// A counted `Cancel` record waiting for its job.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct PendingCancel {
     caller: NodeId,
     asked: Timestamp,
@@ -291,6 +299,8 @@ pub(crate) struct Claimer {
     views: Arc<ReadModel>,
     stored: Stored,
     rebuilding: bool,
+    // How far each author's log was learnt (see `checkpoint`).
+    learnt: VersionVector,
 }
 
 impl Claimer {
@@ -333,6 +343,7 @@ impl Claimer {
             views: parts.views.clone(),
             stored: Stored::Stale,
             rebuilding: false,
+            learnt: VersionVector::default(),
         };
         let stats = claimer.stats.clone();
         let client = ClaimerClient {
@@ -344,37 +355,72 @@ impl Claimer {
     }
 
     pub(crate) async fn run(mut self) {
-        self.refresh_workers();
-        if let Some(c) = self.replica.config().await.ok().flatten() {
-            self.set_config(c);
-        }
+        let at = std::time::Instant::now();
         self.stored = match self.views.open() {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot open the build views; writing every one again");
-                Stored::Stale
+                Stored::Cleared
             }
         };
-        let at = std::time::Instant::now();
-        self.rebuild();
+        // Views of another layout are written again from every record; otherwise the
+        // checkpoint, if any, spares the records learnt before it.
+        let resumed = if self.stored == Stored::Cleared {
+            None
+        } else {
+            self.resume()
+        };
+        self.refresh_workers();
+        let config = self.replica.config().await.ok().flatten();
+        let config_version = config.as_ref().map(|c| c.version);
+        if let Some(c) = config {
+            self.set_config(c);
+        }
+        if resumed.is_some_and(|v| v != config_version) {
+            // A configuration signed while this node was down: jobs of the commits it knew.
+            self.derive_again();
+        }
+        self.rebuilding = resumed.is_none();
+        let learnt = self.learn_stored();
+        self.rebuilding = false;
         self.write_views();
         self.let_go();
+        self.save_checkpoint();
         self.stored = Stored::Stale;
+        self.stats
+            .start_records
+            .store(learnt as u64, Ordering::Relaxed);
+        self.stats
+            .start_ms
+            .store(at.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.stats.ready.store(1, Ordering::Relaxed);
-        tracing::debug!(jobs = self.machine.job_count(), took = ?at.elapsed(), "build views up to date");
+        tracing::info!(
+            records = learnt,
+            from_checkpoint = resumed.is_some(),
+            jobs = self.machine.job_count(),
+            took = ?at.elapsed(),
+            "jobs and build views up to date"
+        );
         self.publish_load();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(SELF_CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checkpoint = tokio::time::interval_at(
+            tokio::time::Instant::now() + checkpoint::CHECKPOINT_EVERY,
+            checkpoint::CHECKPOINT_EVERY,
+        );
+        checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 _ = check.tick(), if self.capacity > 0 => self.start_self_check(),
+                _ = checkpoint.tick() => self.save_checkpoint(),
                 Some(paused) = self.checks_rx.recv() => self.on_self_check(paused),
                 r = self.records.recv() => match r {
                     Ok(record) => {
                         self.on_record(&record).await;
+                        self.learnt.raise(record.author_id(), record.seq());
                         self.tick().await;
                         self.write_views();
                         self.let_go();
@@ -428,8 +474,9 @@ impl Claimer {
             }
         }
         // Whatever records came in meanwhile were stored: the views are in order as far as
-        // the machine knows, and say so for the next start.
+        // the machine knows, and say so for the next start, which goes on from here.
         self.write_views();
+        self.save_checkpoint();
         if let Err(e) = self.views.close() {
             tracing::warn!(error = %e, "cannot mark the build views in order");
         }
@@ -518,25 +565,12 @@ impl Claimer {
         }
     }
 
-    // Rebuilds the machine's knowledge from the store (at start, or after missing records).
+    // Rebuilds the machine's knowledge from every record of the store (after missing
+    // records from the feed).
     fn rebuild(&mut self) {
         self.rebuilding = true;
-        let mut n = 0;
-        let store = self.store.clone();
-        for r in store.all_records() {
-            match r {
-                Ok(r) => {
-                    self.learn(&r);
-                    n += 1;
-                    if n % 10_000 == 0 {
-                        // Memory follows the open work at start too.
-                        self.write_views();
-                        self.let_go();
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "unreadable record while rebuilding jobs"),
-            }
-        }
+        self.learnt = VersionVector::default();
+        let n = self.learn_stored();
         self.rebuilding = false;
         tracing::debug!(
             records = n,
@@ -561,19 +595,23 @@ impl Claimer {
                         "builder configuration in force"
                     );
                     self.set_config(c);
-                    let commits: Vec<_> =
-                        self.commits.iter().map(|(k, t)| (k.clone(), *t)).collect();
-                    for ((repo, branch, sha), t) in commits {
-                        self.derive_jobs(&repo, &branch, &sha, t);
-                    }
-                    for (r, t) in self.rebuilds.clone() {
-                        self.derive_rebuild(&r, t);
-                    }
+                    self.derive_again();
                 }
             }
             return;
         }
         self.learn(record);
+    }
+
+    // The jobs of every commit and rebuild remembered, under the configuration in force.
+    fn derive_again(&mut self) {
+        let commits: Vec<_> = self.commits.iter().map(|(k, t)| (k.clone(), *t)).collect();
+        for ((repo, branch, sha), t) in commits {
+            self.derive_jobs(&repo, &branch, &sha, t);
+        }
+        for (r, t) in self.rebuilds.clone() {
+            self.derive_rebuild(&r, t);
+        }
     }
 
     fn learn(&mut self, record: &Record) {
