@@ -570,3 +570,50 @@ fn blobs_go_when_their_builds_let_them_and_an_expired_blob_is_not_taken_back() {
     assert!(store.has_blob(&unclaimed).unwrap());
     assert_eq!(store.blob_usage().unwrap().0, 1);
 }
+
+// The records of the rarer kinds are found by kind, in (author, seq) order, without going
+// through the others; commits, claims and results are not listed there (they have indexes of
+// their own). Still so after a reopen.
+#[test]
+fn records_of_the_rarer_kinds_are_found_by_kind() {
+    use buildmesh_protocol::record::{NotificationSent, RecordKind};
+    let dir = tempfile::tempdir().unwrap();
+    let author = key(1);
+    let mut prev = Hash::ZERO;
+    let mut mails = Vec::new();
+    let mut records = Vec::new();
+    for seq in 1..=30u64 {
+        let body = if seq % 7 == 0 {
+            mails.push(seq);
+            Body::NotificationSent(NotificationSent {
+                transition: Hash::of(&seq.to_be_bytes()),
+                builder: "b".into(),
+                branch: "main".into(),
+                sha: format!("{seq:040x}"),
+                message_id: format!("<{seq}@example.org>"),
+                to: vec!["list@example.org".into()],
+                term: 1,
+            })
+        } else {
+            commit(seq)
+        };
+        let r = Record::author(&author, seq, prev, Timestamp(1000 + seq), &body).unwrap();
+        prev = r.hash;
+        records.push(r);
+    }
+    for reopen in [false, true] {
+        let store = Store::open(dir.path()).unwrap();
+        if !reopen {
+            for r in &records {
+                store.ingest(&r.bytes).unwrap();
+            }
+        }
+        let found: Vec<u64> = store
+            .records_of_kind(&RecordKind::NotificationSent)
+            .map(|r| r.unwrap().seq())
+            .collect();
+        assert_eq!(found, mails, "reopened: {reopen}");
+        assert_eq!(store.records_of_kind(&RecordKind::CommitSeen).count(), 0);
+        assert_eq!(store.records_of_kind(&RecordKind::Bisect).count(), 0);
+    }
+}
