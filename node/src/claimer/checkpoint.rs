@@ -139,7 +139,7 @@ impl Claimer {
                 return 0;
             }
         };
-        let mut n = 0;
+        let mut n: usize = 0;
         for (author, head) in heads.0 {
             loop {
                 let from = self.learnt.get(&author);
@@ -169,7 +169,7 @@ impl Claimer {
                         }
                     }
                     n += 1;
-                    if n % BATCH == 0 {
+                    if n.is_multiple_of(BATCH) {
                         // Memory follows the open work while going through the store too.
                         self.write_views();
                         self.let_go();

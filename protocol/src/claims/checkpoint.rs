@@ -93,7 +93,7 @@ mod tests {
             if (20..=26).contains(&n) {
                 m.result(a, job.id, 1, ResultCode::Exception, t);
                 m.claim(b, job.id, 2, t);
-                let code = if n % 3 == 0 {
+                let code = if n.is_multiple_of(3) {
                     ResultCode::Failure
                 } else {
                     ResultCode::Success
