@@ -386,6 +386,7 @@ impl Claimer {
         self.write_views();
         self.let_go();
         self.save_checkpoint();
+        self.tidy_work_dir();
         self.stored = Stored::Stale;
         self.stats
             .start_records
@@ -486,6 +487,22 @@ impl Claimer {
     fn set_config(&mut self, c: BuilderConfig) {
         self.machine.set_health_settings(c.health);
         self.config = Some(c);
+    }
+
+    // A worker deletes the workspaces and clones no builder of the configuration in force
+    // uses (at start, and when a newer configuration comes into force; never for one met
+    // while going through the history).
+    fn tidy_work_dir(&self) {
+        let (Some(config), true) = (self.config.clone(), self.capacity > 0) else {
+            return;
+        };
+        let executor = self.executor.clone();
+        tokio::spawn(
+            async move {
+                executor::tidy(&executor, &config).await;
+            }
+            .in_current_span(),
+        );
     }
 
     fn publish_load(&self) {
@@ -596,6 +613,7 @@ impl Claimer {
                     );
                     self.set_config(c);
                     self.derive_again();
+                    self.tidy_work_dir();
                 }
             }
             return;

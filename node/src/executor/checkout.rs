@@ -460,7 +460,7 @@ impl Checkout<'_> {
     }
 
     /// Removes `dir` below the builder's directory, as the user who owns it there.
-    async fn remove_in_workspace(
+    pub(super) async fn remove_in_workspace(
         &self,
         dir: &Path,
         log: &mut Capture,

@@ -94,6 +94,7 @@ mod checkout;
 mod isolate;
 mod process;
 mod supervise;
+mod tidy;
 mod workdir;
 
 use std::collections::BTreeMap;
@@ -114,6 +115,7 @@ use workdir::lock_workspace;
 pub use isolate::{ENV_FROM_NODE, Isolation, NotPrivate, Sandbox, StepUser, check_private};
 pub(crate) use supervise::PARENT_ENV;
 pub use supervise::{Confinement, supervise, supervise_status};
+pub use tidy::{Tidied, tidy};
 
 /// The name of the step reported when the checkout fails.
 pub const CHECKOUT_STEP: &str = "checkout";

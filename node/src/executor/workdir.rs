@@ -108,7 +108,7 @@ pub(crate) fn workspace_dir(work_dir: &Path, builder: &str) -> Result<PathBuf, C
 
 /// A lock per directory: concurrent builds of one repository share its cache, and git does not
 /// like two fetches into one repository at once.
-fn lock_for(dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
+pub(super) fn lock_for(dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
     static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
     LOCKS
         .get_or_init(Default::default)

@@ -716,3 +716,57 @@ async fn a_passing_builds_log_expires_on_every_node_and_a_red_ones_stays() {
     assert_eq!(b.steps.len(), 1);
     mesh.shutdown().await;
 }
+
+// A worker deletes the directories of builders the configuration no longer has, and the
+// clones of repositories no builder builds, when a newer configuration comes into force; what
+// the configured builders use stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workspaces_and_clones_no_builder_uses_are_deleted() {
+    use buildmesh_protocol::builders::safe_id;
+    let mut mesh = Mesh::start(1).await;
+    mesh.wait_ready().await;
+    let work_dir = std::path::absolute(&mesh.config_mut(0).worker.work_dir).unwrap();
+    let one = GitRepo::new(mesh.dir.path().join("one"));
+    let two = GitRepo::new(mesh.dir.path().join("two"));
+    let builder = |version: u32, name: &str, repo: &str| {
+        format!(
+            "version = {version}\n[[builder]]\nname = \"{name}\"\nrepo = \"{repo}\"\nbranches = [\"main\"]\n[[builder.step]]\nname = \"s\"\nrun = \"true\"\n"
+        )
+    };
+    let two_builders = format!(
+        "{}[[builder]]\nname = \"Old builder 3.x\"\nrepo = \"{}\"\nbranches = [\"main\"]\n[[builder.step]]\nname = \"s\"\nrun = \"true\"\n",
+        builder(1, "kept", &one.url()),
+        one.url()
+    );
+    mesh.publish_builders(0, &two_builders).await;
+    let sha = one.commit("main", &[("f", "1")], "one");
+    mesh.announce(0, &one.url(), "main", &sha).await;
+    for b in ["kept", "Old builder 3.x"] {
+        mesh.wait_build(0, b, &sha, LONG, is_verdict).await;
+    }
+    let dir_of = |b: &str| work_dir.join("builds").join(safe_id(b));
+    let clone_of = |url: &str| {
+        let hash = buildmesh_protocol::Hash::of(url.as_bytes()).to_string();
+        work_dir.join("cache").join(format!("{}.git", &hash[..16]))
+    };
+    assert!(dir_of("Old builder 3.x").join("src").is_dir());
+    assert!(dir_of("kept").join("src").is_dir());
+    assert!(clone_of(&one.url()).is_dir());
+
+    mesh.publish_builders(0, &builder(2, "kept", &one.url()))
+        .await;
+    wait_for("the removed builder's directory deleted", LONG, || async {
+        !dir_of("Old builder 3.x").exists()
+    })
+    .await;
+    assert!(dir_of("kept").join("src").is_dir());
+    assert!(clone_of(&one.url()).is_dir());
+
+    mesh.publish_builders(0, &builder(3, "other", &two.url()))
+        .await;
+    wait_for("the unused clone and workspace deleted", LONG, || async {
+        !clone_of(&one.url()).exists() && !dir_of("kept").exists()
+    })
+    .await;
+    mesh.shutdown().await;
+}
