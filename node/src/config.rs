@@ -79,6 +79,9 @@ sync_interval = "5s"
 door_timeout = "5s"
 # How many peers to keep connections to (beyond the bootstrap peers).
 max_peers = 12
+# How many nodes besides its worker copy a red build's logs as soon as its result arrives
+# (the same ones on every node, chosen by the log's hash); any node fetches a log on demand.
+red_log_copies = 2
 
 [worker]
 # Builds run at once. Default: 1 if the admission has the worker role, else 0.
@@ -237,6 +240,7 @@ struct MeshForm {
     sync_interval: Option<String>,
     door_timeout: Option<String>,
     max_peers: Option<usize>,
+    red_log_copies: Option<usize>,
 }
 
 /// A node's settings, checked.
@@ -398,6 +402,8 @@ pub struct MeshSettings {
     pub door_timeout: Duration,
     /// Connections kept beyond the bootstrap peers. Default 12.
     pub max_peers: usize,
+    /// Nodes besides its worker that copy a red build's logs at once. Default 2.
+    pub red_log_copies: usize,
 }
 
 impl Default for MeshSettings {
@@ -408,6 +414,7 @@ impl Default for MeshSettings {
             sync_interval: Duration::from_secs(5),
             door_timeout: Duration::from_secs(5),
             max_peers: 12,
+            red_log_copies: 2,
         }
     }
 }
@@ -496,6 +503,7 @@ impl NodeConfig {
             )?,
             door_timeout: duration("mesh.door_timeout", &form.mesh.door_timeout, d.door_timeout)?,
             max_peers: form.mesh.max_peers.unwrap_or(d.max_peers),
+            red_log_copies: form.mesh.red_log_copies.unwrap_or(d.red_log_copies),
         };
         let zero_ok = |entry: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
             match v {

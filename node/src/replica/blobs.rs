@@ -1,6 +1,8 @@
 //! Blobs (build logs) are not replicated with the logs that name them: a node fetches one from
-//! a peer when it is asked for it, and copies the logs of red builds as soon as their result
-//! arrives, so that they stay readable when the worker that ran them is gone.
+//! a peer when it is asked for it. The logs of red builds are copied as soon as their result
+//! arrives by `[mesh] red_log_copies` nodes besides the worker ([`holds_red_log`]: the same
+//! ones on every node), so that they stay readable when the worker that ran them is gone
+//! without every node of a large mesh keeping every failure log.
 
 use std::sync::Arc;
 
@@ -118,6 +120,35 @@ async fn fetch_parts(
     }
 }
 
+/// Whether `me` is one of the `copies` nodes that copy a red log of `worker`'s at once: the
+/// first by a rendezvous hash of the log among `nodes` (the admitted ones, the worker left
+/// out), so that every node picks the same ones and each holds its share.
+pub(super) fn holds_red_log(
+    log: &Hash,
+    me: &NodeId,
+    worker: &NodeId,
+    nodes: impl Iterator<Item = NodeId>,
+    copies: usize,
+) -> bool {
+    let rank = |n: &NodeId| {
+        Hash::of(
+            &[
+                b"buildmesh/v1/red-log-holder\0".as_slice(),
+                &log.0,
+                n.as_bytes(),
+            ]
+            .concat(),
+        )
+        .0
+    };
+    let mine = rank(me);
+    let ahead = nodes
+        .filter(|n| n != me && n != worker)
+        .filter(|n| rank(n) < mine)
+        .count();
+    ahead < copies
+}
+
 /// The logs of a red build that this node does not hold.
 pub(super) fn missing_red_logs(store: &Store, result: &BuildResult) -> Vec<Hash> {
     if !matches!(result.result, ResultCode::Failure | ResultCode::Flaky) {
@@ -165,4 +196,49 @@ pub(super) fn copy(net: &network::Client, store: &Arc<Store>, logs: Vec<Hash>, p
         }
         .in_current_span(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use buildmesh_protocol::SecretKey;
+
+    // For any log, exactly `copies` nodes besides the worker copy it, every node agrees which,
+    // and over many logs each node holds its share.
+    #[test]
+    fn red_logs_are_copied_by_as_many_nodes_as_configured() {
+        let nodes: Vec<NodeId> = (1..=10u8)
+            .map(|i| SecretKey::from_seed([i; 32]).id())
+            .collect();
+        let worker = nodes[0];
+        let mut held = std::collections::BTreeMap::<NodeId, usize>::new();
+        for l in 0..200u32 {
+            let log = Hash::of(&l.to_be_bytes());
+            for copies in [0, 2, 3] {
+                let holders: Vec<NodeId> = nodes
+                    .iter()
+                    .filter(|me| {
+                        **me != worker
+                            && holds_red_log(&log, me, &worker, nodes.iter().copied(), copies)
+                    })
+                    .copied()
+                    .collect();
+                assert_eq!(holders.len(), copies, "log {l}");
+                if copies == 2 {
+                    for h in holders {
+                        *held.entry(h).or_default() += 1;
+                    }
+                }
+            }
+            // More copies than nodes: every other node copies.
+            let all = nodes[1..]
+                .iter()
+                .filter(|me| holds_red_log(&log, me, &worker, nodes.iter().copied(), 50))
+                .count();
+            assert_eq!(all, 9);
+        }
+        // 400 copies over 9 nodes: about 44 each.
+        assert_eq!(held.len(), 9);
+        assert!(held.values().all(|n| (20..=70).contains(n)), "{held:?}");
+    }
 }

@@ -166,7 +166,23 @@ impl Replica {
         match record.body() {
             Ok(Body::Publish(Publish { doc })) => self.apply_doc(&doc, record.author_id()),
             Ok(Body::BuildResult(r)) if record.author_id() != self.me => {
-                let missing = blobs::missing_red_logs(&self.store, &r);
+                let worker = record.author_id();
+                let now = buildmesh_protocol::Timestamp::now();
+                let mut missing = blobs::missing_red_logs(&self.store, &r);
+                missing.retain(|log| {
+                    let nodes = self
+                        .trust
+                        .admissions()
+                        .filter(|a| self.trust.check_member(&a.node, now).is_ok())
+                        .map(|a| a.node);
+                    blobs::holds_red_log(
+                        log,
+                        &self.me,
+                        &worker,
+                        nodes,
+                        self.settings.red_log_copies,
+                    )
+                });
                 if !missing.is_empty() {
                     let peers = blobs::sources(&self.door, Some(record.author_id()));
                     blobs::copy(&self.net, &self.store, missing, peers);
