@@ -1,8 +1,14 @@
 //! Prints the mesh's figures on this machine: propagation latency of a new record to every
-//! node (p50/p99) for 10 and 30 nodes, the catch-up rate of a node joining late, and the
-//! resident memory of idle node processes.
+//! node (p50/p99) for 10 and 30 nodes in one process, and for 10, 30, 50 and 100 node
+//! processes each on its own loopback address (127.0.0.2, …: Linux), the catch-up rate of a
+//! node joining late, and the resident memory of idle node processes.
 //!
-//! `cargo run --release -p buildmesh-tests --example mesh_bench [RECORDS_FOR_CATCH_UP]`
+//! Across processes, every node logs when each record reached its store
+//! (`buildmesh::stored`), all on this machine's clock; the records are commit announcements
+//! submitted through node after node, 300 ms apart.
+//!
+//! `cargo build --release -p buildmesh-node --bin buildmesh && cargo run --release -p
+//! buildmesh-tests --example mesh_bench [RECORDS_FOR_CATCH_UP] [propagation|processes|catch-up|memory]`
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -172,6 +178,140 @@ async fn idle_memory(n: usize) {
     }
 }
 
+// Propagation across `n` node processes, each on its own loopback address: for `samples`
+// records, the time from the author's store to the last node's.
+async fn propagation_processes(n: usize, samples: usize) {
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_base(n);
+    let t =
+        buildmesh_node::testnet::generate_with(&dir.path().join("mesh"), n, base, true).unwrap();
+    let logs: Vec<_> = (0..n)
+        .map(|i| dir.path().join(format!("node-{i}.log")))
+        .collect();
+    let mut children: Vec<_> = t
+        .nodes
+        .iter()
+        .zip(&logs)
+        .map(|(node, log)| {
+            Command::new(binary())
+                .args(["run", "--config"])
+                .arg(&node.config)
+                .env("RUST_LOG", "warn,buildmesh::stored=trace")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let apis: Vec<String> = t.nodes.iter().map(|x| x.api.to_string()).collect();
+    let started = Instant::now();
+    wait_for("all nodes live", Duration::from_secs(300), || async {
+        for api in [&apis[0], &apis[n - 1]] {
+            let Ok(r) = reqwest::get(format!("http://{api}/api/v1/nodes")).await else {
+                return false;
+            };
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            let live = v
+                .as_array()
+                .is_some_and(|a| a.len() == n && a.iter().all(|x| x["live"] == true));
+            if !live {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let formed = started.elapsed();
+    // Let the gossip mesh settle (grafts happen on gossipsub heartbeats).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let key = buildmesh_protocol::SecretKey::from_file_text(
+        &std::fs::read_to_string(&t.maintainer_key).unwrap(),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let mut sent = Vec::new();
+    for k in 0..samples {
+        let req = buildmesh_protocol::wire::SignedRequest::sign(
+            &key,
+            buildmesh_protocol::wire::ApiAction::Submit {
+                repo: "https://example.org/project.git".into(),
+                branch: "main".into(),
+                sha: format!("{:040x}", k + 1),
+            },
+            buildmesh_protocol::Timestamp::now(),
+        );
+        let api = &apis[k % n];
+        let v: serde_json::Value = client
+            .post(format!("http://{api}/api/v1/submit"))
+            .body(req.to_bytes())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let at = &v["record"];
+        sent.push((
+            at["author"].as_str().unwrap().to_string(),
+            at["seq"].as_u64().unwrap(),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // (author, seq) -> when each node stored it.
+    let mut stored: HashMap<(String, u64), Vec<std::time::SystemTime>> = HashMap::new();
+    for log in &logs {
+        for line in std::fs::read_to_string(log).unwrap().lines() {
+            let Some(ts) = line.split_whitespace().next() else {
+                continue;
+            };
+            let (Some(a), Some(s)) = (line.find("author="), line.find("seq=")) else {
+                continue;
+            };
+            let author = line[a + 7..].split_whitespace().next().unwrap().to_string();
+            let seq: u64 = line[s + 4..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            if let Ok(ts) = humantime::parse_rfc3339(ts) {
+                stored.entry((author, seq)).or_default().push(ts);
+            }
+        }
+    }
+    let mut to_all = Vec::new();
+    let mut missing = 0;
+    for r in &sent {
+        let times = stored.get(r).cloned().unwrap_or_default();
+        if times.len() < n {
+            missing += 1;
+            continue;
+        }
+        let first = times.iter().min().unwrap();
+        let last = times.iter().max().unwrap();
+        to_all.push(last.duration_since(*first).unwrap_or_default());
+    }
+    to_all.sort();
+    if to_all.is_empty() {
+        println!("propagation to all {n} node processes: no record reached every node");
+        return;
+    }
+    println!(
+        "propagation to all {n} node processes (own addresses): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} records ({missing} did not reach every node within 5 s); mesh formed in {:.1} s",
+        pct(&to_all, 0.5).as_secs_f64() * 1000.0,
+        pct(&to_all, 0.99).as_secs_f64() * 1000.0,
+        to_all.last().unwrap().as_secs_f64() * 1000.0,
+        to_all.len(),
+        formed.as_secs_f64()
+    );
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let records: u64 = std::env::args()
@@ -184,6 +324,11 @@ async fn main() {
     if run("propagation") {
         propagation(10, 200).await;
         propagation(30, 100).await;
+    }
+    if run("processes") {
+        for n in [10, 30, 50, 100] {
+            propagation_processes(n, 60).await;
+        }
     }
     if run("catch-up") {
         catch_up(records).await;
