@@ -31,6 +31,11 @@
 //! One handler per endpoint, each short; the module is the API's one page, hence its length.
 //! Status, builds and logs read the read model ([`crate::readmodel`]): one status row per
 //! builder and branch, and builds listed newest first by builder, branch or commit.
+//!
+//! One module because every route is the same small job — parse the query, ask one service
+//! (replica, claimer, notifier, bisector, store), shape the answer — over one shared state;
+//! its length is the number of routes, each a few lines, not logic: the logic lives in the
+//! services and the read model.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

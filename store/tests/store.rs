@@ -1,4 +1,7 @@
 //! The store against a real sled directory on disk.
+//!
+//! One file because every test opens the same kind of real store and shares the chain
+//! fixtures; each test is one property of it (reopen, chains, forks, indexes, views, blobs).
 
 use buildmesh_protocol::codec;
 use buildmesh_protocol::record::{

@@ -15,6 +15,10 @@
 //! One task because the election, the scans for what to mail and the sending all turn on one
 //! question — does this node hold the lease, for which term — and share the outbox; the rules
 //! themselves are in `protocol`. What remains here is I/O: ballots, records, SMTP, queries.
+//!
+//! One module because the election, the outbox and the mail tasks turn on the same state (the
+//! term held, what was mailed, what waits for a culprit) in one task's loop; the mail texts
+//! live in `mail.rs`, the rules in the protocol crate.
 
 mod mail;
 

@@ -47,6 +47,10 @@
 //! One module for one state: the ranking, the leases and which claims count all read and
 //! write the same per-job table, and splitting them would spread one invariant over files;
 //! hence its length.
+//!
+//! One module for the machine's core (jobs, claims, leases, ranking, results) because every
+//! decision reads all of it; what could stand apart does: confirmations and health
+//! (`confirm.rs`), the window of finished jobs (`window.rs`), the checkpoint (`checkpoint.rs`).
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
