@@ -104,16 +104,22 @@ fn error(status: StatusCode, message: impl ToString) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
+/// Every node the replica knows, with its health and quarantine from the claimer (which holds
+/// the jobs health is derived from): what `/api/v1/nodes` and the console's pages show.
+pub(crate) async fn nodes_with_health(
+    s: &ApiState,
+) -> Result<Vec<crate::replica::NodeView>, crate::NodeError> {
+    let mut nodes = s.replica.nodes().await?;
+    let mut health = s.claimer.health().await.unwrap_or_default();
+    for n in &mut nodes {
+        n.health = health.remove(&n.id);
+    }
+    Ok(nodes)
+}
+
 async fn nodes(State(s): State<ApiState>) -> Response {
-    match s.replica.nodes().await {
-        Ok(mut nodes) => {
-            // Health is the claimer's: it holds the jobs it is derived from.
-            let mut health = s.claimer.health().await.unwrap_or_default();
-            for n in &mut nodes {
-                n.health = health.remove(&n.id);
-            }
-            Json(nodes).into_response()
-        }
+    match nodes_with_health(&s).await {
+        Ok(nodes) => Json(nodes).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }

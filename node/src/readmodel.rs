@@ -416,6 +416,25 @@ impl ReadModel {
         Ok(out)
     }
 
+    /// The subject of a commit, from its first announcement, when the announcement carried one.
+    pub fn subject(
+        &self,
+        repo: &str,
+        branch: &str,
+        sha: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(at) = self.store.commit_seen(repo, branch, sha)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .record(&at.author, at.seq)?
+            .and_then(|r| match r.body() {
+                Ok(buildmesh_protocol::record::Body::CommitSeen(c)) => c.subject,
+                _ => None,
+            }))
+    }
+
     /// Every status row, by builder then branch.
     pub fn status(&self) -> Result<Vec<StatusRow>, StoreError> {
         self.store

@@ -15,7 +15,7 @@ use buildmesh_protocol::record::{
 };
 use buildmesh_protocol::{Hash, SecretKey, Timestamp};
 use buildmesh_store::Store;
-use buildmesh_tests::bench::{History, cpu_share, latencies, rss_mib, setup, start, stop};
+use buildmesh_tests::bench::{History, cpu_share, rss_mib, setup, start, stop, timed};
 
 const BUILDERS: usize = 160;
 const BRANCHES: [&str; 7] = ["main", "3.14", "3.13", "3.12", "3.11", "3.10", "3.9"];
@@ -141,8 +141,8 @@ async fn main() {
         BRANCHES.len()
     );
     println!(
-        "{:<44} {:>9} {:>9} {:>10}",
-        "page", "p50 ms", "p99 ms", "bytes"
+        "{:<44} {:>9} {:>9} {:>12} {:>12} {:>10}",
+        "page", "p50 ms", "p99 ms", "server p50", "server p99", "bytes"
     );
     let red = format!("/builders/{}", name(5).replace(' ', "%20"));
     for path in [
@@ -161,8 +161,16 @@ async fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(50);
-        let (p50, p99, size) = latencies(&api, path, n).await;
-        println!("{path:<44} {p50:>9.2} {p99:>9.2} {size:>10}");
+        let t = timed(&api, path, n).await;
+        let (p50, p99) = t.client;
+        let (s50, s99) = t
+            .server
+            .map(|(a, b)| (format!("{a:.2}"), format!("{b:.2}")))
+            .unwrap_or_default();
+        println!(
+            "{path:<44} {p50:>9.2} {p99:>9.2} {s50:>12} {s99:>12} {:>10}",
+            t.size
+        );
     }
     println!(
         "idle: RSS {:.0} MiB, CPU {:.1} % of a core over 10 s",

@@ -75,25 +75,55 @@ pub async fn metric(api: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// `n` GETs of `path`, one after another: (p50 ms, p99 ms, bytes of the last answer).
-pub async fn latencies(api: &str, path: &str, n: usize) -> (f64, f64, usize) {
+/// What `n` GETs of one path took.
+#[derive(Debug)]
+pub struct Timed {
+    /// p50 and p99 of the round trip, ms.
+    pub client: (f64, f64),
+    /// p50 and p99 of the time the server says it spent (its `Server-Timing` header), ms.
+    pub server: Option<(f64, f64)>,
+    /// Bytes of the last answer.
+    pub size: usize,
+}
+
+/// `n` GETs of `path`, one after another.
+pub async fn timed(api: &str, path: &str, n: usize) -> Timed {
     let client = reqwest::Client::new();
     let mut v = Vec::with_capacity(n);
+    let mut server = Vec::with_capacity(n);
     let mut size = 0;
     for _ in 0..n {
         let t = Instant::now();
-        let body = client
+        let answer = client
             .get(format!("http://{api}{path}"))
             .send()
             .await
-            .expect("answer")
-            .bytes()
-            .await
-            .expect("body");
+            .expect("answer");
+        // `Server-Timing: render;dur=1.25`
+        let dur = answer
+            .headers()
+            .get("server-timing")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.split("dur=").nth(1))
+            .and_then(|d| d.trim().parse::<f64>().ok());
+        let body = answer.bytes().await.expect("body");
         v.push(t.elapsed());
+        if let Some(ms) = dur {
+            server.push(Duration::from_secs_f64(ms / 1e3));
+        }
         size = body.len();
     }
-    (pct(&mut v, 0.5), pct(&mut v, 0.99), size)
+    Timed {
+        client: (pct(&mut v, 0.5), pct(&mut v, 0.99)),
+        server: (server.len() == n).then(|| (pct(&mut server, 0.5), pct(&mut server, 0.99))),
+        size,
+    }
+}
+
+/// `n` GETs of `path`, one after another: (p50 ms, p99 ms, bytes of the last answer).
+pub async fn latencies(api: &str, path: &str, n: usize) -> (f64, f64, usize) {
+    let t = timed(api, path, n).await;
+    (t.client.0, t.client.1, t.size)
 }
 
 /// Stops a node in order (SIGTERM) and waits for it.

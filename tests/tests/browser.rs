@@ -130,11 +130,35 @@ async fn in_a_browser_a_red_build_reaches_the_open_console_and_dashboard_without
         assert!(!h1.is_empty(), "{path}");
         shot(&c, name).await;
     }
+    // The workers page names every node the API lists.
     c.goto(&format!("{web}/workers")).await.unwrap();
     let workers = text_of(&c, "table.workers").await;
-    for n in mesh.nodes.iter().flatten() {
-        assert!(workers.contains(&n.name), "{workers}");
+    let listed: Vec<serde_json::Value> = reqwest::get(format!("{web}/api/v1/nodes"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+    for n in &listed {
+        let name = n["name"].as_str().unwrap();
+        assert!(workers.contains(name), "{name} not in {workers}");
     }
+    // The builder page by its name as written, percent-encoded, and its badge.
+    let encoded = "AMD64%20Debian%20root%203.x";
+    c.goto(&format!("{web}/builders/{encoded}")).await.unwrap();
+    assert_eq!(text_of(&c, "main h1").await, BUILDER);
+    assert!(
+        c.source().await.unwrap().contains(&built.id),
+        "the builder page lists {}",
+        built.id
+    );
+    shot(&c, "builder").await;
+    c.goto(&format!("{web}/badge/{encoded}/main.svg"))
+        .await
+        .unwrap();
+    let badge = c.source().await.unwrap();
+    assert!(badge.contains("passing"), "{badge}");
 
     // The console, open, with a mark that a reload would lose.
     c.goto(&format!("{web}/console")).await.unwrap();
@@ -157,12 +181,79 @@ async fn in_a_browser_a_red_build_reaches_the_open_console_and_dashboard_without
             .is_some_and(|class| class.contains("on"))
     })
     .await;
-    c.execute("window.buildmeshMark = 42;", vec![])
+    // When the red cell appears, by the page's clock (the same machine's as the worker's).
+    let watch = "window.buildmeshMark = 42; window.redSeen = null;\
+        new MutationObserver(function () { if (!window.redSeen && \
+        document.querySelector('td.cell[data-result=\"failure\"]')) window.redSeen = Date.now(); })\
+        .observe(document.body, { childList: true, subtree: true });";
+    c.execute(watch, vec![]).await.unwrap();
+    let console_tab = c.window().await.unwrap();
+
+    // The dashboard, open in a second tab, all green.
+    let dashboard_tab = c.new_window(true).await.unwrap();
+    c.switch_to_window(dashboard_tab.handle.clone())
+        .await
+        .unwrap();
+    c.goto(&format!("{web}/")).await.unwrap();
+    let summary = text_of(&c, "#summary").await;
+    assert!(summary.contains("all 1 stable builders green"), "{summary}");
+    let badge_src = || async {
+        c.find(fantoccini::Locator::Css("img.badge"))
+            .await
+            .unwrap()
+            .attr("src")
+            .await
+            .unwrap()
+            .unwrap_or_default()
+    };
+    let green_badge = badge_src().await;
+    wait_for("the dashboard to follow /events", LONG, || async {
+        c.execute("return document.getElementById('live').className", vec![])
+            .await
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .is_some_and(|class| class.contains("on"))
+    })
+    .await;
+    c.execute("window.buildmeshMark = 43;", vec![])
         .await
         .unwrap();
 
     let red = repo.commit("main", &[("ci.sh", CI), ("mode", "fail")], "break it");
     mesh.announce(0, &repo.url(), "main", &red).await;
+    let failed = mesh
+        .wait_build(1, BUILDER, &red, LONG, |r| r == "failure")
+        .await;
+
+    // The dashboard turns red without a reload.
+    wait_for(
+        "the failing builder on the open dashboard",
+        LONG,
+        || async {
+            c.find(fantoccini::Locator::Css(&format!(
+                "tr[data-builder=\"{BUILDER}\"]"
+            )))
+            .await
+            .is_ok()
+        },
+    )
+    .await;
+    let summary = text_of(&c, "#summary").await;
+    assert!(
+        summary.contains("1 of 1 stable builders failing"),
+        "{summary}"
+    );
+    let mark = c
+        .execute("return window.buildmeshMark || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(mark, serde_json::json!(43), "the dashboard was reloaded");
+    // The branch's badge is fetched again, not the cached green one.
+    assert_ne!(badge_src().await, green_badge);
+    shot(&c, "dashboard-red").await;
+
+    // So does the console, in the first tab.
+    c.switch_to_window(console_tab).await.unwrap();
     let red_cell = format!("tr[data-sha=\"{red}\"] td.cell[data-result=\"failure\"]");
     wait_for("the red cell on the open console", LONG, || async {
         c.find(fantoccini::Locator::Css(&red_cell)).await.is_ok()
@@ -172,25 +263,19 @@ async fn in_a_browser_a_red_build_reaches_the_open_console_and_dashboard_without
         .execute("return window.buildmeshMark || null;", vec![])
         .await
         .unwrap();
-    assert_eq!(mark, serde_json::json!(42), "the page was reloaded");
-    shot(&c, "console-red").await;
-
-    // The dashboard, open, turns red as well.
-    c.goto(&format!("{web}/")).await.unwrap();
-    wait_for("the failing builder on the dashboard", LONG, || async {
-        c.find(fantoccini::Locator::Css(&format!(
-            "tr[data-builder=\"{BUILDER}\"]"
-        )))
+    assert_eq!(mark, serde_json::json!(42), "the console was reloaded");
+    let seen = c
+        .execute("return window.redSeen;", vec![])
         .await
-        .is_ok()
-    })
-    .await;
-    let summary = text_of(&c, "#summary").await;
-    assert!(
-        summary.contains("1 of 1 stable builders failing"),
-        "{summary}"
-    );
-    shot(&c, "dashboard-red").await;
+        .unwrap()
+        .as_u64();
+    if let (Some(seen), Some(finished)) = (seen, failed.finished.map(|t| t.0)) {
+        eprintln!(
+            "the red cell appeared on the open console {} ms after its build ended on the worker",
+            seen as i64 - finished as i64
+        );
+    }
+    shot(&c, "console-red").await;
 
     // Follow the red cell to its build and its log: the log's markup is text.
     c.goto(&format!("{web}/console")).await.unwrap();

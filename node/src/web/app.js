@@ -28,7 +28,14 @@
     }, 150);
   }
   var events = new EventSource("/events");
-  events.onopen = function () { if (dot) dot.className = "live on"; };
+  // A stream that opens again (the node restarted, the network came back) may have missed
+  // changes the node no longer replays: the page reads everything again.
+  var opened = false;
+  events.onopen = function () {
+    if (dot) dot.className = "live on";
+    if (opened) refresh();
+    opened = true;
+  };
   events.onerror = function () { if (dot) dot.className = "live"; };
   ["build", "mesh", "reset"].forEach(function (name) { events.addEventListener(name, refresh); });
   var every = parseInt(body.dataset.every || "0", 10);

@@ -60,10 +60,15 @@ pub(super) async fn builder_badge(
     let Some(branch) = branch.strip_suffix(".svg").map(str::to_string) else {
         return not_a_badge();
     };
-    let name = config(&s)
+    let Some(name) = config(&s)
         .await
         .and_then(|c| c.find(&builder).map(|b| b.name.clone()))
-        .unwrap_or(builder);
+    else {
+        // Still an image, so that a README shows what is wrong; the status tells scripts.
+        let mut r = svg(&builder, ("no such builder", "#9f9f9f"));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    };
     let (n, br) = (name.clone(), branch.clone());
     let row = match read(&s, move |v| {
         Ok(v.status()?

@@ -165,6 +165,8 @@ pub(super) async fn raw_log(
                         buildmesh_protocol::builders::safe_id(&st.name)
                     ),
                 ),
+                // What a build printed is never to be taken for markup or a script.
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
             ],
             text,
         )

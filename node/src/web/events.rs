@@ -4,6 +4,8 @@
 //! result as JSON) and every record other than a heartbeat a `mesh` event. Events carry an
 //! increasing id and the newest [`REPLAY`] of them are kept: a client that reconnects with
 //! `Last-Event-ID` gets what it missed, or a `reset` event when it missed more than is kept.
+//! Ids begin where the process began (its start time in microseconds), so that an id from
+//! before a restart is older than everything kept and earns a `reset`, never silence.
 //! At most [`MAX_STREAMS`] streams are open at once; past that the answer is 503.
 
 use std::collections::VecDeque;
@@ -50,9 +52,13 @@ pub struct EventHub {
 impl EventHub {
     /// A hub whose streams end when `stop` is cancelled.
     pub fn new(stop: CancellationToken) -> Self {
+        let first = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64)
+            .max(1);
         EventHub {
             kept: Mutex::new(VecDeque::with_capacity(REPLAY)),
-            next: Mutex::new(1),
+            next: Mutex::new(first),
             live: broadcast::channel(REPLAY).0,
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             stop,
@@ -100,9 +106,29 @@ impl EventHub {
         self.push("reset", "{}".to_string());
     }
 
-    /// The newest event id handed out (0 before any).
+    /// The newest event id handed out (the one before the first, before any).
     pub fn newest(&self) -> u64 {
         *self.next.lock().unwrap_or_else(|e| e.into_inner()) - 1
+    }
+
+    // What a stream that says it saw every event up to `after` is owed first: nothing for a new
+    // stream, the kept events after it, or one `reset` when it missed events no longer kept or
+    // names an id this process never handed out (one from before a restart, or from another
+    // node).
+    fn backlog(&self, kept: &VecDeque<Item>, after: Option<u64>) -> VecDeque<Item> {
+        let Some(after) = after else {
+            return VecDeque::new();
+        };
+        let next = *self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest = kept.front().map_or(next, |f| f.id);
+        if after >= next || after + 1 < oldest {
+            return VecDeque::from([Item {
+                id: next - 1,
+                name: "reset",
+                data: "{}".into(),
+            }]);
+        }
+        kept.iter().filter(|i| i.id > after).cloned().collect()
     }
 
     /// The answer to `GET /events`.
@@ -121,19 +147,7 @@ impl EventHub {
         let (backlog, rx) = {
             let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
             let rx = self.live.subscribe();
-            let backlog: VecDeque<Item> = match after {
-                None => VecDeque::new(),
-                Some(after) if kept.front().is_some_and(|f| f.id > after + 1) => {
-                    // Missed more than is kept.
-                    VecDeque::from([Item {
-                        id: kept.back().map_or(0, |b| b.id),
-                        name: "reset",
-                        data: "{}".into(),
-                    }])
-                }
-                Some(after) => kept.iter().filter(|i| i.id > after).cloned().collect(),
-            };
-            (backlog, rx)
+            (self.backlog(&kept, after), rx)
         };
         let last_sent = backlog.back().map(|i| i.id);
         let state = Follow {
@@ -232,13 +246,66 @@ mod tests {
     #[test]
     fn the_replay_buffer_keeps_the_newest_events_with_increasing_ids() {
         let hub = EventHub::new(CancellationToken::new());
+        let first = hub.newest() + 1;
         for _ in 0..REPLAY + 10 {
             hub.reset();
         }
         let kept = ids(&hub);
         assert_eq!(kept.len(), REPLAY);
-        assert_eq!(kept[0].0, 11);
-        assert_eq!(kept.last().unwrap().0, (REPLAY + 10) as u64);
-        assert_eq!(hub.newest(), (REPLAY + 10) as u64);
+        assert_eq!(kept[0].0, first + 10);
+        assert_eq!(kept.last().unwrap().0, first + (REPLAY + 10) as u64 - 1);
+        assert_eq!(hub.newest(), first + (REPLAY + 10) as u64 - 1);
+    }
+
+    fn owed(hub: &EventHub, after: Option<u64>) -> Vec<(u64, &'static str)> {
+        let kept = hub.kept.lock().unwrap();
+        hub.backlog(&kept, after)
+            .iter()
+            .map(|i| (i.id, i.name))
+            .collect()
+    }
+
+    #[test]
+    fn a_reconnecting_stream_gets_what_it_missed_or_a_reset() {
+        let hub = EventHub::new(CancellationToken::new());
+        let before = hub.newest();
+        // Nothing happened yet: a stream that saw everything is owed nothing.
+        assert_eq!(owed(&hub, Some(before)), vec![]);
+        for _ in 0..REPLAY + 5 {
+            hub.push("mesh", "{}".into());
+        }
+        let newest = hub.newest();
+        assert_eq!(owed(&hub, None), vec![], "a new stream starts from now");
+        assert_eq!(owed(&hub, Some(newest)), vec![]);
+        assert_eq!(
+            owed(&hub, Some(newest - 2)),
+            vec![(newest - 1, "mesh"), (newest, "mesh")]
+        );
+        // The oldest kept event is still owed to a stream that saw the one before it.
+        assert_eq!(owed(&hub, Some(newest - REPLAY as u64)).len(), REPLAY);
+        // Missed more than is kept.
+        assert_eq!(
+            owed(&hub, Some(newest - REPLAY as u64 - 1)),
+            vec![(newest, "reset")]
+        );
+        // An id from before this process began (a restart): older than anything kept.
+        assert_eq!(owed(&hub, Some(3)), vec![(newest, "reset")]);
+        // An id this process never handed out (a clock set back, another node's id).
+        assert_eq!(owed(&hub, Some(newest + 1)), vec![(newest, "reset")]);
+    }
+
+    #[tokio::test]
+    async fn streams_past_the_cap_are_refused_until_one_closes() {
+        let hub = Arc::new(EventHub::new(CancellationToken::new()));
+        let open: Vec<Response> = (0..MAX_STREAMS)
+            .map(|_| hub.stream(&HeaderMap::new()))
+            .collect();
+        assert!(open.iter().all(|r| r.status() == StatusCode::OK));
+        assert_eq!(hub.open_streams(), MAX_STREAMS);
+        let refused = hub.stream(&HeaderMap::new());
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(open);
+        assert_eq!(hub.open_streams(), 0);
+        assert_eq!(hub.stream(&HeaderMap::new()).status(), StatusCode::OK);
     }
 }

@@ -61,10 +61,24 @@ pub fn router(state: ApiState) -> Router {
         .route("/badge/{a}/{b}", get(builder_badge))
         .route("/static/style.css", get(style))
         .route("/static/app.js", get(script))
+        .layer(axum::middleware::from_fn(server_timing))
         .with_state(state)
 }
 
-/// How a build's state is drawn: the CSS class of its cell and its word.
+// Says how long the node spent on a page (`Server-Timing: render;dur=<ms>`), for the browser's
+// developer tools and the console benchmark.
+async fn server_timing(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let t = std::time::Instant::now();
+    let mut r = next.run(req).await;
+    let value = format!("render;dur={:.2}", t.elapsed().as_secs_f64() * 1e3);
+    if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+        r.headers_mut().insert("server-timing", v);
+    }
+    r
+}
+
+/// A build state's tone: green, orange, red, purple, running, pending or grey. Streaks are runs
+/// of one tone (a flaky build continues a streak of warnings).
 pub(crate) fn colour(r: BuildState) -> &'static str {
     match r {
         BuildState::Success => "green",
@@ -74,6 +88,19 @@ pub(crate) fn colour(r: BuildState) -> &'static str {
         BuildState::Running => "running",
         BuildState::Pending | BuildState::Unconfirmed => "pending",
         BuildState::Skipped | BuildState::Cancelled => "grey",
+    }
+}
+
+/// The CSS classes a build state is drawn with: its tone, and for the states that share a tone
+/// with another (flaky, unconfirmed, a host's fault) a class of their own, so that no two
+/// states look alike.
+pub(crate) fn classes(r: BuildState) -> &'static str {
+    match r {
+        BuildState::Flaky => "orange flaky",
+        BuildState::Unconfirmed => "pending unconfirmed",
+        BuildState::HostFault => "purple hostfault",
+        BuildState::Cancelled => "grey cancelled",
+        other => colour(other),
     }
 }
 
@@ -137,7 +164,7 @@ async fn config(s: &ApiState) -> Option<BuilderConfig> {
 }
 
 async fn nodes(s: &ApiState) -> Vec<NodeView> {
-    s.replica.nodes().await.unwrap_or_default()
+    crate::api::nodes_with_health(s).await.unwrap_or_default()
 }
 
 /// What every page says about the node serving it.

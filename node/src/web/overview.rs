@@ -33,6 +33,19 @@ pub(crate) struct BranchHealth {
     pub failing: Vec<Failing>,
 }
 
+impl BranchHealth {
+    /// A short token of what the branch's badge draws: it changes whenever the badge may.
+    pub fn drawn(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.stable, self.green).hash(&mut h);
+        for f in &self.failing {
+            (&f.builder, f.now.result.as_str()).hash(&mut h);
+        }
+        format!("{:08x}", h.finish() as u32)
+    }
+}
+
 // How far back a streak is followed.
 const STREAK_DEPTH: usize = 200;
 
@@ -72,7 +85,18 @@ pub(super) async fn dashboard(State(s): State<ApiState>) -> Response {
                 h.failing.push(streak(v, &row, tier.clone())?);
             }
         }
-        Ok(by_branch.into_values().collect::<Vec<_>>())
+        // Tier by tier (`tier-1` first; builders without a tier last), then by name.
+        let mut branches: Vec<BranchHealth> = by_branch.into_values().collect();
+        for b in &mut branches {
+            b.failing.sort_by(|x, y| {
+                (x.tier.is_none(), &x.tier, &x.builder).cmp(&(
+                    y.tier.is_none(),
+                    &y.tier,
+                    &y.builder,
+                ))
+            });
+        }
+        Ok(branches)
     })
     .await
     {
@@ -158,6 +182,8 @@ pub(super) struct ConsoleQuery {
 pub(crate) struct ConsoleRow {
     pub sha: String,
     pub branch: String,
+    /// The commit's first line, when its announcement carried it.
+    pub subject: Option<String>,
     pub announced: buildmesh_protocol::Timestamp,
     pub cells: std::collections::BTreeMap<String, Cell>,
 }
@@ -176,6 +202,10 @@ pub(super) async fn console(State(s): State<ApiState>, Query(q): Query<ConsoleQu
         .filter(|b| branch.as_ref().is_none_or(|br| b.wants_branch(br)))
         .collect();
     let names: Vec<String> = builders.iter().map(|b| b.name.clone()).collect();
+    let repos: std::collections::HashMap<String, String> = builders
+        .iter()
+        .map(|b| (b.name.clone(), b.repo.clone()))
+        .collect();
     let want_branch = branch.clone();
     // Each builder's newest builds (of the branch, if one is asked for): a builder builds a
     // commit once, so the `commits` newest commits' cells are among its `commits` newest
@@ -190,6 +220,7 @@ pub(super) async fn console(State(s): State<ApiState>, Query(q): Query<ConsoleQu
                     .or_insert_with(|| ConsoleRow {
                         sha: c.sha.clone(),
                         branch: c.branch.clone(),
+                        subject: None,
                         announced: c.announced,
                         cells: Default::default(),
                     });
@@ -204,13 +235,23 @@ pub(super) async fn console(State(s): State<ApiState>, Query(q): Query<ConsoleQu
                 .then_with(|| a.sha.cmp(&b.sha))
         });
         rows.truncate(commits);
-        Ok(rows)
+        for row in &mut rows {
+            let repo = row.cells.keys().find_map(|b| repos.get(b));
+            if let Some(repo) = repo {
+                row.subject = v.subject(repo, &row.branch, &row.sha)?;
+            }
+        }
+        // Every branch any builder has a result on, for the filter.
+        let seen: std::collections::BTreeSet<String> =
+            v.status()?.into_iter().map(|r| r.branch).collect();
+        Ok((rows, seen))
     })
     .await
     {
         Ok(r) => r,
         Err(r) => return r,
     };
+    let (rows, seen) = rows;
     let branches: std::collections::BTreeSet<String> = cfg
         .iter()
         .flat_map(|c| c.builders.iter())
@@ -220,7 +261,7 @@ pub(super) async fn console(State(s): State<ApiState>, Query(q): Query<ConsoleQu
                 .filter(|p| !p.contains(['*', '?']))
                 .cloned()
         })
-        .chain(rows.iter().map(|r| r.branch.clone()))
+        .chain(seen)
         .chain(branch.iter().cloned())
         .collect();
     let tags: std::collections::BTreeSet<String> = cfg

@@ -10,7 +10,7 @@ use buildmesh_protocol::record::{BuildState, Purpose, ResultCode};
 use buildmesh_protocol::{NodeId, Timestamp};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use super::{BranchHealth, ConsoleRow, Mail, Served, StepLog, colour, seg};
+use super::{BranchHealth, ConsoleRow, Mail, Served, StepLog, classes, colour, seg};
 use crate::notifier::NotifierView;
 use crate::readmodel::BuildView;
 use crate::replica::NodeView;
@@ -99,7 +99,7 @@ fn builder_link(name: &str) -> Markup {
 }
 
 fn state(r: BuildState) -> Markup {
-    html! { span class={ "state " (colour(r)) } { (r.as_str()) } }
+    html! { span class={ "state " (classes(r)) } { (r.as_str()) } }
 }
 
 fn step_colour(r: ResultCode) -> &'static str {
@@ -201,7 +201,9 @@ fn html_page_dashboard(
             section.branch data-branch=(b.branch) {
                 h2 {
                     (b.branch) " "
-                    img.badge src={ "/badge/" (seg(&b.branch)) ".svg" } alt={ "status of " (b.branch) };
+                    // The query names the state drawn, so that a page redrawn in place loads the
+                    // badge again when it changed instead of showing the browser's cached one.
+                    img.badge src={ "/badge/" (seg(&b.branch)) ".svg?state=" (b.drawn()) } alt={ "status of " (b.branch) };
                 }
                 @if b.failing.is_empty() {
                     p.ok { "All " (b.stable) " stable builders are green or building." }
@@ -253,20 +255,34 @@ pub(super) struct Filters<'a> {
     pub tags: &'a BTreeSet<String>,
 }
 
-// The console's column groups: builders by their platform (`requires.os`, else their first
-// tag), in configuration order within a group.
-fn groups<'a>(builders: &[&'a Builder]) -> Vec<(String, Vec<&'a Builder>)> {
-    let mut out: Vec<(String, Vec<&Builder>)> = Vec::new();
+// The console's columns, grouped twice: by platform (the builder's required labels, such as
+// `os=linux arch=aarch64`), then within a platform by tags (builders with the same tags side by
+// side). Groups keep the configuration's order of their first builder.
+type Columns<'a> = Vec<(String, Vec<(String, Vec<&'a Builder>)>)>;
+
+fn groups<'a>(builders: &[&'a Builder]) -> Columns<'a> {
+    let mut out: Columns<'a> = Vec::new();
     for b in builders {
-        let g = b
-            .requires
-            .get("os")
-            .cloned()
-            .or_else(|| b.tags.iter().next().cloned())
-            .unwrap_or_default();
-        match out.iter_mut().find(|(name, _)| *name == g) {
+        let platform = if b.requires.is_empty() {
+            "any platform".to_string()
+        } else {
+            b.requires.values().cloned().collect::<Vec<_>>().join(" ")
+        };
+        let tags = if b.tags.is_empty() {
+            "untagged".to_string()
+        } else {
+            b.tags.iter().cloned().collect::<Vec<_>>().join(", ")
+        };
+        let by_tags = match out.iter_mut().find(|(p, _)| *p == platform) {
+            Some((_, list)) => list,
+            None => {
+                out.push((platform, Vec::new()));
+                &mut out.last_mut().expect("just pushed").1
+            }
+        };
+        match by_tags.iter_mut().find(|(t, _)| *t == tags) {
             Some((_, list)) => list.push(b),
-            None => out.push((g, vec![b])),
+            None => by_tags.push((tags, vec![b])),
         }
     }
     out
@@ -280,6 +296,10 @@ pub(super) fn console(
     f: &Filters<'_>,
 ) -> Markup {
     let groups = groups(builders);
+    let columns: Vec<&Builder> = groups
+        .iter()
+        .flat_map(|(_, by_tags)| by_tags.iter().flat_map(|(_, list)| list.iter().copied()))
+        .collect();
     let body = html! {
         h1 { "Console" }
         form.filters method="get" action="/console" {
@@ -300,14 +320,19 @@ pub(super) fn console(
                 table.console {
                     thead {
                         tr {
-                            th rowspan="2" { "Commit" }
-                            @for (g, list) in &groups { th.group colspan=(list.len()) { (g) } }
+                            th rowspan="3" { "Commit" }
+                            @for (platform, by_tags) in &groups {
+                                th.group colspan=(by_tags.iter().map(|(_, l)| l.len()).sum::<usize>()) { (platform) }
+                            }
                         }
                         tr {
-                            @for (_, list) in &groups {
-                                @for b in list {
-                                    th.builder { div { a href={ "/builders/" (seg(&b.name)) } title=(b.name) { (b.name) } } }
-                                }
+                            @for (_, by_tags) in &groups {
+                                @for (tags, list) in by_tags { th.group.tag colspan=(list.len()) { (tags) } }
+                            }
+                        }
+                        tr {
+                            @for b in &columns {
+                                th.builder { div { a href={ "/builders/" (seg(&b.name)) } title=(b.name) { (b.name) } } }
                             }
                         }
                     }
@@ -318,15 +343,14 @@ pub(super) fn console(
                                     code { (short(&r.sha)) } " "
                                     span.branch { (r.branch) } " "
                                     (when(Some(r.announced)))
+                                    @if let Some(subject) = &r.subject { br; span.subject title=(subject) { (subject) } }
                                 }
-                                @for (_, list) in &groups {
-                                    @for b in list {
-                                        @match r.cells.get(&b.name) {
-                                            Some(v) => td class={ "cell " (colour(v.result)) } data-result=(v.result.as_str()) {
-                                                a href={ "/builds/" (v.id) } title={ (b.name) ": " (v.result.as_str()) } { (cell_mark(v.result)) }
-                                            },
-                                            None => td.cell.none {},
-                                        }
+                                @for b in &columns {
+                                    @match r.cells.get(&b.name) {
+                                        Some(v) => td class={ "cell " (classes(v.result)) } data-result=(v.result.as_str()) {
+                                            a href={ "/builds/" (v.id) } title={ (b.name) ": " (v.result.as_str()) } { (cell_mark(v.result)) }
+                                        },
+                                        None => td.cell.none {},
                                     }
                                 }
                             }
@@ -336,7 +360,7 @@ pub(super) fn console(
             }
             p.legend {
                 @for r in [BuildState::Success, BuildState::Warnings, BuildState::Flaky, BuildState::Failure, BuildState::Exception, BuildState::Running, BuildState::Pending, BuildState::Unconfirmed, BuildState::HostFault, BuildState::Skipped] {
-                    span class={ "cell " (colour(r)) } { (cell_mark(r)) } " " (r.as_str()) " "
+                    span class={ "cell " (classes(r)) } { (cell_mark(r)) } " " (r.as_str()) " "
                 }
             }
         }
@@ -404,6 +428,41 @@ pub(super) fn builder(
 
 // Lines longer than this are cut on the page (the raw log has them whole).
 const MAX_LINE: usize = 4_000;
+
+/// The ANSI colour a log line leaves on for the lines after it: terminals keep a colour until
+/// it is reset, and the log is converted line by line.
+#[derive(Default)]
+struct Colours(String);
+
+impl Colours {
+    // The longest run of colour codes carried (a log that sets colours forever without a reset
+    // carries only its newest ones).
+    const MAX: usize = 64;
+
+    /// One line as HTML, in the colours the lines before it left on.
+    fn line(&mut self, text: &str) -> Markup {
+        static SGR: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(r"\x1b\[([0-9;]*)m").expect("a valid pattern")
+        });
+        let out = if self.0.is_empty() {
+            log_line(text)
+        } else {
+            log_line(&format!("{}{text}", self.0))
+        };
+        for m in SGR.captures_iter(text) {
+            let params = m.get(1).map_or("", |p| p.as_str());
+            if params.is_empty() || params == "0" {
+                self.0.clear();
+            } else {
+                if self.0.len() + m[0].len() > Self::MAX {
+                    self.0.clear();
+                }
+                self.0.push_str(&m[0]);
+            }
+        }
+        out
+    }
+}
 
 fn log_line(text: &str) -> Markup {
     let text = if text.len() > MAX_LINE {
@@ -535,11 +594,12 @@ pub(super) fn build(
                         }
                     }
                     pre.log {
+                        @let mut colours = Colours::default();
                         @for (n, text) in &log.lines {
                             @let class = if failing.contains(text.trim_end()) || (failed && failure_line(text)) { "line fail" } else if patterns.iter().any(|p| p.is_match(text)) { "line warn" } else { "line" };
                             span class=(class) id={ (anchor) "-L" (n) } {
                                 a.ln href={ "#" (anchor) "-L" (n) } { (n) }
-                                (log_line(text)) "\n"
+                                (colours.line(text)) "\n"
                             }
                         }
                     }
@@ -642,5 +702,26 @@ pub(super) fn badge(label: &str, message: &str, fill: &str) -> Markup {
                 text x=(lw + mw / 2) y="14" { (message) }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_colour_left_on_carries_to_the_next_lines_until_reset() {
+        let mut c = Colours::default();
+        let first = c.line("\x1b[31mred starts").into_string();
+        let second = c.line("still red").into_string();
+        let third = c.line("ends\x1b[0m here").into_string();
+        let fourth = c.line("plain <b>").into_string();
+        assert!(first.contains("red starts</span>"), "{first}");
+        assert!(
+            second.contains("<span") && second.contains("still red</span>"),
+            "{second}"
+        );
+        assert!(third.contains("<span"), "{third}");
+        assert_eq!(fourth, "plain &lt;b&gt;");
     }
 }

@@ -209,6 +209,21 @@ async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_th
         .unwrap();
     let reason = bad["health"]["reason"].as_str().unwrap_or("");
     assert!(reason.contains("not reproduced"), "{reason}");
+    // The web console says so too: the workers page and the dashboard's workers needing
+    // attention.
+    for page in ["workers", ""] {
+        let html = reqwest::get(format!("http://{}/{page}", apis[3]))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let row = html
+            .split("<tr")
+            .find(|r| r.contains("<td>node-2</td>"))
+            .unwrap_or_else(|| panic!("no row for node-2 on /{page}: {html}"));
+        assert!(row.contains("quarantined"), "/{page}: {row}");
+    }
     assert!(
         nodes
             .as_array()

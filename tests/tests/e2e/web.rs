@@ -167,6 +167,20 @@ async fn the_console_shows_the_mesh_escapes_what_builds_print_and_streams_change
     }
     let (_, svg) = get(&format!("{web}/badge/main.svg")).await;
     assert!(svg.contains("failing"), "{svg}");
+    // A branch with a slash is one percent-encoded segment in either form.
+    let (status, svg) = get(&format!("{web}/badge/{safe}/release%2F1.0.svg")).await;
+    assert_eq!(status, 200);
+    assert!(
+        svg.contains("release/1.0") && svg.contains("unknown"),
+        "{svg}"
+    );
+    let (status, svg) = get(&format!("{web}/badge/release%2F1.0.svg")).await;
+    assert_eq!(status, 200);
+    assert!(svg.contains("release/1.0"), "{svg}");
+    // An unknown builder is a 404 that still draws, so a README shows what is wrong.
+    let (status, svg) = get(&format!("{web}/badge/nobody/main.svg")).await;
+    assert_eq!(status, 404);
+    assert!(svg.contains("no such builder"), "{svg}");
     let (status, _) = get(&format!("{web}/builders/nobody")).await;
     assert_eq!(status, 404);
 
