@@ -360,6 +360,7 @@ impl BuilderConfig {
             ));
         }
         let mut names = BTreeSet::new();
+        let mut ids: BTreeMap<String, String> = BTreeMap::new();
         let mut builders = Vec::new();
         for b in file.builders {
             let name = b.name.get_ref().trim().to_string();
@@ -371,6 +372,15 @@ impl BuilderConfig {
                     Some(b.name.span()),
                     "name",
                     format!("builder `{name}` is defined twice"),
+                ));
+            }
+            // Workspaces and URLs go by the safe id: two builders may not share one.
+            let id = safe_id(&name);
+            if let Some(other) = ids.insert(id.clone(), name.clone()) {
+                return Err(err(
+                    Some(b.name.span()),
+                    "name",
+                    format!("builder `{name}` has the safe id `{id}` of builder `{other}`"),
                 ));
             }
             if b.repo.get_ref().trim().is_empty() {
@@ -849,6 +859,20 @@ retries = 1
         let (c, stamped) = BuilderConfig::from_toml_at(Hash::ZERO, GOOD, now).unwrap();
         assert!(!stamped);
         assert_eq!(c.version, 1);
+    }
+
+    #[test]
+    fn a_name_that_is_another_builders_safe_id_is_refused_on_its_line() {
+        let taken = safe_id("AMD64 Debian root 3.x");
+        let mut toml = String::from("version = 1\n");
+        for n in ["AMD64 Debian root 3.x", taken.as_str()] {
+            toml.push_str(&format!(
+                "[[builder]]\nname = \"{n}\"\nrepo = \"r\"\nbranches = [\"main\"]\n[[builder.step]]\nname = \"s\"\nrun = \"true\"\n"
+            ));
+        }
+        let e = BuilderConfig::from_toml(Hash::ZERO, &toml).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (10, "name"), "{e}");
+        assert!(e.message.contains("safe id"), "{e}");
     }
 
     #[test]

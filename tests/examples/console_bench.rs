@@ -52,9 +52,10 @@ fn builders_toml() -> String {
     t
 }
 
-// A red streak: builder `b` fails the newest `b % 5 + 1` commits of a branch when b % 12 == 5.
+// A red streak: builder `b` fails the newest `b % 5 + 1` commits of a branch when b % 12 == 6
+// (a stable builder: one in three is).
 fn result_of(b: usize, commit: usize, commits: usize) -> ResultCode {
-    if b % 12 == 5 && commit + b % 5 + 1 >= commits {
+    if b % 12 == 6 && commit + b % 5 + 1 >= commits {
         ResultCode::Failure
     } else if (b + commit).is_multiple_of(29) {
         ResultCode::Warnings
@@ -71,7 +72,8 @@ fn write_history(store: &Store, key: &SecretKey, commits: usize) -> usize {
     for c in 0..commits {
         for (i, branch) in BRANCHES.iter().enumerate() {
             let t = Timestamp(start + (c * BRANCHES.len() + i) as u64 * 1000);
-            let sha = format!("{:040x}", (c * 7 + i + 1) as u128 * 0x9e37_79b9_7f4a_7c15);
+            let sha = Hash::of(format!("commit {c} of {branch}").as_bytes()).to_string()[..40]
+                .to_string();
             history.author(
                 Body::CommitSeen(CommitSeen {
                     repo: REPO.into(),
@@ -93,13 +95,28 @@ fn write_history(store: &Store, key: &SecretKey, commits: usize) -> usize {
                     purpose: Purpose::Build,
                 };
                 let result = result_of(b, c, commits);
+                // A red build's log is stored, as its worker and copiers would hold it.
+                let log = if result == ResultCode::Failure {
+                    let text = format!(
+                        "building {sha}\n0:00:01 load avg: 1.2 Run tests in parallel\n\
+                         0:00:03 [ 1/40] test_grammar passed\n\
+                         \x1b[31m0:00:05 [ 2/40] test_asyncio failed\x1b[0m\n\
+                         ERROR: test_timeout (test.test_asyncio.test_tasks)\n\
+                         Traceback (most recent call last):\n  File \"test_tasks.py\", line 42\n\
+                         AssertionError: 0.2 not less than 0.1\n\
+                         == Tests result: FAILURE ==\nbuildmesh: step exited with code 1\n"
+                    );
+                    store.put_blob(text.as_bytes()).expect("a log stored")
+                } else {
+                    Hash::of(format!("{sha}{b}").as_bytes())
+                };
                 let step = StepResult {
                     name: "test".into(),
                     result,
                     exit_code: Some(if result == ResultCode::Failure { 1 } else { 0 }),
                     duration_ms: 600,
                     warnings: 0,
-                    log: Some(Hash::of(format!("{sha}{b}").as_bytes())),
+                    log: Some(log),
                     failing_lines: Vec::new(),
                 };
                 history.build(key_, result, vec![step], t);
@@ -144,7 +161,7 @@ async fn main() {
         "{:<44} {:>9} {:>9} {:>12} {:>12} {:>10}",
         "page", "p50 ms", "p99 ms", "server p50", "server p99", "bytes"
     );
-    let red = format!("/builders/{}", name(5).replace(' ', "%20"));
+    let red = format!("/builders/{}", name(6).replace(' ', "%20"));
     for path in [
         "/",
         "/console",
@@ -171,6 +188,43 @@ async fn main() {
             "{path:<44} {p50:>9.2} {p99:>9.2} {s50:>12} {s99:>12} {:>10}",
             t.size
         );
+    }
+    // CONSOLE_BENCH_SCREENSHOTS=DIR: each page of this history, as headless Chromium draws it.
+    if let Some(dir) = std::env::var_os("CONSOLE_BENCH_SCREENSHOTS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).expect("screenshot directory");
+        // The newest build of a builder with a red streak.
+        let red_build = buildmesh_tests::procs::json(format!(
+            "http://{api}/api/v1/builds?builder={}&limit=1",
+            name(6).replace(' ', "%20").replace('+', "%2B")
+        ))
+        .await
+        .and_then(|v| v[0]["id"].as_str().map(|id| format!("/builds/{id}")))
+        .unwrap_or_else(|| "/builds/none".into());
+        for (file, path) in [
+            ("build", red_build),
+            ("dashboard", "/".to_string()),
+            ("console", "/console?branch=main".to_string()),
+            ("builder", red.clone()),
+            ("workers", "/workers".to_string()),
+            ("notifier", "/notifier".to_string()),
+        ] {
+            let out = dir.join(format!("{file}.png"));
+            let status = std::process::Command::new("chromium")
+                .args([
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--hide-scrollbars",
+                    "--window-size=1400,1000",
+                ])
+                .arg(format!("--screenshot={}", out.display()))
+                .arg(format!("http://{api}{path}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            eprintln!("console_bench: {path} -> {} ({status:?})", out.display());
+        }
     }
     println!(
         "idle: RSS {:.0} MiB, CPU {:.1} % of a core over 10 s",

@@ -124,6 +124,29 @@ fn verdict(r: BuildState) -> bool {
     )
 }
 
+/// The order branches are shown in: named branches (`main`) first, then versions newest first,
+/// compared number by number (`3.x`, `3.14`, `3.9`).
+pub(crate) fn branch_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn key(s: &str) -> (bool, Vec<(u64, &str)>) {
+        let version = s.starts_with(|c: char| c.is_ascii_digit());
+        let parts = s
+            .split(['.', '-', '/'])
+            .map(|p| match p.parse::<u64>() {
+                Ok(n) => (n, ""),
+                // `3.x` names the newest line: after every number.
+                Err(_) => (u64::MAX, p),
+            })
+            .collect();
+        (version, parts)
+    }
+    let (ka, kb) = (key(a), key(b));
+    match (ka.0, kb.0) {
+        (true, true) => kb.1.cmp(&ka.1),
+        (false, false) => a.cmp(b),
+        (va, vb) => va.cmp(&vb),
+    }
+}
+
 /// Percent-encodes one URL path segment (a builder name, a branch).
 pub(crate) fn seg(s: &str) -> String {
     const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -306,6 +329,16 @@ mod tests {
         assert_eq!(served.owner(None), "");
         served.addresses = true;
         assert_eq!(served.owner(Some("ada@example.org")), "ada@example.org");
+    }
+
+    #[test]
+    fn branches_show_named_ones_first_then_versions_newest_first() {
+        let mut b = vec!["3.9", "3.10", "main", "3.14", "2.7", "release/1.0", "3.x"];
+        b.sort_by(|x, y| branch_order(x, y));
+        assert_eq!(
+            b,
+            ["main", "release/1.0", "3.x", "3.14", "3.10", "3.9", "2.7"]
+        );
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub(super) async fn dashboard(State(s): State<ApiState>) -> Response {
         }
         // Tier by tier (`tier-1` first; builders without a tier last), then by name.
         let mut branches: Vec<BranchHealth> = by_branch.into_values().collect();
+        branches.sort_by(|a, b| super::branch_order(&a.branch, &b.branch));
         for b in &mut branches {
             b.failing.sort_by(|x, y| {
                 (x.tier.is_none(), &x.tier, &x.builder).cmp(&(

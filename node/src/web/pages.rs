@@ -209,7 +209,7 @@ fn html_page_dashboard(
                     p.ok { "All " (b.stable) " stable builders are green or building." }
                 } @else {
                     table.failing {
-                        thead { tr { th { "Builder" } th { "Tier" } th { "Now" } th { "Failing since" } th { "For" } th { "First failing step" } th { "Builds" } } }
+                        thead { tr { th { "Builder" } th { "Tier" } th { "Now" } th { "Failing since" } th { "Began" } th { "First failing step" } th { "Builds" } } }
                         tbody {
                             @for f in &b.failing {
                                 @let step = f.now.steps.iter().find(|s| matches!(s.result, ResultCode::Failure | ResultCode::Warnings | ResultCode::Flaky));
@@ -300,12 +300,14 @@ pub(super) fn console(
         .iter()
         .flat_map(|(_, by_tags)| by_tags.iter().flat_map(|(_, list)| list.iter().copied()))
         .collect();
+    let mut branches: Vec<&String> = f.branches.iter().collect();
+    branches.sort_by(|a, b| super::branch_order(a, b));
     let body = html! {
         h1 { "Console" }
         form.filters method="get" action="/console" {
             label { "Branch " select name="branch" {
                 option value="" selected[f.branch.is_none()] { "all" }
-                @for b in f.branches { option value=(b) selected[f.branch == Some(b.as_str())] { (b) } }
+                @for b in branches { option value=(b) selected[f.branch == Some(b.as_str())] { (b) } }
             } }
             label { " Tag " select name="tag" {
                 option value="" selected[f.tag.is_none()] { "all" }
@@ -391,6 +393,8 @@ pub(super) fn builder(
     b: &Builder,
     history: &BTreeMap<String, Vec<BuildView>>,
 ) -> Markup {
+    let mut history: Vec<(&String, &Vec<BuildView>)> = history.iter().collect();
+    history.sort_by(|a, b| super::branch_order(a.0, b.0));
     let body = html! {
         h1 { (b.name) }
         p.meta {
