@@ -104,6 +104,18 @@ async fn text_of(c: &fantoccini::Client, css: &str) -> String {
         .unwrap()
 }
 
+// Waits until the open page follows /events (its live dot is on).
+async fn following_events(c: &fantoccini::Client) {
+    wait_for("the page to follow /events", LONG, || async {
+        c.execute("return document.getElementById('live').className", vec![])
+            .await
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .is_some_and(|class| class.contains("on"))
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_a_browser_a_red_build_reaches_the_open_console_and_dashboard_without_a_reload() {
     let Some(driver_path) = chromedriver() else {
@@ -173,14 +185,7 @@ async fn in_a_browser_a_red_build_reaches_the_open_console_and_dashboard_without
             .as_deref(),
         Some(built.result.as_str())
     );
-    wait_for("the page to follow /events", LONG, || async {
-        c.execute("return document.getElementById('live').className", vec![])
-            .await
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .is_some_and(|class| class.contains("on"))
-    })
-    .await;
+    following_events(&c).await;
     // When the red cell appears, by the page's clock (the same machine's as the worker's).
     let watch = "window.buildmeshMark = 42; window.redSeen = null;\
         new MutationObserver(function () { if (!window.redSeen && \
@@ -207,14 +212,7 @@ async fn in_a_browser_a_red_build_reaches_the_open_console_and_dashboard_without
             .unwrap_or_default()
     };
     let green_badge = badge_src().await;
-    wait_for("the dashboard to follow /events", LONG, || async {
-        c.execute("return document.getElementById('live').className", vec![])
-            .await
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .is_some_and(|class| class.contains("on"))
-    })
-    .await;
+    following_events(&c).await;
     c.execute("window.buildmeshMark = 43;", vec![])
         .await
         .unwrap();
