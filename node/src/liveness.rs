@@ -206,37 +206,55 @@ pub(crate) struct Dialling<'a> {
     pub cut: &'a HashSet<PeerId>,
     /// Up to how many admitted peers the node dials on its own.
     pub max_peers: usize,
+    /// How many times the node has looked for peers to dial (see [`to_dial`]).
+    pub round: u64,
 }
 
-/// Addresses to dial: bootstrap peers whose connection is gone, then live nodes learnt from
-/// heartbeats, up to `max_peers` admitted connections.
-pub(crate) fn to_dial(d: &Dialling<'_>, liveness: &Liveness, now: Instant) -> Vec<Multiaddr> {
+/// One dial: a peer by its addresses, tried one after another (the network makes one
+/// connection, and none while one is open or being made), or an address whose peer is unknown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Dial {
+    Peer(PeerId, Vec<Multiaddr>),
+    Addr(Multiaddr),
+}
+
+/// Of two nodes that learn of each other from heartbeats, the one with the lower id dials at
+/// once; the other only every this many rounds, in case the first cannot reach it (a NAT) or
+/// has all the peers it dials. Two nodes dialling each other at the same moment would otherwise
+/// keep two connections, each with its own streams, pings and gossip.
+pub(crate) const HIGHER_ID_DIALS_EVERY: u64 = 4;
+
+/// What to dial: bootstrap peers whose connection is gone, then live nodes learnt from
+/// heartbeats, up to `max_peers` admitted connections (a node of higher id than this one only
+/// every [`HIGHER_ID_DIALS_EVERY`] rounds).
+pub(crate) fn to_dial(d: &Dialling<'_>, liveness: &Liveness, now: Instant) -> Vec<Dial> {
     let mut out = Vec::new();
     for addr in d.bootstrap {
         let peer = addr.iter().find_map(|p| match p {
             libp2p::multiaddr::Protocol::P2p(id) => Some(id),
             _ => None,
         });
-        let wanted = match peer {
-            Some(p) => !d.connected.contains(&p) && !d.cut.contains(&p),
-            None => d.connected.is_empty(),
-        };
-        if wanted {
-            out.push(addr.clone());
+        match peer {
+            Some(p) if !d.connected.contains(&p) && !d.cut.contains(&p) => {
+                out.push(Dial::Peer(p, vec![addr.clone()]));
+            }
+            None if d.connected.is_empty() => out.push(Dial::Addr(addr.clone())),
+            _ => {}
         }
     }
     if d.admitted < d.max_peers {
+        let higher_too = d.round % HIGHER_ID_DIALS_EVERY == HIGHER_ID_DIALS_EVERY - 1;
         let candidates = liveness
             .reachable(now)
-            .filter(|(n, _)| *n != d.me)
+            .filter(|(n, _)| *n != d.me && (d.me < *n || higher_too))
             .filter(|(n, _)| {
                 let p = n.to_peer_id();
                 !d.connected.contains(&p) && !d.cut.contains(&p)
             })
             .take(d.max_peers - d.admitted);
         for (node, addrs) in candidates {
-            for addr in addrs {
-                out.push(crate::network::with_peer(addr, node.to_peer_id()));
+            if !addrs.is_empty() {
+                out.push(Dial::Peer(node.to_peer_id(), addrs.to_vec()));
             }
         }
     }
@@ -406,6 +424,7 @@ mod tests {
         let bootstrap = [boot_addr.clone()];
         let connected = HashSet::from([d.to_peer_id()]);
         let cut_set = HashSet::from([cut.to_peer_id()]);
+        // Every node here has a higher id than `me` or not: the round where both dial.
         let dialling = Dialling {
             me,
             bootstrap: &bootstrap,
@@ -413,16 +432,69 @@ mod tests {
             admitted: 1,
             cut: &cut_set,
             max_peers: 2,
+            round: HIGHER_ID_DIALS_EVERY - 1,
         };
-        let want_c =
-            crate::network::with_peer(&"/ip4/127.0.0.1/tcp/4000".parse().unwrap(), c.to_peer_id());
-        assert_eq!(to_dial(&dialling, &l, now), vec![boot_addr, want_c]);
+        let want_c = Dial::Peer(
+            c.to_peer_id(),
+            vec!["/ip4/127.0.0.1/tcp/4000".parse().unwrap()],
+        );
+        assert_eq!(
+            to_dial(&dialling, &l, now),
+            vec![Dial::Peer(boot.to_peer_id(), vec![boot_addr]), want_c]
+        );
         let full = Dialling {
             admitted: 2,
             connected: &HashSet::from([boot.to_peer_id(), d.to_peer_id()]),
             ..dialling
         };
         assert!(to_dial(&full, &l, now).is_empty());
+    }
+
+    #[test]
+    fn of_two_nodes_the_lower_id_dials_first_and_the_higher_only_now_and_then() {
+        let mut l = Liveness::new(WINDOW);
+        let now = Instant::now();
+        let (a, b) = (node(1), node(2));
+        let (low, high) = if a < b { (a, b) } else { (b, a) };
+        for n in [low, high] {
+            l.heard(&beat(n, 1, &["/ip4/127.0.0.1/tcp/4000"]), now, Timestamp(1));
+        }
+        let none = HashSet::new();
+        let dialling = |me, round| Dialling {
+            me,
+            bootstrap: &[],
+            connected: &none,
+            admitted: 0,
+            cut: &none,
+            max_peers: 4,
+            round,
+        };
+        let dialled = |me, round| {
+            to_dial(&dialling(me, round), &l, now)
+                .into_iter()
+                .map(|d| match d {
+                    Dial::Peer(p, _) => p,
+                    Dial::Addr(a) => panic!("dialled {a} without its peer"),
+                })
+                .collect::<Vec<_>>()
+        };
+        for round in 0..2 * HIGHER_ID_DIALS_EVERY {
+            assert_eq!(
+                dialled(low, round),
+                vec![high.to_peer_id()],
+                "round {round}"
+            );
+            let higher_dials = round % HIGHER_ID_DIALS_EVERY == HIGHER_ID_DIALS_EVERY - 1;
+            assert_eq!(
+                dialled(high, round),
+                if higher_dials {
+                    vec![low.to_peer_id()]
+                } else {
+                    vec![]
+                },
+                "round {round}"
+            );
+        }
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub(crate) enum Command {
     Dial {
         addr: Multiaddr,
     },
+    DialPeer {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
     Disconnect {
         peer: PeerId,
     },
@@ -108,6 +112,12 @@ impl Client {
     /// Dials an address (with or without a `/p2p/` peer id).
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetworkError> {
         self.send(Command::Dial { addr }).await
+    }
+
+    /// Dials `peer` unless it is connected or being dialled: its addresses one after another,
+    /// keeping the first connection made. One connection per peer, not one per address.
+    pub async fn dial_peer(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetworkError> {
+        self.send(Command::DialPeer { peer, addrs }).await
     }
 
     /// Closes every connection to `peer`.

@@ -8,8 +8,7 @@ use libp2p::core::transport::MemoryTransport;
 use libp2p::core::upgrade;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, Transport as _, gossipsub, identity, noise, request_response, tcp,
-    yamux,
+    PeerId, Swarm, Transport as _, gossipsub, identity, noise, request_response, tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -188,6 +187,15 @@ impl EventLoop {
                     tracing::debug!(%addr, error = %e, "dial failed");
                 }
             }
+            Command::DialPeer { peer, addrs } => {
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                    .addresses(addrs)
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    tracing::debug!(%peer, error = %e, "dial not made");
+                }
+            }
             Command::Disconnect { peer } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
@@ -346,18 +354,6 @@ impl EventLoop {
             }
             _ => {}
         }
-    }
-}
-
-/// The address with `/p2p/PEER` appended unless it already names a peer.
-pub(crate) fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
-    if addr
-        .iter()
-        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
-    {
-        addr.clone()
-    } else {
-        addr.clone().with(libp2p::multiaddr::Protocol::P2p(peer))
     }
 }
 

@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 
 pub use client::Client;
 pub use event_loop::EventLoop;
-pub(crate) use event_loop::with_peer;
 
 /// A network failure the node must hear about.
 #[derive(Debug, thiserror::Error)]

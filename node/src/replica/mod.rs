@@ -248,6 +248,8 @@ pub(crate) struct Replica {
     refused_from: HashMap<NodeId, u64>,
     metrics: Metrics,
     last_redial: Instant,
+    // How many times peers to dial were looked for.
+    redial_round: u64,
     feed: tokio::sync::broadcast::Sender<Arc<Record>>,
     signals: tokio::sync::broadcast::Sender<Signal>,
     load: LoadGauge,
@@ -319,6 +321,7 @@ impl Replica {
             refused_from: HashMap::new(),
             metrics: Metrics::default(),
             last_redial: Instant::now() - Duration::from_secs(60),
+            redial_round: 0,
             feed: parts.feed,
             signals: parts.signals,
             load: parts.load,

@@ -60,6 +60,7 @@ impl Replica {
             return;
         }
         self.last_redial = now;
+        self.redial_round += 1;
         let connections = self.door.admitted().map(|(peer, p)| liveness::Connection {
             peer: *peer,
             node: p.node,
@@ -79,9 +80,13 @@ impl Replica {
             admitted: self.door.admitted().count(),
             cut: &self.cut,
             max_peers: self.settings.max_peers,
+            round: self.redial_round,
         };
-        for addr in liveness::to_dial(&dialling, &self.liveness, now) {
-            let _ = self.net.dial(addr).await;
+        for dial in liveness::to_dial(&dialling, &self.liveness, now) {
+            let _ = match dial {
+                liveness::Dial::Peer(peer, addrs) => self.net.dial_peer(peer, addrs).await,
+                liveness::Dial::Addr(addr) => self.net.dial(addr).await,
+            };
         }
     }
 
