@@ -132,6 +132,17 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
+// A node id's text (its peer id) goes through the key's point too, both ways (libp2p checks the
+// key when it makes or reads a peer id), and the read model's JSON, the events and the logs
+// print and read the same few ids thousands of times: each thread keeps the texts it made and
+// the ids it read (bounded as above; only valid ids are kept).
+thread_local! {
+    static TEXTS: std::cell::RefCell<std::collections::HashMap<[u8; 32], String>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+    static PARSED: std::cell::RefCell<std::collections::HashMap<String, NodeId>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 fn verifying_key(bytes: &[u8; 32]) -> Result<VerifyingKey, KeyError> {
     KEYS.with(|keys| {
         let mut keys = keys.borrow_mut();
@@ -210,7 +221,19 @@ impl NodeId {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_peer_id().to_base58())
+        TEXTS.with(|texts| {
+            let mut texts = texts.borrow_mut();
+            if let Some(text) = texts.get(&self.0) {
+                return f.write_str(text);
+            }
+            let text = self.to_peer_id().to_base58();
+            f.write_str(&text)?;
+            if texts.len() >= KEY_CACHE {
+                texts.clear();
+            }
+            texts.insert(self.0, text);
+            Ok(())
+        })
     }
 }
 
@@ -224,6 +247,23 @@ impl FromStr for NodeId {
     type Err = KeyError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Some(id) = PARSED.with(|p| p.borrow().get(text).copied()) {
+            return Ok(id);
+        }
+        let id = Self::parse(text)?;
+        PARSED.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() >= KEY_CACHE {
+                p.clear();
+            }
+            p.insert(text.to_string(), id);
+        });
+        Ok(id)
+    }
+}
+
+impl NodeId {
+    fn parse(text: &str) -> Result<Self, KeyError> {
         let peer = libp2p_identity::PeerId::from_str(text.trim()).map_err(|e| KeyError::BadId {
             text: text.to_string(),
             reason: e.to_string(),
@@ -451,6 +491,16 @@ mod tests {
         let text = id.to_string();
         assert!(text.starts_with("12D3KooW"), "{text}");
         assert_eq!(text.parse::<NodeId>().unwrap(), id);
+        // Again, from what each thread remembers: the same answers.
+        assert_eq!(id.to_string(), text);
+        assert_eq!(text.parse::<NodeId>().unwrap(), id);
+        let other = SecretKey::from_seed([8; 32]).id();
+        assert_ne!(other.to_string(), text);
+        assert_eq!(other.to_string().parse::<NodeId>().unwrap(), other);
+        // A text that is not an id (`0` is not base58) is refused every time, never remembered.
+        let bad = format!("{}0", &text[..text.len() - 1]);
+        assert!(bad.parse::<NodeId>().is_err());
+        assert!(bad.parse::<NodeId>().is_err());
     }
 
     #[test]
