@@ -274,8 +274,12 @@ async fn in_steady_state_no_job_runs_on_two_workers() {
         mesh.announce(k % 3, &repo.url(), &branch, &sha).await;
         shas.push(sha);
     }
-    for sha in &shas {
-        mesh.wait_build(0, "any", sha, LONG, is_verdict).await;
+    // Node 1's listing is read below: wait until it holds every verdict too (node 0 may have
+    // a result that is still on its way to node 1).
+    for node in [0, 1] {
+        for sha in &shas {
+            mesh.wait_build(node, "any", sha, LONG, is_verdict).await;
+        }
     }
     // Every job ran to the end exactly once. Two workers deciding within the same instant on
     // different views can still cross claims: the loser stops at once (its attempt ends
