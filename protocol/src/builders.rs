@@ -9,6 +9,10 @@
 //! Builder names are written as people write them ("AMD64 Debian root 3.x", "aarch64 Fedora
 //! Rawhide LTO + PGO 3.14"): shown as written, and mapped to a [`safe_id`] where a name must be
 //! a path or a URL segment.
+//!
+//! One module because it is one job, reading a builder file into a checked configuration: the
+//! TOML form, its checks (each naming its line) and the types they produce must agree field by
+//! field, and splitting them would put every field in three files; hence its length.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
