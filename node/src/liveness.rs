@@ -47,6 +47,9 @@ pub(crate) struct Live {
     pub paused: Option<String>,
     /// Where it listens, as it says.
     pub addrs: Vec<Multiaddr>,
+    /// How long after this heartbeat it counts as live: the window, longer for a node that
+    /// beats less often than this one ([`Heartbeat::live_for`]).
+    pub window: Duration,
 }
 
 /// The newest heartbeat of every node heard from.
@@ -54,6 +57,8 @@ pub(crate) struct Live {
 pub(crate) struct Liveness {
     nodes: HashMap<NodeId, Live>,
     window: Duration,
+    // This node's own heartbeat interval (configured, not stretched).
+    every: Duration,
     // Admitted peers whose last connection closed, and when; until they connect again or are
     // heard from well after (a heartbeat already on its way when they died does not count).
     lost: HashMap<NodeId, Instant>,
@@ -68,8 +73,15 @@ impl Liveness {
         Liveness {
             nodes: HashMap::new(),
             window,
+            every: Duration::from_secs(1),
             lost: HashMap::new(),
         }
+    }
+
+    /// With this node's configured heartbeat interval (1 s unless told).
+    pub(crate) fn beating_every(mut self, every: Duration) -> Self {
+        self.every = every;
+        self
     }
 
     /// Every connection to the admitted peer `node` closed at `at`. Returns whether it was not
@@ -99,14 +111,14 @@ impl Liveness {
     pub(crate) fn is_live(&self, node: &NodeId, now: Instant) -> bool {
         self.nodes
             .get(node)
-            .is_some_and(|l| now.duration_since(l.heard) <= self.window)
+            .is_some_and(|l| now.duration_since(l.heard) <= l.window)
     }
 
     /// Every node heard from within the window before `now`.
     pub(crate) fn live_at(&self, now: Instant) -> BTreeSet<NodeId> {
         self.nodes
             .iter()
-            .filter(|(_, l)| now.duration_since(l.heard) <= self.window)
+            .filter(|(_, l)| now.duration_since(l.heard) <= l.window)
             .map(|(n, _)| *n)
             .collect()
     }
@@ -140,6 +152,7 @@ impl Liveness {
                 capacity: h.capacity,
                 paused: h.paused.clone(),
                 addrs,
+                window: h.live_for(self.every, self.window),
             },
         );
         !was_live
@@ -157,7 +170,7 @@ impl Liveness {
     pub(crate) fn reachable(&self, now: Instant) -> impl Iterator<Item = (NodeId, &[Multiaddr])> {
         self.nodes
             .iter()
-            .filter(move |(_, l)| !l.addrs.is_empty() && now.duration_since(l.heard) <= self.window)
+            .filter(move |(_, l)| !l.addrs.is_empty() && now.duration_since(l.heard) <= l.window)
             .map(|(n, l)| (*n, l.addrs.as_slice()))
     }
 }
@@ -171,8 +184,9 @@ pub(crate) struct Connection {
     pub since: Instant,
 }
 
-/// Admitted connections over which nothing was heard for `silent_for`: a cut cable does not
-/// close a connection, so these are dropped and redialling replaces them.
+/// Admitted connections over which nothing was heard for `silent_for` (or for two of the
+/// peer's own windows, if it beats less often): a cut cable does not close a connection, so
+/// these are dropped and redialling replaces them.
 pub(crate) fn silent(
     connections: impl IntoIterator<Item = Connection>,
     liveness: &Liveness,
@@ -185,7 +199,7 @@ pub(crate) fn silent(
         .filter(|c| {
             c.node
                 .and_then(|n| liveness.get(&n))
-                .is_none_or(|l| now.duration_since(l.heard) > silent_for)
+                .is_none_or(|l| now.duration_since(l.heard) > silent_for.max(l.window * 2))
         })
         .map(|c| c.peer)
         .collect()
@@ -313,6 +327,7 @@ mod tests {
             addrs: addrs.iter().map(|a| a.to_string()).collect(),
             paused: None,
             lost: Vec::new(),
+            every_ms: None,
         }
     }
 

@@ -263,6 +263,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             liveness_window: config.mesh.liveness_window,
             confirm_wait: config.worker.confirm_wait,
         },
+        heartbeat_interval: config.mesh.heartbeat_interval,
         executor: ExecutorConfig {
             work_dir: config.worker.work_dir.clone(),
             supervisor: config.worker.supervisor.clone(),

@@ -2,6 +2,8 @@
 //! (hello at the door, version vectors, pulls, blobs) and the ephemeral signed gossip
 //! (heartbeats). Records themselves travel as their stored bytes.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
@@ -173,6 +175,49 @@ pub struct Heartbeat {
     /// written when empty, so heartbeats encode as before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lost: Vec<NodeId>,
+    /// How often the sender beats, in milliseconds, when that is not once a second (it beats
+    /// less often in a large mesh: [`beat_interval`]). Receivers stretch the time they count
+    /// it live by as much ([`Heartbeat::live_for`]). Not written at once a second, so
+    /// heartbeats encode as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+}
+
+/// A mesh of up to this many admitted nodes beats at the configured interval; every further
+/// this many stretch it once more.
+pub const BEAT_NODES: usize = 25;
+
+/// How far one heartbeat may stretch its sender's liveness: a node that says it beats rarely
+/// is not taken as live for longer than this many windows.
+pub const MAX_BEAT_STRETCH: u32 = 10;
+
+/// How often a node beats in a mesh of `admitted` nodes, at `base` (its configured interval)
+/// in a mesh of up to [`BEAT_NODES`]: every heartbeat reaches every node, so the mesh's idle
+/// traffic grows as n² in all and n per node. The interval grows with the mesh (twice the base
+/// at 26 to 50 nodes, four times at 76 to 100), which keeps a node's idle load about flat.
+/// A lost connection is still told at once, by a heartbeat out of turn.
+pub fn beat_interval(base: Duration, admitted: usize) -> Duration {
+    let stretch = admitted
+        .div_ceil(BEAT_NODES)
+        .clamp(1, MAX_BEAT_STRETCH as usize);
+    base * stretch as u32
+}
+
+impl Heartbeat {
+    /// How long after this heartbeat its sender counts as live, for a receiver whose own
+    /// interval and window are `every` and `window`: the window stretched as the sender's
+    /// interval is stretched against the receiver's, by at most [`MAX_BEAT_STRETCH`].
+    pub fn live_for(&self, every: Duration, window: Duration) -> Duration {
+        let Some(ms) = self.every_ms else {
+            return window;
+        };
+        let theirs = Duration::from_millis(ms);
+        if theirs <= every || every.is_zero() {
+            return window;
+        }
+        let stretch = theirs.as_secs_f64() / every.as_secs_f64();
+        window.mul_f64(stretch.min(f64::from(MAX_BEAT_STRETCH)))
+    }
 }
 
 impl Signal {
@@ -416,6 +461,7 @@ mod tests {
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
             paused: None,
             lost: Vec::new(),
+            every_ms: None,
         });
         let s = SignedSignal::sign(&k, &hb);
         assert_eq!(s.verify().unwrap(), hb);
@@ -448,5 +494,41 @@ mod tests {
         let last = bad.bytes.len() - 1;
         bad.bytes[last] ^= 1;
         assert!(bad.verify().is_err());
+    }
+
+    #[test]
+    fn a_large_mesh_beats_less_often_and_is_judged_by_its_own_interval() {
+        let base = Duration::from_secs(1);
+        assert_eq!(beat_interval(base, 1), base);
+        assert_eq!(beat_interval(base, 25), base);
+        assert_eq!(beat_interval(base, 26), base * 2);
+        assert_eq!(beat_interval(base, 50), base * 2);
+        assert_eq!(beat_interval(base, 100), base * 4);
+        assert_eq!(beat_interval(base, 1_000_000), base * MAX_BEAT_STRETCH);
+        let window = Duration::from_secs(3);
+        let k = SecretKey::generate().unwrap();
+        let mut h = Heartbeat {
+            node: k.id(),
+            time: Timestamp(5),
+            running: 0,
+            capacity: 1,
+            head: 0,
+            addrs: Vec::new(),
+            paused: None,
+            lost: Vec::new(),
+            every_ms: None,
+        };
+        assert_eq!(h.live_for(base, window), window);
+        h.every_ms = Some(4000);
+        assert_eq!(h.live_for(base, window), window * 4);
+        // A receiver that itself beats every 4 s already waits long enough.
+        assert_eq!(h.live_for(base * 4, window), window);
+        // A sender that claims to beat once a day is live for ten windows at most.
+        h.every_ms = Some(86_400_000);
+        assert_eq!(h.live_for(base, window), window * MAX_BEAT_STRETCH);
+        // Written only when stretched: an ordinary heartbeat encodes as before.
+        h.every_ms = None;
+        let plain = codec::encode("heartbeat", &h).unwrap();
+        assert!(!String::from_utf8_lossy(&plain).contains("every_ms"));
     }
 }

@@ -228,29 +228,11 @@ async fn propagation_processes(n: usize, samples: usize) {
     let children = Reap(std::mem::take(&mut children));
     let apis: Vec<String> = t.nodes.iter().map(|x| x.api.to_string()).collect();
     let started = Instant::now();
-    let all_live = || async {
-        for api in [&apis[0], &apis[n - 1]] {
-            let Ok(r) = reqwest::get(format!("http://{api}/api/v1/nodes")).await else {
-                return false;
-            };
-            let v: serde_json::Value = r.json().await.unwrap_or_default();
-            let live = v
-                .as_array()
-                .is_some_and(|a| a.len() == n && a.iter().all(|x| x["live"] == true));
-            if !live {
-                return false;
-            }
-        }
-        true
-    };
-    while !all_live().await {
-        if started.elapsed() > Duration::from_secs(300) {
-            println!(
-                "propagation to all {n} node processes: the mesh did not see every node live within 300 s"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    if !buildmesh_tests::bench::wait_all_live(&apis, Duration::from_secs(300)).await {
+        println!(
+            "propagation to all {n} node processes: the mesh did not see every node live within 300 s"
+        );
+        return;
     }
     let formed = started.elapsed();
     // Let the gossip mesh settle (grafts happen on gossipsub heartbeats), and see what the idle

@@ -126,6 +126,34 @@ pub async fn latencies(api: &str, path: &str, n: usize) -> (f64, f64, usize) {
     (t.client.0, t.client.1, t.size)
 }
 
+/// Waits until the first and the last of these nodes each list all of them live; false if
+/// `timeout` passes first.
+pub async fn wait_all_live(apis: &[String], timeout: Duration) -> bool {
+    let n = apis.len();
+    let all_live = || async {
+        for api in [&apis[0], &apis[n - 1]] {
+            let Some(v) = json(format!("http://{api}/api/v1/nodes")).await else {
+                return false;
+            };
+            let live = v
+                .as_array()
+                .is_some_and(|a| a.len() == n && a.iter().all(|x| x["live"] == true));
+            if !live {
+                return false;
+            }
+        }
+        true
+    };
+    let started = Instant::now();
+    while !all_live().await {
+        if started.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    true
+}
+
 /// Stops a node in order (SIGTERM) and waits for it.
 pub fn stop(p: Proc) {
     let pid = nix::unistd::Pid::from_raw(p.0.id() as i32);

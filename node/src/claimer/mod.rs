@@ -238,6 +238,9 @@ pub(crate) struct ClaimerParts {
     pub name: String,
     pub capacity: u32,
     pub settings: ClaimSettings,
+    /// This node's configured heartbeat interval: a peer that beats less often is live for
+    /// longer after each heartbeat.
+    pub heartbeat_interval: Duration,
     pub executor: ExecutorConfig,
     pub store: Arc<Store>,
     pub replica: ReplicaClient,
@@ -254,6 +257,7 @@ pub(crate) struct ClaimerParts {
 pub(crate) struct Claimer {
     me: NodeId,
     name: String,
+    heartbeat_interval: Duration,
     machine: Claims,
     executor: Arc<ExecutorConfig>,
     store: Arc<Store>,
@@ -312,6 +316,7 @@ impl Claimer {
         let claimer = Claimer {
             me: parts.me,
             name: parts.name,
+            heartbeat_interval: parts.heartbeat_interval,
             machine,
             executor: Arc::new(parts.executor),
             store: parts.store,
@@ -995,6 +1000,9 @@ impl Claimer {
         let now = Timestamp::now();
         match signal {
             Signal::Heartbeat(h) => {
+                let window = self.machine.settings().liveness_window;
+                self.machine
+                    .live_for(h.node, h.live_for(self.heartbeat_interval, window));
                 self.machine.heartbeat(h.node, h.running, h.capacity, now);
                 let lost = h.lost.into_iter().collect();
                 self.machine.lost_report(h.node, lost, now);

@@ -165,7 +165,7 @@ impl Replica {
     pub(super) fn after_append(&mut self, record: &Record) {
         // When each record reached this node's store, for measuring propagation across
         // processes (`RUST_LOG=buildmesh::stored=trace`).
-        tracing::trace!(target: "buildmesh::stored", author = %record.author_id(), seq = record.seq(), "record stored");
+        tracing::trace!(target: "buildmesh::stored", author = %record.author_id(), seq = record.seq(), kind = record.envelope.kind.name(), "record stored");
         match record.body() {
             Ok(Body::Publish(Publish { doc })) => self.apply_doc(&doc, record.author_id()),
             Ok(Body::BuildResult(r)) if record.author_id() != self.me => {

@@ -305,7 +305,8 @@ impl Replica {
             trust: parts.trust,
             admission: parts.admission,
             door: Door::new(parts.settings.door_timeout),
-            liveness: Liveness::new(parts.settings.liveness_window),
+            liveness: Liveness::new(parts.settings.liveness_window)
+                .beating_every(parts.settings.heartbeat_interval),
             settings: parts.settings,
             bootstrap: parts.bootstrap,
             net: parts.net,
@@ -342,10 +343,11 @@ impl Replica {
         } else {
             tracing::info!("learning this node's own log from its peers before authoring");
         }
-        let mut heartbeat = tokio::time::interval(self.settings.heartbeat_interval);
+        // The heartbeat's interval grows with the mesh (`beat_interval`): the next one is due a
+        // whole interval after the last, which a lost peer may also have sent out of turn.
+        let mut next_beat = Instant::now();
         let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
         let mut anti_entropy = tokio::time::interval(self.settings.sync_interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         anti_entropy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -353,7 +355,10 @@ impl Replica {
                 _ = self.cancel.cancelled() => break,
                 Some(event) = self.events.recv() => self.on_network(event).await,
                 Some(command) = self.commands.recv() => self.on_command(command).await,
-                _ = heartbeat.tick() => self.heartbeat().await,
+                _ = tokio::time::sleep_until(next_beat) => {
+                    self.heartbeat().await;
+                    next_beat = Instant::now() + self.beat_every();
+                }
                 _ = housekeeping.tick() => self.housekeeping().await,
                 _ = anti_entropy.tick() => self.anti_entropy(),
             }

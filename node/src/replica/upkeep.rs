@@ -14,7 +14,19 @@ use super::{Command, Replica, sync};
 use crate::liveness;
 
 impl Replica {
+    // How often this node beats now: its configured interval, stretched in a large mesh. Every
+    // node counts the same admissions, so the nodes of one mesh agree on it.
+    pub(super) fn beat_every(&self) -> Duration {
+        let admitted = self
+            .trust
+            .admissions()
+            .filter(|a| self.trust.revocation(&a.node).is_none())
+            .count();
+        buildmesh_protocol::wire::beat_interval(self.settings.heartbeat_interval, admitted)
+    }
+
     pub(super) async fn heartbeat(&mut self) {
+        let every = self.beat_every();
         let now = Timestamp::now();
         let head = self.store.head_of(&self.me).map(|(s, _)| s).unwrap_or(0);
         let (running, capacity, paused) = (self.load)();
@@ -27,6 +39,7 @@ impl Replica {
             addrs: self.listen.iter().map(|a| a.to_string()).collect(),
             paused,
             lost: self.liveness.lost_peers(),
+            every_ms: (every != Duration::from_secs(1)).then_some(every.as_millis() as u64),
         };
         // This node is live to itself; the addresses it gossips are for others to dial. Its
         // services hear its own heartbeat too (the claim machine counts what it lost).

@@ -282,6 +282,10 @@ pub struct Claims {
     // the connections to; and the workers that more than half of the live nodes lost.
     reports: BTreeMap<NodeId, (Timestamp, BTreeSet<NodeId>)>,
     gone: BTreeSet<NodeId>,
+    // The nodes that beat less often than this one (a large mesh: `wire::beat_interval`), and
+    // how long each counts as live after its heartbeat; the others, `liveness_window`.
+    #[serde(default)]
+    windows: BTreeMap<NodeId, Duration>,
     // Jobs whose state or claims may have changed since the last `take_touched`: the node
     // writes their views again.
     touched: BTreeSet<Hash>,
@@ -322,6 +326,7 @@ impl Claims {
             new_jobs: Vec::new(),
             reports: BTreeMap::new(),
             gone: BTreeSet::new(),
+            windows: BTreeMap::new(),
             touched: BTreeSet::new(),
             folded: BTreeMap::new(),
             newest_verdict: BTreeMap::new(),
@@ -474,8 +479,7 @@ impl Claims {
             .filter(|(id, w)| {
                 **id == self.me
                     || (!self.gone.contains(id)
-                        && w.heard
-                            .is_some_and(|h| now.since(h) <= self.settings.liveness_window))
+                        && w.heard.is_some_and(|h| now.since(h) <= self.window_of(id)))
             })
             .map(|(id, _)| *id)
             .collect()
@@ -502,7 +506,6 @@ impl Claims {
     /// (this node by its own free slots): the workers a culprit search may ask for probes.
     pub fn idle_workers(&self, requires: &BTreeMap<String, String>, now: Timestamp) -> Vec<NodeId> {
         let busy = self.busy();
-        let window = self.settings.liveness_window;
         self.workers
             .iter()
             .filter(|(id, w)| {
@@ -512,7 +515,7 @@ impl Claims {
                 if **id == self.me {
                     return self.free() > 0;
                 }
-                w.heard.is_some_and(|h| now.since(h) <= window)
+                w.heard.is_some_and(|h| now.since(h) <= self.window_of(id))
                     && !self.gone.contains(*id)
                     && busy.get(*id).copied().unwrap_or(0) < w.capacity
             })
@@ -599,11 +602,10 @@ impl Claims {
         if self.gone.is_empty() && self.reports.values().all(|(_, l)| l.is_empty()) {
             return;
         }
-        let window = self.settings.liveness_window;
-        let live = |t: &Timestamp| now.since(*t) <= window;
+        let live = |r: &NodeId, t: &Timestamp| now.since(*t) <= self.window_of(r);
         let mut gone = BTreeSet::new();
-        for (t, lost) in self.reports.values() {
-            if !live(t) {
+        for (reporter, (t, lost)) in &self.reports {
+            if !live(reporter, t) {
                 continue;
             }
             for x in lost {
@@ -613,7 +615,7 @@ impl Claims {
                 // Among the live nodes other than x, how many lost it.
                 let (mut others, mut losing) = (0usize, 0usize);
                 for (r, (t, l)) in &self.reports {
-                    if r != x && live(t) {
+                    if r != x && live(r, t) {
                         others += 1;
                         losing += usize::from(l.contains(x));
                     }
@@ -624,6 +626,23 @@ impl Claims {
             }
         }
         self.gone = gone;
+    }
+
+    /// How long `id` counts as live after each heartbeat, when it beats less often than this
+    /// node (see [`crate::wire::Heartbeat::live_for`]).
+    pub fn live_for(&mut self, id: NodeId, window: Duration) {
+        if window > self.settings.liveness_window {
+            self.windows.insert(id, window);
+        } else {
+            self.windows.remove(&id);
+        }
+    }
+
+    fn window_of(&self, id: &NodeId) -> Duration {
+        self.windows
+            .get(id)
+            .copied()
+            .unwrap_or(self.settings.liveness_window)
     }
 
     /// A heartbeat: the worker is alive and this busy.
@@ -817,7 +836,6 @@ impl Claims {
         now: Timestamp,
         busy: &BTreeMap<NodeId, u32>,
     ) -> Vec<NodeId> {
-        let window = self.settings.liveness_window;
         self.workers
             .iter()
             .filter(|(id, w)| {
@@ -827,8 +845,8 @@ impl Claims {
                 if **id == self.me {
                     return self.free() > 0;
                 }
-                let live =
-                    w.heard.is_some_and(|h| now.since(h) <= window) && !self.gone.contains(id);
+                let live = w.heard.is_some_and(|h| now.since(h) <= self.window_of(id))
+                    && !self.gone.contains(id);
                 live && busy.get(id).copied().unwrap_or(0) < w.capacity
             })
             .map(|(id, _)| *id)

@@ -461,6 +461,7 @@ async fn far_future_records_replayed_signals_fork_floods_and_unknown_kinds_are_b
             addrs: vec![],
             paused: None,
             lost: Vec::new(),
+            every_ms: None,
         }),
     );
     publish(0, Gossip::Signal(hb).to_bytes()).await;
