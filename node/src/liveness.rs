@@ -375,6 +375,34 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_beats_less_often_is_live_for_as_much_longer() {
+        let mut l = Liveness::new(WINDOW).beating_every(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let (slow, plain) = (node(2), node(3));
+        let mut b = beat(slow, 1, &["/ip4/127.0.0.2/tcp/1"]);
+        b.every_ms = Some(4000);
+        l.heard(&b, t0, Timestamp(1));
+        l.heard(&beat(plain, 1, &[]), t0, Timestamp(1));
+        let at = t0 + Duration::from_secs(11);
+        assert!(l.is_live(&slow, at));
+        assert!(!l.is_live(&plain, at));
+        assert_eq!(l.live_at(at), BTreeSet::from([slow]));
+        assert_eq!(l.reachable(at).count(), 1);
+        assert!(!l.is_live(&slow, t0 + Duration::from_secs(13)));
+        // Its connection is not silent until two of its own windows pass.
+        let c = Connection {
+            peer: slow.to_peer_id(),
+            node: Some(slow),
+            since: t0,
+        };
+        assert!(silent([c], &l, t0 + Duration::from_secs(20), WINDOW * 2).is_empty());
+        assert_eq!(
+            silent([c], &l, t0 + Duration::from_secs(25), WINDOW * 2),
+            [c.peer]
+        );
+    }
+
+    #[test]
     fn an_older_heartbeat_is_a_replay() {
         let mut l = Liveness::new(WINDOW);
         let a = node(2);

@@ -52,7 +52,7 @@ fn results_stored(log: &std::path::Path) -> Vec<SystemTime> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains("kind=build-result"))
+        .filter(|l| l.contains("kind=\"build-result\"") || l.contains("kind=build-result"))
         .filter_map(|l| humantime::parse_rfc3339(l.split_whitespace().next()?).ok())
         .collect()
 }

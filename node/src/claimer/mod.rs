@@ -54,6 +54,9 @@ const SELF_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// on disk (see `claims::let_go`). Two waves of a CPython-sized fleet.
 const KEEP_FINISHED: usize = 2_000;
 
+/// The most records taken in between two ticks of the machine.
+const MAX_RECORDS_PER_TICK: usize = 256;
+
 /// Commits remembered for deriving jobs when the builder configuration changes: a new builder
 /// builds the newest of them (collapsing skips the rest), not years of history.
 const KEEP_COMMITS: usize = 10_000;
@@ -302,6 +305,8 @@ pub(crate) struct Claimer {
     // trusted where their state matches (left in order at the last stop).
     views: Arc<ReadModel>,
     stored: Stored,
+    // When the machine last let go of finished jobs.
+    last_let_go: Option<std::time::Instant>,
     rebuilding: bool,
     // How far each author's log was learnt (see `checkpoint`).
     learnt: VersionVector,
@@ -347,6 +352,7 @@ impl Claimer {
             checks_rx,
             views: parts.views.clone(),
             stored: Stored::Stale,
+            last_let_go: None,
             rebuilding: false,
             learnt: VersionVector::default(),
         };
@@ -427,6 +433,13 @@ impl Claimer {
                     Ok(record) => {
                         self.on_record(&record).await;
                         self.learnt.raise(record.author_id(), record.seq());
+                        // The records already waiting are taken in before the machine ticks:
+                        // a tick walks every job held, and a busy mesh delivers records in
+                        // bursts.
+                        if !self.take_waiting_records().await {
+                            self.rebuild();
+                            continue;
+                        }
                         self.tick().await;
                         self.write_views();
                         self.let_go();
@@ -1272,8 +1285,38 @@ impl Claimer {
         }
     }
 
-    // Lets the machine go of finished jobs beyond its window (their views are written).
+    // Takes in the records already on the feed, up to a burst's worth. False if the feed
+    // dropped some (the claimer fell behind: it rebuilds from the store).
+    async fn take_waiting_records(&mut self) -> bool {
+        for _ in 0..MAX_RECORDS_PER_TICK {
+            match self.records.try_recv() {
+                Ok(record) => {
+                    self.on_record(&record).await;
+                    self.learnt.raise(record.author_id(), record.seq());
+                }
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "claimer fell behind the record feed; rebuilding from the store"
+                    );
+                    return false;
+                }
+                Err(_) => break,
+            }
+        }
+        true
+    }
+
+    // Lets the machine go of finished jobs beyond its window (their views are written): at
+    // most once a second, as it walks every job held.
     fn let_go(&mut self) {
+        if self
+            .last_let_go
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_let_go = Some(std::time::Instant::now());
         let gone = self.machine.let_go(KEEP_FINISHED);
         self.stats
             .jobs_held

@@ -218,9 +218,9 @@ impl Checkout<'_> {
             )))?;
         }
         if fresh {
-            fetched_now(cache);
+            cloned_now(cache);
         }
-        let mut have = self.has_commit(cache).await?;
+        let mut have = self.cache_has_commit(cache).await?;
         let mut fetched = fresh;
         if !have && !fresh {
             fetched = true;
@@ -228,7 +228,7 @@ impl Checkout<'_> {
             // the cache to the origin: a commit, once fetched, does not change, and the
             // origin may be down.
             self.fetch_branches(log, cache).await?;
-            have = self.has_commit(cache).await?;
+            have = self.cache_has_commit(cache).await?;
         }
         if !have {
             // Commits no branch reaches (pull requests, force-pushed branches).
@@ -238,7 +238,7 @@ impl Checkout<'_> {
             if let Err(CheckoutError::Cancelled) = by_id {
                 return Err(CheckoutError::Cancelled);
             }
-            if !self.has_commit(cache).await? {
+            if !self.cache_has_commit(cache).await? {
                 return Err(CheckoutError::MissingCommit {
                     sha: self.sha.to_string(),
                     url: self.url.to_string(),
@@ -265,13 +265,30 @@ impl Checkout<'_> {
         }
         // A ref on the commit lets the workspace fetch it by name, whatever the protocol
         // version allows to be fetched by id.
+        if with_known(cache, |k| k.wanted.as_deref() == Some(self.sha)) {
+            return Ok(());
+        }
         let target = format!("{}^{{commit}}", self.sha);
         self.git_in(
             log,
             cache,
             &["update-ref", "refs/buildmesh/wanted", &target],
         )
-        .await
+        .await?;
+        with_known(cache, |k| k.wanted = Some(self.sha.to_string()));
+        Ok(())
+    }
+
+    /// Whether the cache has the commit: git is asked until it says yes once.
+    async fn cache_has_commit(&self, cache: &Path) -> Result<bool, CheckoutError> {
+        if with_known(cache, |k| k.commits.contains(self.sha)) {
+            return Ok(true);
+        }
+        let have = self.has_commit(cache).await?;
+        if have {
+            with_known(cache, |k| k.commits.insert(self.sha.to_string()));
+        }
+        Ok(have)
     }
 
     /// Clones the workspace from the cache, or fetches from it. Under the cache lock.
@@ -454,9 +471,20 @@ impl Checkout<'_> {
         } else {
             format!("refs/heads/{}", self.branch)
         };
+        let key = (self.sha.to_string(), branch);
+        if with_known(cache, |k| k.on_branch.contains(&key)) {
+            return Ok(true);
+        }
         // Exit 1: not an ancestor; 128: no such branch (yet).
-        self.git_says_yes(cache, &["merge-base", "--is-ancestor", self.sha, &branch])
-            .await
+        let fetch = last_fetch(cache);
+        let yes = self
+            .git_says_yes(cache, &["merge-base", "--is-ancestor", self.sha, &key.1])
+            .await?;
+        // Not remembered across a fetch that ended meanwhile (this may run outside the lock).
+        if yes && last_fetch(cache) == fetch {
+            with_known(cache, |k| k.on_branch.insert(key));
+        }
+        Ok(yes)
     }
 
     /// Removes `dir` below the builder's directory, as the user who owns it there.
@@ -549,28 +577,46 @@ impl Checkout<'_> {
     }
 }
 
-/// When each cache last fetched its branches from the origin (started), in this process.
-fn fetches() -> &'static Mutex<HashMap<PathBuf, Timestamp>> {
-    static FETCHES: OnceLock<Mutex<HashMap<PathBuf, Timestamp>>> = OnceLock::new();
-    FETCHES.get_or_init(Default::default)
+/// What this process knows of each cache, under its lock: when it last fetched its branches
+/// from the origin (started), and what git said since. A commit, once in a cache, stays; a
+/// branch reaches a commit until the next fetch; the wanted ref is only this process's to
+/// move. So the builds of one commit after the first ask git nothing of the cache (a
+/// CPython-sized fleet builds each commit on ~50 builders per worker).
+#[derive(Debug, Default)]
+struct Known {
+    fetched: Option<Timestamp>,
+    commits: std::collections::HashSet<String>,
+    // (commit, branch) that the branch reached at the last fetch.
+    on_branch: std::collections::HashSet<(String, String)>,
+    wanted: Option<String>,
+}
+
+fn known() -> &'static Mutex<HashMap<PathBuf, Known>> {
+    static KNOWN: OnceLock<Mutex<HashMap<PathBuf, Known>>> = OnceLock::new();
+    KNOWN.get_or_init(Default::default)
+}
+
+fn with_known<T>(cache: &Path, f: impl FnOnce(&mut Known) -> T) -> T {
+    let mut k = known().lock().unwrap_or_else(PoisonError::into_inner);
+    f(k.entry(cache.to_path_buf()).or_default())
 }
 
 fn fetched_at(cache: &Path, t: Timestamp) {
-    let mut f = fetches().lock().unwrap_or_else(PoisonError::into_inner);
-    let e = f.entry(cache.to_path_buf()).or_insert(t);
-    *e = (*e).max(t);
+    with_known(cache, |k| {
+        k.fetched = Some(k.fetched.map_or(t, |f| f.max(t)));
+        // A fetch may move a branch off a commit (a force-push).
+        k.on_branch.clear();
+    });
 }
 
-fn fetched_now(cache: &Path) {
+// A cache just cloned: nothing known of it before counts.
+fn cloned_now(cache: &Path) {
+    with_known(cache, |k| *k = Known::default());
     fetched_at(cache, Timestamp::now());
 }
 
 fn last_fetch(cache: &Path) -> Option<Timestamp> {
-    fetches()
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(cache)
-        .copied()
+    with_known(cache, |k| k.fetched)
 }
 
 /// `git fetch` of every branch of the origin into the cache.

@@ -1433,6 +1433,28 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_that_beats_less_often_stays_ranked_for_its_longer_window() {
+        let w = ids(3);
+        let mut m = machines(&w);
+        let o = &mut m[0];
+        o.heartbeat(w[1], 0, 1, T);
+        o.heartbeat(w[2], 0, 1, T);
+        // w[1] beats every 4 s in a large mesh: live for 12 s after each heartbeat.
+        o.live_for(w[1], Duration::from_secs(12));
+        o.live_for(w[2], Duration::from_secs(3));
+        let live = o.live_workers(at(5_000));
+        assert!(live.contains(&w[1]) && !live.contains(&w[2]), "{live:?}");
+        assert!(!o.live_workers(at(12_500)).contains(&w[1]));
+        // Its reports of lost peers count for as long.
+        o.lost_report(w[1], BTreeSet::from([w[2]]), at(5_000));
+        assert_eq!(
+            o.gone(),
+            &BTreeSet::from([w[2]]),
+            "the only other live node lost it"
+        );
+    }
+
+    #[test]
     fn reports_of_nodes_no_longer_live_do_not_count() {
         let w = ids(3);
         let mut m = machines(&w);
