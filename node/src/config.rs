@@ -69,9 +69,11 @@ api = "127.0.0.1:7700"
 show_owner_addresses = false
 
 [mesh]
-# How often this node says it is alive.
+# How often this node says it is alive (in a mesh of more than 25 admitted nodes, this times
+# one more for every further 25: every heartbeat reaches every node).
 heartbeat_interval = "1s"
-# A node not heard from for this long is shown as not live.
+# A node not heard from for this long is shown as not live (longer for a node that says it
+# beats less often, by as much).
 liveness_window = "3s"
 # How often version vectors are compared with a random peer.
 sync_interval = "5s"

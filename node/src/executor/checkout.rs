@@ -472,7 +472,8 @@ impl Checkout<'_> {
             format!("refs/heads/{}", self.branch)
         };
         let key = (self.sha.to_string(), branch);
-        if with_known(cache, |k| k.on_branch.contains(&key)) {
+        // A cache removed since (the workspace tidy) vouches for nothing.
+        if with_known(cache, |k| k.on_branch.contains(&key)) && cache.exists() {
             return Ok(true);
         }
         // Exit 1: not an ancestor; 128: no such branch (yet).
