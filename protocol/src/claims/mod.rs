@@ -294,7 +294,23 @@ pub struct Claims {
     // and the newest verdict of each (builder, branch).
     folded: BTreeMap<NodeId, (crate::health::Fold, BTreeMap<u32, u32>)>,
     newest_verdict: BTreeMap<(String, String), u64>,
+    // What a tick walks instead of every job held (a CPython-sized fleet holds thousands, and
+    // a busy node ticks tens of times a second): the jobs that may still be open, and the
+    // newest verdict of each (builder, branch) of the rest. A job joins when touched and
+    // leaves once found final; both are made again from every job held every
+    // `FULL_WALK_EVERY` ticks and whenever not valid (a start, a key revoked).
+    #[serde(skip)]
+    open: BTreeSet<Hash>,
+    #[serde(skip)]
+    newest_held: HashMap<String, HashMap<String, u64>>,
+    #[serde(skip)]
+    open_valid: bool,
+    #[serde(skip)]
+    ticks_since_walk: u32,
 }
+
+/// How many ticks may pass between two walks of every job held (see `Claims::open`).
+const FULL_WALK_EVERY: u32 = 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Early {
@@ -330,6 +346,10 @@ impl Claims {
             touched: BTreeSet::new(),
             folded: BTreeMap::new(),
             newest_verdict: BTreeMap::new(),
+            open: BTreeSet::new(),
+            newest_held: HashMap::new(),
+            open_valid: false,
+            ticks_since_walk: 0,
         }
     }
 
@@ -337,6 +357,7 @@ impl Claims {
     /// learnt, a claim or result seen, a lease lapsed, a job skipped): what a view of the
     /// jobs must look at again, instead of every job.
     pub fn take_touched(&mut self) -> BTreeSet<Hash> {
+        self.keep_open_touched();
         std::mem::take(&mut self.touched)
     }
 
@@ -429,6 +450,73 @@ impl Claims {
         self.follow_up(id, now);
     }
 
+    // The jobs that may be open: the open set while it is valid, else every job held.
+    fn maybe_open(&self) -> Box<dyn Iterator<Item = &Job> + '_> {
+        if self.open_valid {
+            Box::new(self.open.iter().filter_map(|id| self.jobs.get(id)))
+        } else {
+            Box::new(self.jobs.values())
+        }
+    }
+
+    // Touched jobs may be open again (a key revoked voids a verdict; every change touches).
+    fn keep_open_touched(&mut self) {
+        if self.open_valid {
+            for id in &self.touched {
+                if self.jobs.contains_key(id) {
+                    self.open.insert(*id);
+                }
+            }
+        }
+    }
+
+    // Brings the open set up to date: every job held, once every `FULL_WALK_EVERY` ticks or
+    // when not valid; else the touched ones. Then the final ones leave it, their verdicts
+    // kept as the newest of their lines.
+    fn refresh_open(&mut self) {
+        self.ticks_since_walk += 1;
+        if !self.open_valid || self.ticks_since_walk >= FULL_WALK_EVERY {
+            self.open = self.jobs.keys().copied().collect();
+            self.newest_held.clear();
+            for ((builder, branch), order) in &self.newest_verdict {
+                let e = self
+                    .newest_held
+                    .entry(builder.clone())
+                    .or_default()
+                    .entry(branch.clone())
+                    .or_insert(0);
+                *e = (*e).max(*order);
+            }
+            self.open_valid = true;
+            self.ticks_since_walk = 0;
+        } else {
+            self.keep_open_touched();
+        }
+        let mut done = Vec::new();
+        for id in &self.open {
+            let Some(j) = self.jobs.get(id) else {
+                done.push(*id);
+                continue;
+            };
+            if !j.is_final() {
+                continue;
+            }
+            done.push(*id);
+            if j.current().is_some() && j.spec.key.purpose.is_build() {
+                let e = self
+                    .newest_held
+                    .entry(j.spec.key.builder.clone())
+                    .or_default()
+                    .entry(j.spec.key.branch.clone())
+                    .or_insert(0);
+                *e = (*e).max(j.spec.order);
+            }
+        }
+        for id in done {
+            self.open.remove(&id);
+        }
+    }
+
     /// The settings.
     pub fn settings(&self) -> &ClaimSettings {
         &self.settings
@@ -489,7 +577,7 @@ impl Claims {
     // and has no result yet). Fresher than heartbeats: it changes with every claim and result.
     fn busy(&self) -> BTreeMap<NodeId, u32> {
         let mut busy = BTreeMap::new();
-        for j in self.jobs.values() {
+        for j in self.maybe_open() {
             if j.is_final() {
                 continue;
             }
@@ -534,6 +622,8 @@ impl Claims {
     /// in a new attempt, unless another worker's verdict stands. Such a job that no one else
     /// ever claimed is skipped like any never-claimed job once a newer commit has a verdict.
     pub fn forget(&mut self, id: &NodeId, now: Timestamp) {
+        // Verdicts go: the newest of a line may be older now.
+        self.open_valid = false;
         self.workers.remove(id);
         self.labels.remove(id);
         for early in self.early.values_mut() {
@@ -903,9 +993,13 @@ impl Claims {
         let lease = self.settings.lease;
         self.refresh_health_at_tick(now);
         self.refresh_gone(now);
+        self.refresh_open();
 
         // Leases and crossed claims.
-        for (id, j) in self.jobs.iter_mut() {
+        for id in &self.open {
+            let Some(j) = self.jobs.get_mut(id) else {
+                continue;
+            };
             if j.is_final() {
                 continue;
             }
@@ -946,34 +1040,23 @@ impl Claims {
         }
 
         // Collapsing: never-claimed jobs behind a newer verdict are skipped. Every tick asks
-        // this of every job held: the names are borrowed, not copied.
-        let skip: Vec<Hash> = {
-            let mut newest: HashMap<(&str, &str), u64> = self
-                .newest_verdict
-                .iter()
-                .map(|((b, br), o)| ((b.as_str(), br.as_str()), *o))
-                .collect();
-            for j in self.jobs.values() {
-                if j.current().is_some() && j.spec.key.purpose.is_build() {
-                    let e = newest
-                        .entry((&j.spec.key.builder, &j.spec.key.branch))
-                        .or_insert(0);
-                    *e = (*e).max(j.spec.order);
-                }
-            }
-            self.jobs
-                .values()
-                .filter(|j| {
-                    !j.is_final()
-                        && j.counted.is_empty()
-                        && j.spec.key.purpose.is_build()
-                        && newest
-                            .get(&(j.spec.key.builder.as_str(), j.spec.key.branch.as_str()))
-                            .is_some_and(|&o| o > j.spec.order)
-                })
-                .map(|j| j.spec.id)
-                .collect()
-        };
+        // this of every open job.
+        let skip: Vec<Hash> = self
+            .open
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .filter(|j| {
+                !j.is_final()
+                    && j.counted.is_empty()
+                    && j.spec.key.purpose.is_build()
+                    && self
+                        .newest_held
+                        .get(&j.spec.key.builder)
+                        .and_then(|b| b.get(&j.spec.key.branch))
+                        .is_some_and(|&o| o > j.spec.order)
+            })
+            .map(|j| j.spec.id)
+            .collect();
         for id in skip {
             if let Some(j) = self.jobs.get_mut(&id) {
                 j.skipped = true;
@@ -986,8 +1069,9 @@ impl Claims {
             return actions;
         }
         let mut open: Vec<(i32, u64, Hash)> = self
-            .jobs
-            .values()
+            .open
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
             .filter(|j| !j.is_final() && !j.counted.contains_key(&j.attempt))
             .map(|j| (j.spec.priority, j.spec.order, j.spec.id))
             .collect();
