@@ -144,7 +144,7 @@ impl Checkout<'_> {
                     let _cache_lock = lock_dir(&cache, self.cancel).await?;
                     self.update_cache(&cache, log).await?;
                 }
-                Ok(())
+                Ok(false)
             } else {
                 let _cache_lock = lock_dir(&cache, self.cancel).await?;
                 self.update_cache(&cache, log).await?;
@@ -152,7 +152,7 @@ impl Checkout<'_> {
                 self.sync_workspace(&cache, src, log).await
             };
             let workspace = match synced {
-                Ok(()) => self.checkout_workspace(src, log).await,
+                Ok(cloned) => self.checkout_workspace(src, cloned, log).await,
                 Err(e) => Err(e),
             };
             match workspace {
@@ -291,23 +291,36 @@ impl Checkout<'_> {
         Ok(have)
     }
 
-    /// Clones the workspace from the cache, or fetches from it. Under the cache lock.
+    /// Clones the workspace from the cache, or fetches from it. Under the cache lock. Returns
+    /// whether the workspace was cloned just now (nothing in it but what git checks out).
     async fn sync_workspace(
         &self,
         cache: &Path,
         src: &Path,
         log: &mut Capture,
-    ) -> Result<(), CheckoutError> {
+    ) -> Result<bool, CheckoutError> {
         let parent = src.parent().unwrap_or(self.work_dir);
         if !src.exists() {
             let tmp = src.with_extension("tmp");
-            self.remove_in_workspace(&tmp, log).await?;
+            // What an interrupted clone left (the node only looks; the step user removes).
+            if !matches!(tmp.symlink_metadata(), Err(e) if e.kind() == io::ErrorKind::NotFound) {
+                self.remove_in_workspace(&tmp, log).await?;
+            }
             // --no-local: copied, not hard-linked, so no file of the workspace is one of the
-            // cache's (a step could otherwise change the next build's objects).
+            // cache's (a step could otherwise change the next build's objects). The wanted ref
+            // comes with the branches and tags, as the fetch below would bring it.
             self.git(
                 log,
                 parent,
-                &["clone", "--no-local", "--no-checkout", "--quiet", "--"],
+                &[
+                    "clone",
+                    "--no-local",
+                    "--no-checkout",
+                    "--quiet",
+                    "--config",
+                    WANTED_REFSPEC,
+                    "--",
+                ],
                 &[cache.as_os_str(), tmp.as_os_str()],
             )
             .await?;
@@ -317,6 +330,7 @@ impl Checkout<'_> {
                 &[tmp.as_os_str(), src.as_os_str()],
             )
             .await?;
+            return Ok(true);
         }
         self.git_in(
             log,
@@ -333,18 +347,27 @@ impl Checkout<'_> {
             ],
         )
         .await
+        .map(|()| false)
     }
 
-    /// Brings the workspace to the commit, removes everything git does not track, and checks.
-    async fn checkout_workspace(&self, src: &Path, log: &mut Capture) -> Result<(), CheckoutError> {
+    /// Brings the workspace to the commit, removes everything git does not track (nothing, in a
+    /// workspace `cloned` just now), and checks.
+    async fn checkout_workspace(
+        &self,
+        src: &Path,
+        cloned: bool,
+        log: &mut Capture,
+    ) -> Result<(), CheckoutError> {
         self.git_in(
             log,
             src,
             &["checkout", "--force", "--quiet", "--detach", self.sha],
         )
         .await?;
-        self.git_in(log, src, &["clean", "-ffdx", "--quiet"])
-            .await?;
+        if !cloned {
+            self.git_in(log, src, &["clean", "-ffdx", "--quiet"])
+                .await?;
+        }
         let (end, out) = output_of(
             self.supervisor,
             &self.cmd(src, &["rev-parse", "HEAD"], &[]),
@@ -619,6 +642,9 @@ fn cloned_now(cache: &Path) {
 fn last_fetch(cache: &Path) -> Option<Timestamp> {
     with_known(cache, |k| k.fetched)
 }
+
+/// The fetch refspec a workspace clone also gets: the cache's ref on the wanted commit.
+const WANTED_REFSPEC: &str = "remote.origin.fetch=+refs/buildmesh/wanted:refs/buildmesh/wanted";
 
 /// `git fetch` of every branch of the origin into the cache.
 const FETCH_BRANCHES: [&str; 5] = [

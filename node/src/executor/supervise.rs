@@ -216,6 +216,11 @@ async fn watch_memory(limit: u64) -> (u64, u64) {
 /// Every process below this one, by parent links read from `/proc`.
 fn descendants() -> Vec<i32> {
     let me = getpid().as_raw();
+    // Down the children lists where the kernel keeps them: a few reads for a few processes,
+    // where the walk below reads every process of the machine.
+    if let Some(below) = descendants_by_children(me) {
+        return below;
+    }
     let mut parent_of: Vec<(i32, i32)> = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -241,6 +246,33 @@ fn descendants() -> Vec<i32> {
         }
     }
     out
+}
+
+/// The children of every thread of `pid`, from `/proc/PID/task/TID/children`; `None` when
+/// the kernel does not keep those lists (or `pid` is gone).
+fn children_of(pid: i32) -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let children = std::fs::read_to_string(task.ok()?.path().join("children")).ok()?;
+        out.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    Some(out)
+}
+
+/// Every descendant of `pid` down the children lists; `None` when the kernel keeps none.
+fn descendants_by_children(pid: i32) -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    let mut frontier = children_of(pid)?;
+    while let Some(p) = frontier.pop() {
+        out.push(p);
+        // A process that ended meanwhile has no children left.
+        frontier.extend(children_of(p).unwrap_or_default());
+    }
+    Some(out)
 }
 
 /// The parent of `pid`: the 4th field of `/proc/PID/stat`, after the command name in brackets.
