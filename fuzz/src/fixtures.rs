@@ -296,6 +296,8 @@ fn make() -> Fixtures {
                 addrs: vec!["/ip4/127.0.0.1/tcp/7701".into()],
                 paused: None,
                 lost: Vec::new(),
+                // A node of a large mesh, beating every 2 s.
+                every_ms: Some(2000),
             }),
         ),
         SignedSignal::sign(

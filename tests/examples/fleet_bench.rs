@@ -10,15 +10,14 @@
 //! `cargo build --release -p buildmesh-node --bin buildmesh && \
 //!  cargo run --release -p buildmesh-tests --example fleet_bench [NODES] [SLOTS]`
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use buildmesh_protocol::docs::{Genesis, SignedDoc};
 use buildmesh_protocol::wire::{ApiAction, SignedRequest};
 use buildmesh_protocol::{SecretKey, Timestamp};
 use buildmesh_tests::bench::{latencies, rss_mib, wait_all_live};
-use buildmesh_tests::procs::{Proc, json};
-use buildmesh_tests::{GitRepo, binary, free_port_base, is_verdict, wait_for};
+use buildmesh_tests::procs::{Proc, json, run_logging_stores};
+use buildmesh_tests::{GitRepo, free_port_base, is_verdict, wait_for};
 
 const BUILDERS: usize = 160;
 const BRANCHES: [&str; 7] = ["main", "3.14", "3.13", "3.12", "3.11", "3.10", "3.9"];
@@ -98,18 +97,7 @@ async fn main() {
         .nodes
         .iter()
         .zip(&logs)
-        .map(|(node, log)| {
-            Proc(
-                Command::new(binary())
-                    .args(["run", "--config"])
-                    .arg(&node.config)
-                    .env("RUST_LOG", "warn,buildmesh::stored=trace")
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(log).unwrap())
-                    .spawn()
-                    .expect("buildmesh runs"),
-            )
-        })
+        .map(|(node, log)| run_logging_stores(&node.config, log))
         .collect();
     let apis: Vec<String> = t.nodes.iter().map(|x| x.api.clone()).collect();
     let started = Instant::now();

@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use buildmesh_protocol::record::{Body, ChangeSource, CommitSeen};
+use buildmesh_tests::procs::{Proc, run_logging_stores};
 use buildmesh_tests::{Mesh, binary, free_port_base, wait_for};
 
 fn commit(i: u64) -> Body {
@@ -200,32 +201,13 @@ async fn propagation_processes(n: usize, samples: usize) {
     let logs: Vec<_> = (0..n)
         .map(|i| dir.path().join(format!("node-{i}.log")))
         .collect();
-    let mut children: Vec<_> = t
+    // The processes go with this function, however it ends.
+    let children: Vec<Proc> = t
         .nodes
         .iter()
         .zip(&logs)
-        .map(|(node, log)| {
-            Command::new(binary())
-                .args(["run", "--config"])
-                .arg(&node.config)
-                .env("RUST_LOG", "warn,buildmesh::stored=trace")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(log).unwrap())
-                .spawn()
-                .unwrap()
-        })
+        .map(|(node, log)| run_logging_stores(&node.config, log))
         .collect();
-    // The processes go with this function, however it ends.
-    struct Reap(Vec<std::process::Child>);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            for c in &mut self.0 {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-    let children = Reap(std::mem::take(&mut children));
     let apis: Vec<String> = t.nodes.iter().map(|x| x.api.to_string()).collect();
     let started = Instant::now();
     if !buildmesh_tests::bench::wait_all_live(&apis, Duration::from_secs(300)).await {
@@ -237,7 +219,7 @@ async fn propagation_processes(n: usize, samples: usize) {
     let formed = started.elapsed();
     // Let the gossip mesh settle (grafts happen on gossipsub heartbeats), and see what the idle
     // mesh costs this machine meanwhile.
-    let pids: Vec<u32> = children.0.iter().map(|c| c.id()).collect();
+    let pids: Vec<u32> = children.iter().map(|c| c.0.id()).collect();
     let ticks = || pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
     let (t0, c0) = (Instant::now(), ticks());
     tokio::time::sleep(Duration::from_secs(5)).await;
