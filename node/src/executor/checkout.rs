@@ -1,4 +1,9 @@
 //! The repository cache and the per-builder workspace, with the `git` command line.
+//!
+//! One module because it is one job, bringing a workspace to a commit: the cache, the
+//! workspace, their locks and what this process remembers of what git said are one protocol
+//! of freshness (a commit must be on its branch as of a fetch after its announcement), and
+//! splitting it would part each rule from the commands it orders.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
