@@ -149,7 +149,7 @@ impl Checkout<'_> {
                     let _cache_lock = lock_dir(&cache, self.cancel).await?;
                     self.update_cache(&cache, log).await?;
                 }
-                Ok(false)
+                Ok(())
             } else {
                 let _cache_lock = lock_dir(&cache, self.cancel).await?;
                 self.update_cache(&cache, log).await?;
@@ -157,7 +157,7 @@ impl Checkout<'_> {
                 self.sync_workspace(&cache, src, log).await
             };
             let workspace = match synced {
-                Ok(cloned) => self.checkout_workspace(src, cloned, log).await,
+                Ok(()) => self.checkout_workspace(src, log).await,
                 Err(e) => Err(e),
             };
             match workspace {
@@ -270,18 +270,13 @@ impl Checkout<'_> {
         }
         // A ref on the commit lets the workspace fetch it by name, whatever the protocol
         // version allows to be fetched by id.
-        if with_known(cache, |k| k.wanted.as_deref() == Some(self.sha)) {
-            return Ok(());
-        }
         let target = format!("{}^{{commit}}", self.sha);
         self.git_in(
             log,
             cache,
             &["update-ref", "refs/buildmesh/wanted", &target],
         )
-        .await?;
-        with_known(cache, |k| k.wanted = Some(self.sha.to_string()));
-        Ok(())
+        .await
     }
 
     /// Whether the cache has the commit: git is asked until it says yes once.
@@ -296,36 +291,23 @@ impl Checkout<'_> {
         Ok(have)
     }
 
-    /// Clones the workspace from the cache, or fetches from it. Under the cache lock. Returns
-    /// whether the workspace was cloned just now (nothing in it but what git checks out).
+    /// Clones the workspace from the cache, or fetches from it. Under the cache lock.
     async fn sync_workspace(
         &self,
         cache: &Path,
         src: &Path,
         log: &mut Capture,
-    ) -> Result<bool, CheckoutError> {
+    ) -> Result<(), CheckoutError> {
         let parent = src.parent().unwrap_or(self.work_dir);
         if !src.exists() {
             let tmp = src.with_extension("tmp");
-            // What an interrupted clone left (the node only looks; the step user removes).
-            if !matches!(tmp.symlink_metadata(), Err(e) if e.kind() == io::ErrorKind::NotFound) {
-                self.remove_in_workspace(&tmp, log).await?;
-            }
+            self.remove_in_workspace(&tmp, log).await?;
             // --no-local: copied, not hard-linked, so no file of the workspace is one of the
-            // cache's (a step could otherwise change the next build's objects). The wanted ref
-            // comes with the branches and tags, as the fetch below would bring it.
+            // cache's (a step could otherwise change the next build's objects).
             self.git(
                 log,
                 parent,
-                &[
-                    "clone",
-                    "--no-local",
-                    "--no-checkout",
-                    "--quiet",
-                    "--config",
-                    WANTED_REFSPEC,
-                    "--",
-                ],
+                &["clone", "--no-local", "--no-checkout", "--quiet", "--"],
                 &[cache.as_os_str(), tmp.as_os_str()],
             )
             .await?;
@@ -335,7 +317,6 @@ impl Checkout<'_> {
                 &[tmp.as_os_str(), src.as_os_str()],
             )
             .await?;
-            return Ok(true);
         }
         self.git_in(
             log,
@@ -352,27 +333,18 @@ impl Checkout<'_> {
             ],
         )
         .await
-        .map(|()| false)
     }
 
-    /// Brings the workspace to the commit, removes everything git does not track (nothing, in a
-    /// workspace `cloned` just now), and checks.
-    async fn checkout_workspace(
-        &self,
-        src: &Path,
-        cloned: bool,
-        log: &mut Capture,
-    ) -> Result<(), CheckoutError> {
+    /// Brings the workspace to the commit, removes everything git does not track, and checks.
+    async fn checkout_workspace(&self, src: &Path, log: &mut Capture) -> Result<(), CheckoutError> {
         self.git_in(
             log,
             src,
             &["checkout", "--force", "--quiet", "--detach", self.sha],
         )
         .await?;
-        if !cloned {
-            self.git_in(log, src, &["clean", "-ffdx", "--quiet"])
-                .await?;
-        }
+        self.git_in(log, src, &["clean", "-ffdx", "--quiet"])
+            .await?;
         let (end, out) = output_of(
             self.supervisor,
             &self.cmd(src, &["rev-parse", "HEAD"], &[]),
@@ -608,16 +580,15 @@ impl Checkout<'_> {
 
 /// What this process knows of each cache, under its lock: when it last fetched its branches
 /// from the origin (started), and what git said since. A commit, once in a cache, stays; a
-/// branch reaches a commit until the next fetch; the wanted ref is only this process's to
-/// move. So the builds of one commit after the first ask git nothing of the cache (a
-/// CPython-sized fleet builds each commit on ~50 builders per worker).
+/// branch reaches a commit until the next fetch. So the builds of one commit after the first
+/// ask git only to pin it (a CPython-sized fleet builds each commit on ~50 builders per
+/// worker).
 #[derive(Debug, Default)]
 struct Known {
     fetched: Option<Timestamp>,
     commits: std::collections::HashSet<String>,
     // (commit, branch) that the branch reached at the last fetch.
     on_branch: std::collections::HashSet<(String, String)>,
-    wanted: Option<String>,
 }
 
 fn known() -> &'static Mutex<HashMap<PathBuf, Known>> {
@@ -647,9 +618,6 @@ fn cloned_now(cache: &Path) {
 fn last_fetch(cache: &Path) -> Option<Timestamp> {
     with_known(cache, |k| k.fetched)
 }
-
-/// The fetch refspec a workspace clone also gets: the cache's ref on the wanted commit.
-const WANTED_REFSPEC: &str = "remote.origin.fetch=+refs/buildmesh/wanted:refs/buildmesh/wanted";
 
 /// `git fetch` of every branch of the origin into the cache.
 const FETCH_BRANCHES: [&str; 5] = [
