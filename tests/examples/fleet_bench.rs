@@ -12,10 +12,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use buildmesh_protocol::docs::{Genesis, SignedDoc};
 use buildmesh_protocol::wire::{ApiAction, SignedRequest};
 use buildmesh_protocol::{SecretKey, Timestamp};
-use buildmesh_tests::bench::{latencies, rss_mib, wait_all_live};
+use buildmesh_tests::bench::{latencies, publish_builders, rss_mib, wait_all_live};
 use buildmesh_tests::procs::{Proc, json, run_logging_stores};
 use buildmesh_tests::{GitRepo, free_port_base, is_verdict, wait_for};
 
@@ -120,26 +119,10 @@ async fn main() {
     let idle = rss(&pids);
 
     // The builders, signed by the maintainer, in force on every node.
+    publish_builders(&t, &apis[0], &builders_toml(&repo.url())).await;
     let maintainer =
         SecretKey::from_file_text(&std::fs::read_to_string(&t.maintainer_key).unwrap()).unwrap();
-    let genesis =
-        Genesis::verify(&SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap()).unwrap())
-            .unwrap();
-    let config = buildmesh_protocol::builders::BuilderConfig::from_toml(
-        genesis.mesh,
-        &builders_toml(&repo.url()),
-    )
-    .unwrap();
-    let mut doc = SignedDoc::new(&config).unwrap();
-    doc.sign(&maintainer);
     let client = reqwest::Client::new();
-    let answer = client
-        .post(format!("http://{}/api/v1/publish", apis[0]))
-        .body(doc.to_bytes())
-        .send()
-        .await
-        .unwrap();
-    assert!(answer.status().is_success(), "publish: {}", answer.status());
     wait_for(
         "the builders in force on every node",
         Duration::from_secs(120),

@@ -196,20 +196,27 @@ pub async fn setup(
     }
     let config = NodeConfig::load(&node.config).unwrap();
     let api = node.api.clone();
-    let maintainer =
-        SecretKey::from_file_text(&std::fs::read_to_string(&t.maintainer_key).unwrap()).unwrap();
-    let genesis =
-        Genesis::verify(&SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap()).unwrap())
-            .unwrap();
     // First start: the node writes its genesis and admission; the builders are published.
     let p = run(&node.config);
     wait_for("the node's API", Duration::from_secs(60), || async {
         json(format!("http://{api}/api/v1/health")).await.is_some()
     })
     .await;
-    let builders =
+    publish_builders(&t, &api, builders).await;
+    stop(p);
+    (dir, t, config)
+}
+
+/// The maintainer's signature on `builders` (TOML), published through the node at `api`.
+pub async fn publish_builders(t: &buildmesh_node::testnet::Testnet, api: &str, builders: &str) {
+    let maintainer =
+        SecretKey::from_file_text(&std::fs::read_to_string(&t.maintainer_key).unwrap()).unwrap();
+    let genesis =
+        Genesis::verify(&SignedDoc::from_bytes(&std::fs::read(&t.genesis).unwrap()).unwrap())
+            .unwrap();
+    let config =
         buildmesh_protocol::builders::BuilderConfig::from_toml(genesis.mesh, builders).unwrap();
-    let mut doc = SignedDoc::new(&builders).unwrap();
+    let mut doc = SignedDoc::new(&config).unwrap();
     doc.sign(&maintainer);
     let resp = reqwest::Client::new()
         .post(format!("http://{api}/api/v1/publish"))
@@ -217,9 +224,7 @@ pub async fn setup(
         .send()
         .await
         .unwrap();
-    assert!(resp.status().is_success());
-    stop(p);
-    (dir, t, config)
+    assert!(resp.status().is_success(), "publish: {}", resp.status());
 }
 
 /// Appends records to a node's own log, straight into its store in batches of 20,000: how the
