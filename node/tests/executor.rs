@@ -310,7 +310,8 @@ async fn commits_pushed_later_are_fetched() {
         let o = build(&config, &s).await;
         assert_eq!(o.result, ResultCode::Success, "{text}: {o:#?}");
     }
-    // A workspace cloned for it gets the orphaned commit too, and builds.
+    // A workspace cloned for it gets the orphaned commit with its clone (which fetches no
+    // branch reaching it: the cache's ref on the wanted commit comes along), and builds.
     let mut s = f.spec(vec![step("check", "test \"$(cat file.txt)\" = three")]);
     s.key.sha = orphaned.clone();
     s.builder.name = "another builder".into();
@@ -364,6 +365,29 @@ async fn a_damaged_workspace_is_cloned_again() {
     std::fs::remove_dir_all(git_dir.join("objects")).unwrap();
     std::fs::write(git_dir.join("HEAD"), "garbage").unwrap();
     let o = build(&config, &s).await;
+    assert_eq!(o.result, ResultCode::Success, "{o:#?}");
+}
+
+// What the node remembers of its cache is a hint: a cache changed behind its back (here its ref
+// on the wanted commit, which a new workspace's clone asks for, is gone) costs one retry, not
+// the build.
+#[tokio::test]
+async fn a_cache_changed_behind_the_nodes_back_is_asked_again() {
+    let f = Fixture::new();
+    let config = f.config();
+    let s = f.spec(vec![step("check", "test \"$(cat file.txt)\" = one")]);
+    assert_eq!(build(&config, &s).await.result, ResultCode::Success);
+    let cache = std::fs::read_dir(config.work_dir.join("cache"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    git(&cache, &["update-ref", "-d", "refs/buildmesh/wanted"]);
+    let mut other = f.spec(vec![step("check", "test \"$(cat file.txt)\" = one")]);
+    other.builder.name = "another builder".into();
+    other.key.builder = other.builder.name.clone();
+    let o = build(&config, &other).await;
     assert_eq!(o.result, ResultCode::Success, "{o:#?}");
 }
 

@@ -132,6 +132,21 @@ impl Checkout<'_> {
     pub(crate) async fn run(&self, src: &Path, log: &mut Capture) -> Result<(), CheckoutError> {
         check_sha(self.sha)?;
         let cache = cache_dir(self.work_dir, self.url);
+        let done = self.bring(&cache, src, log).await;
+        if done.is_err() {
+            // The next build asks git again everything this process remembered of the cache.
+            forget_answers(&cache);
+        }
+        done
+    }
+
+    /// [`Checkout::run`], whose errors make the node forget what git said of the cache.
+    async fn bring(
+        &self,
+        cache: &Path,
+        src: &Path,
+        log: &mut Capture,
+    ) -> Result<(), CheckoutError> {
         let mut afresh = false;
         loop {
             // A commit never changes: a workspace that has it needs no fetch, and takes no
@@ -144,20 +159,20 @@ impl Checkout<'_> {
                 ));
                 // The workspace is the step user's: only the cache says what a branch holds.
                 let vouched = self.off_branch_ok
-                    || (self.branches_fresh(&cache) && self.on_branch(&cache).await?);
+                    || (self.branches_fresh(cache) && self.on_branch(cache).await?);
                 if !vouched {
-                    let _cache_lock = lock_dir(&cache, self.cancel).await?;
-                    self.update_cache(&cache, log).await?;
+                    let _cache_lock = lock_dir(cache, self.cancel).await?;
+                    self.update_cache(cache, log).await?;
                 }
-                Ok(())
+                Ok(false)
             } else {
-                let _cache_lock = lock_dir(&cache, self.cancel).await?;
-                self.update_cache(&cache, log).await?;
+                let _cache_lock = lock_dir(cache, self.cancel).await?;
+                self.update_cache(cache, log).await?;
                 // The cache's pin on the commit is this build's only while the lock is held.
-                self.sync_workspace(&cache, src, log).await
+                self.sync_workspace(cache, src, log).await
             };
             let workspace = match synced {
-                Ok(()) => self.checkout_workspace(src, log).await,
+                Ok(cloned) => self.checkout_workspace(src, cloned, log).await,
                 Err(e) => Err(e),
             };
             match workspace {
@@ -166,10 +181,14 @@ impl Checkout<'_> {
                 Err(e) if afresh => return Err(e),
                 Err(e) => {
                     // The cache has the commit, so the workspace is at fault (an interrupted
-                    // clone, a step that damaged .git): start it afresh once.
+                    // clone, a step that damaged .git): start it afresh once, and ask git
+                    // again what this process remembered of the cache (the cache may have
+                    // changed behind its back).
+                    forget_answers(cache);
                     log.note(&format!(
                         "buildmesh: {e}; removing the workspace and cloning it again"
                     ));
+                    tracing::warn!(workspace = %src.display(), error = %e, "checkout failed; cloning the workspace again");
                     self.remove_in_workspace(src, log).await?;
                     afresh = true;
                 }
@@ -270,13 +289,18 @@ impl Checkout<'_> {
         }
         // A ref on the commit lets the workspace fetch it by name, whatever the protocol
         // version allows to be fetched by id.
+        if with_known(cache, |k| k.wanted.as_deref() == Some(self.sha)) {
+            return Ok(());
+        }
         let target = format!("{}^{{commit}}", self.sha);
         self.git_in(
             log,
             cache,
             &["update-ref", "refs/buildmesh/wanted", &target],
         )
-        .await
+        .await?;
+        with_known(cache, |k| k.wanted = Some(self.sha.to_string()));
+        Ok(())
     }
 
     /// Whether the cache has the commit: git is asked until it says yes once.
@@ -291,23 +315,36 @@ impl Checkout<'_> {
         Ok(have)
     }
 
-    /// Clones the workspace from the cache, or fetches from it. Under the cache lock.
+    /// Clones the workspace from the cache, or fetches from it. Under the cache lock. Returns
+    /// whether the workspace was cloned just now (nothing in it but what git checks out).
     async fn sync_workspace(
         &self,
         cache: &Path,
         src: &Path,
         log: &mut Capture,
-    ) -> Result<(), CheckoutError> {
+    ) -> Result<bool, CheckoutError> {
         let parent = src.parent().unwrap_or(self.work_dir);
         if !src.exists() {
             let tmp = src.with_extension("tmp");
-            self.remove_in_workspace(&tmp, log).await?;
+            // What an interrupted clone left (the node only looks; the step user removes).
+            if !matches!(tmp.symlink_metadata(), Err(e) if e.kind() == io::ErrorKind::NotFound) {
+                self.remove_in_workspace(&tmp, log).await?;
+            }
             // --no-local: copied, not hard-linked, so no file of the workspace is one of the
-            // cache's (a step could otherwise change the next build's objects).
+            // cache's (a step could otherwise change the next build's objects). The wanted ref
+            // comes with the branches and tags, as the fetch below would bring it.
             self.git(
                 log,
                 parent,
-                &["clone", "--no-local", "--no-checkout", "--quiet", "--"],
+                &[
+                    "clone",
+                    "--no-local",
+                    "--no-checkout",
+                    "--quiet",
+                    "--config",
+                    WANTED_REFSPEC,
+                    "--",
+                ],
                 &[cache.as_os_str(), tmp.as_os_str()],
             )
             .await?;
@@ -317,6 +354,7 @@ impl Checkout<'_> {
                 &[tmp.as_os_str(), src.as_os_str()],
             )
             .await?;
+            return Ok(true);
         }
         self.git_in(
             log,
@@ -333,18 +371,27 @@ impl Checkout<'_> {
             ],
         )
         .await
+        .map(|()| false)
     }
 
-    /// Brings the workspace to the commit, removes everything git does not track, and checks.
-    async fn checkout_workspace(&self, src: &Path, log: &mut Capture) -> Result<(), CheckoutError> {
+    /// Brings the workspace to the commit, removes everything git does not track (nothing, in a
+    /// workspace `cloned` just now), and checks.
+    async fn checkout_workspace(
+        &self,
+        src: &Path,
+        cloned: bool,
+        log: &mut Capture,
+    ) -> Result<(), CheckoutError> {
         self.git_in(
             log,
             src,
             &["checkout", "--force", "--quiet", "--detach", self.sha],
         )
         .await?;
-        self.git_in(log, src, &["clean", "-ffdx", "--quiet"])
-            .await?;
+        if !cloned {
+            self.git_in(log, src, &["clean", "-ffdx", "--quiet"])
+                .await?;
+        }
         let (end, out) = output_of(
             self.supervisor,
             &self.cmd(src, &["rev-parse", "HEAD"], &[]),
@@ -580,15 +627,16 @@ impl Checkout<'_> {
 
 /// What this process knows of each cache, under its lock: when it last fetched its branches
 /// from the origin (started), and what git said since. A commit, once in a cache, stays; a
-/// branch reaches a commit until the next fetch. So the builds of one commit after the first
-/// ask git only to pin it (a CPython-sized fleet builds each commit on ~50 builders per
-/// worker).
+/// branch reaches a commit until the next fetch; the wanted ref is only this process's to
+/// move. So the builds of one commit after the first ask git nothing of the cache (a
+/// CPython-sized fleet builds each commit on ~50 builders per worker).
 #[derive(Debug, Default)]
 struct Known {
     fetched: Option<Timestamp>,
     commits: std::collections::HashSet<String>,
     // (commit, branch) that the branch reached at the last fetch.
     on_branch: std::collections::HashSet<(String, String)>,
+    wanted: Option<String>,
 }
 
 fn known() -> &'static Mutex<HashMap<PathBuf, Known>> {
@@ -609,6 +657,17 @@ fn fetched_at(cache: &Path, t: Timestamp) {
     });
 }
 
+// A checkout failed: what git said of the cache is asked again (when it last fetched stays,
+// as that is a fact of the origin, not of the cache's state).
+fn forget_answers(cache: &Path) {
+    with_known(cache, |k| {
+        *k = Known {
+            fetched: k.fetched,
+            ..Known::default()
+        }
+    });
+}
+
 // A cache just cloned: nothing known of it before counts.
 fn cloned_now(cache: &Path) {
     with_known(cache, |k| *k = Known::default());
@@ -618,6 +677,9 @@ fn cloned_now(cache: &Path) {
 fn last_fetch(cache: &Path) -> Option<Timestamp> {
     with_known(cache, |k| k.fetched)
 }
+
+/// The fetch refspec a workspace clone also gets: the cache's ref on the wanted commit.
+const WANTED_REFSPEC: &str = "remote.origin.fetch=+refs/buildmesh/wanted:refs/buildmesh/wanted";
 
 /// `git fetch` of every branch of the origin into the cache.
 const FETCH_BRANCHES: [&str; 5] = [
