@@ -368,6 +368,30 @@ async fn a_damaged_workspace_is_cloned_again() {
     assert_eq!(o.result, ResultCode::Success, "{o:#?}");
 }
 
+#[tokio::test]
+async fn what_an_interrupted_clone_left_is_removed() {
+    let f = Fixture::new();
+    let config = f.config();
+    let s = f.spec(vec![step("check", "test \"$(cat file.txt)\" = one")]);
+    assert_eq!(build(&config, &s).await.result, ResultCode::Success);
+    let src = config.work_dir.join("builds/b1/src");
+    let tmp = config.work_dir.join("builds/b1/src.tmp");
+    // A clone cut short leaves a directory; anything else may be there too.
+    for leftover in ["directory", "file"] {
+        std::fs::remove_dir_all(&src).unwrap();
+        if leftover == "directory" {
+            std::fs::create_dir_all(tmp.join(".git/objects")).unwrap();
+            std::fs::write(tmp.join(".git/HEAD"), "half").unwrap();
+        } else {
+            std::fs::write(&tmp, "x").unwrap();
+        }
+        let o = build(&config, &s).await;
+        assert_eq!(o.result, ResultCode::Success, "{leftover}: {o:#?}");
+        assert!(!tmp.exists(), "{leftover}");
+        assert!(src.join(".git").is_dir(), "{leftover}");
+    }
+}
+
 // What the node remembers of its cache is a hint: a cache changed behind its back (here its ref
 // on the wanted commit, which a new workspace's clone asks for, is gone) costs one retry, not
 // the build.
