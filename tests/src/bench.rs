@@ -218,13 +218,7 @@ pub async fn publish_builders(t: &buildmesh_node::testnet::Testnet, api: &str, b
         buildmesh_protocol::builders::BuilderConfig::from_toml(genesis.mesh, builders).unwrap();
     let mut doc = SignedDoc::new(&config).unwrap();
     doc.sign(&maintainer);
-    let resp = reqwest::Client::new()
-        .post(format!("http://{api}/api/v1/publish"))
-        .body(doc.to_bytes())
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "publish: {}", resp.status());
+    crate::post_accepted(&format!("http://{api}/api/v1/publish"), doc.to_bytes()).await;
 }
 
 /// Appends records to a node's own log, straight into its store in batches of 20,000: how the

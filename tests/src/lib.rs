@@ -52,6 +52,28 @@ where
     }
 }
 
+/// POSTs `body` to a node's API at `url` until the node takes it, and returns its answer. A
+/// node that has not yet recovered its own log answers 503 and authors nothing; any other
+/// refusal, or a 503 that lasts a minute, panics with the node's answer.
+pub async fn post_accepted(url: &str, body: Vec<u8>) -> serde_json::Value {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client.post(url).body(body.clone()).send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        if status.is_success() {
+            return serde_json::from_str(&text).unwrap_or_default();
+        }
+        if status != reqwest::StatusCode::SERVICE_UNAVAILABLE
+            || tokio::time::Instant::now() >= deadline
+        {
+            panic!("POST {url}: {status}: {text}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A mesh of nodes running in this process.
 #[derive(Debug)]
 pub struct Mesh {

@@ -111,13 +111,11 @@ async fn a_lying_worker_is_quarantined_its_owner_told_and_the_list_hears_only_th
     let mut doc = SignedDoc::new(&config).unwrap();
     doc.sign(&maintainer);
     let client = reqwest::Client::new();
-    let r = client
-        .post(format!("http://{}/api/v1/publish", apis[0]))
-        .body(doc.to_bytes())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    buildmesh_tests::post_accepted(
+        &format!("http://{}/api/v1/publish", apis[0]),
+        doc.to_bytes(),
+    )
+    .await;
     for api in &apis {
         wait_for("the configuration everywhere", LONG, || async {
             json(format!("http://{api}/api/v1/health"))

@@ -352,13 +352,7 @@ async fn attack_a_worker(as_user: Option<u32>, step_uid: u32, sandbox: &str) {
     let mut doc = buildmesh_protocol::docs::SignedDoc::new(&config).unwrap();
     doc.sign(&maintainer);
     let client = reqwest::Client::new();
-    let r = client
-        .post(format!("http://{api}/api/v1/publish"))
-        .body(doc.to_bytes())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    buildmesh_tests::post_accepted(&format!("http://{api}/api/v1/publish"), doc.to_bytes()).await;
     wait_for("the configuration", Duration::from_secs(60), || async {
         json(format!("http://{api}/api/v1/health"))
             .await

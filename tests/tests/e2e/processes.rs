@@ -40,14 +40,8 @@ async fn publish_spare_admission(t: &buildmesh_node::testnet::Testnet, api: &str
     };
     let mut doc = buildmesh_protocol::docs::SignedDoc::new(&a).unwrap();
     doc.sign(&maintainer);
-    let resp = reqwest::Client::new()
-        .post(format!("http://{api}/api/v1/publish"))
-        .body(doc.to_bytes())
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
-    let v: serde_json::Value = resp.json().await.unwrap();
+    let v = buildmesh_tests::post_accepted(&format!("http://{api}/api/v1/publish"), doc.to_bytes())
+        .await;
     v["record"]["seq"].as_u64().unwrap()
 }
 
@@ -166,14 +160,11 @@ async fn killing_the_worker_mid_step_moves_the_job_before_its_lease_and_leaves_n
         buildmesh_protocol::builders::BuilderConfig::from_toml(genesis.mesh, &toml).unwrap();
     let mut doc = buildmesh_protocol::docs::SignedDoc::new(&config).unwrap();
     doc.sign(&maintainer);
-    let client = reqwest::Client::new();
-    let r = client
-        .post(format!("http://{}/api/v1/publish", apis[0]))
-        .body(doc.to_bytes())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    buildmesh_tests::post_accepted(
+        &format!("http://{}/api/v1/publish", apis[0]),
+        doc.to_bytes(),
+    )
+    .await;
     // Let the configuration reach every node, every node recover its own log (it takes no
     // submission before), and the workers' views settle.
     for api in &apis {
@@ -197,13 +188,8 @@ async fn killing_the_worker_mid_step_moves_the_job_before_its_lease_and_leaves_n
         },
         buildmesh_protocol::Timestamp::now(),
     );
-    let r = client
-        .post(format!("http://{}/api/v1/submit", apis[1]))
-        .body(req.to_bytes())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    buildmesh_tests::post_accepted(&format!("http://{}/api/v1/submit", apis[1]), req.to_bytes())
+        .await;
 
     // Find who runs it once the runner is settled: all three nodes show it running by the same
     // worker with the same claims for its attempt (a crossed claim's loser would stop).
