@@ -239,12 +239,14 @@ async fn cancel_stops_a_running_build_for_good_and_a_pending_one_before_it_start
     let running = mesh.wait_settled_runner("slow", &sha, LONG).await;
     let job = running.job.to_string();
     let pid_file = markers.join(format!("pid-{job}"));
-    wait_for("the step's pid", LONG, || async { pid_file.exists() }).await;
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // The shell creates the file before it writes the pid into it.
+    let read_pid = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+    };
+    wait_for("the step's pid", LONG, || async { read_pid().is_some() }).await;
+    let pid = read_pid().unwrap();
     let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
     assert!(alive(pid));
 
