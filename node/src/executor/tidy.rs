@@ -92,11 +92,9 @@ fn entries(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
         .collect()
 }
 
-// Deletes a builder's directory: as the step user, who owns what is in it, when there is one.
+// Deletes a builder's directory: as the step user, who owns what is in it, when there is one
+// (the checkout's own removal, which the node does itself when there is none).
 async fn remove(config: &ExecutorConfig, work_dir: &Path, dir: &Path) -> Result<(), String> {
-    if config.isolation.step_user.is_none() {
-        return std::fs::remove_dir_all(dir).map_err(|e| e.to_string());
-    }
     let cancel = CancellationToken::new();
     let checkout = Checkout {
         work_dir,
